@@ -1,0 +1,1 @@
+"""The ggl-bench harness: suites, runner, results store, reports, submissions, priors and speed benchmarks."""

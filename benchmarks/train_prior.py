@@ -1,0 +1,113 @@
+"""Train a WGAN-GP generative prior on a datamodule's *public* split.
+
+    python -m benchmarks.train_prior --data fashion-mnist --out ggl/priors/assets/fashion_mnist_wgan.pt
+
+Writes the averaged generator atomically every ``--save-every`` generator steps (so a stopped run keeps its last
+checkpoint), a ``.json`` with the exact config beside it, TensorBoard sample grids under ``--log-dir``, and a
+Lightning checkpoint (``--resume`` continues from it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+DATA_CHOICES = ("fashion-mnist", "celeba")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.train_prior", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", choices=DATA_CHOICES, required=True, help="public split to train on")
+    parser.add_argument("--data-root", default=None, help="dataset root (torchvision layout)")
+    parser.add_argument("--out", required=True, help="path of the prior checkpoint (.pt)")
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--latent-dim", type=int, default=128)
+    parser.add_argument("--width", type=int, default=32, help="base channel count of both networks")
+    parser.add_argument("--unconditional", action="store_true", help="ignore labels (GGL's CelebA prior)")
+    parser.add_argument("--generator-steps", type=int, default=10_000)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--beta1", type=float, default=0.5)
+    parser.add_argument("--beta2", type=float, default=0.999)
+    parser.add_argument("--critic-steps", type=int, default=5)
+    parser.add_argument("--penalty", type=float, default=10.0)
+    parser.add_argument("--ema-decay", type=float, default=0.999)
+    parser.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after this wall time")
+    parser.add_argument("--save-every", type=int, default=250, help="generator steps between saved checkpoints")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--accelerator", default="auto")
+    parser.add_argument("--log-dir", default=None, help="TensorBoard/Lightning directory (default: beside --out)")
+    parser.add_argument("--resume", action="store_true", help="continue from the Lightning checkpoint beside --out")
+    return parser
+
+
+def _datamodule(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from ggl.data import make_datamodule
+
+    name = "embedded" if args.data == "fashion-mnist" else "celeba"
+    options = {"data_root": args.data_root, "image_size": args.image_size, "batch_size": args.batch_size,
+               "seed": args.seed}
+    if name == "celeba" and args.data_root is None:
+        raise SystemExit("error: --data celeba needs --data-root (the folder holding celeba/)")
+    return make_datamodule(name, **options)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    import pytorch_lightning as pl
+    import torch
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    from ggl.data import DataNotFoundError
+    from ggl.priors.dcgan import DCGANConfig
+    from ggl.priors.training import WGANGP, SavePrior
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pl.seed_everything(args.seed, workers=True)
+    try:
+        datamodule = _datamodule(args)
+        datamodule.setup("fit")
+    except (DataNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    log_dir = Path(args.log_dir) if args.log_dir else out.parent / f"{out.stem}_logs"
+    config = DCGANConfig(
+        latent_dim=args.latent_dim,
+        num_classes=0 if args.unconditional else datamodule.num_classes,
+        channels=datamodule.image_shape[0],
+        image_size=args.image_size,
+        width=args.width,
+    )
+    module = WGANGP(config, lr=args.lr, betas=(args.beta1, args.beta2), critic_steps=args.critic_steps,
+                    penalty=args.penalty, ema_decay=args.ema_decay, generator_steps=args.generator_steps,
+                    sample_every=args.save_every)
+    command = "python -m benchmarks.train_prior " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    extra = {"command": command, "data": args.data, "seed": args.seed, "batch_size": args.batch_size,
+             "normalization": {"mean": list(datamodule.normalization.mean), "std": list(datamodule.normalization.std)}}
+    checkpoints = ModelCheckpoint(dirpath=log_dir, filename="last", every_n_train_steps=args.save_every * args.critic_steps)
+    trainer = pl.Trainer(
+        accelerator=args.accelerator,
+        devices=1,
+        max_epochs=-1,
+        max_time={"minutes": args.max_minutes} if args.max_minutes else None,
+        logger=TensorBoardLogger(str(log_dir), name="", version=""),
+        callbacks=[SavePrior(out, every=args.save_every, extra=extra), checkpoints],
+        enable_model_summary=False,
+        enable_progress_bar=sys.stderr.isatty(),
+        log_every_n_steps=50,
+    )
+    resume = log_dir / "last.ckpt"
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if args.resume and resume.is_file() else None)
+    print(f"saved {out} after {int(module.completed_generator_steps)} generator steps")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Gradient-inversion attacks (DLG, iDLG, Inverting Gradients, GGL), their shared objective and search."""

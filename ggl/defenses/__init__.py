@@ -1,0 +1,1 @@
+"""Gradient-degradation defenses, each with its attacker-side simulation."""

@@ -1,0 +1,102 @@
+"""What leaves the client: the shared update of one FL round (FedSGD gradient or FedAvg model difference)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class SharedUpdate:
+    """The update a client sends to the server.
+
+    Attributes:
+        gradients: one tensor per ``model.parameters()`` entry, same order and shapes. For FedSGD the mean
+            cross-entropy gradient of the batch; for FedAvg the model difference ``w_before - w_after``.
+        num_samples: the client's batch size B (the server knows it in FedSGD/FedAvg).
+        metadata: plain data describing how the update was made (``{"algorithm": "fedsgd"}``, defense notes...).
+    """
+
+    gradients: tuple[torch.Tensor, ...]
+    num_samples: int
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    def with_gradients(self, gradients: tuple[torch.Tensor, ...] | list[torch.Tensor], **metadata: Any) -> SharedUpdate:
+        """A copy with new gradients and ``metadata`` merged into the old one."""
+        return replace(self, gradients=tuple(gradients), metadata={**self.metadata, **metadata})
+
+    def flat(self) -> torch.Tensor:
+        """All gradients concatenated into one vector."""
+        return torch.cat([g.reshape(-1) for g in self.gradients])
+
+    def norm(self) -> float:
+        """Global L2 norm of the update."""
+        return float(torch.linalg.vector_norm(self.flat()))
+
+
+def _check_batch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> None:
+    if images.ndim != 4:
+        raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
+    if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+        raise ValueError(f"labels must be a vector of length B={images.shape[0]}, got shape {tuple(labels.shape)}")
+    if labels.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"labels must be integer class indices, got dtype {labels.dtype}")
+
+
+def shared_update(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> SharedUpdate:
+    """FedSGD: the gradient of the mean cross-entropy of ``model`` on one batch.
+
+    Args:
+        model: the victim (its mode is respected; victims from ``make_victim`` are in eval mode).
+        images: (B, C, H, W) normalised inputs. labels: (B,) class indices.
+    Returns:
+        A ``SharedUpdate`` aligned with ``model.parameters()``; the model's ``.grad`` fields are not touched.
+    """
+    _check_batch(model, images, labels)
+    parameters = tuple(model.parameters())
+    with torch.enable_grad():
+        loss = F.cross_entropy(model(images), labels.long())
+        gradients = torch.autograd.grad(loss, parameters)
+    return SharedUpdate(
+        tuple(g.detach() for g in gradients), int(images.shape[0]), {"algorithm": "fedsgd"}
+    )
+
+
+def fedavg_update(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    local_steps: int = 1,
+    lr: float = 0.1,
+) -> SharedUpdate:
+    """FedAvg: ``local_steps`` full-batch SGD steps at ``lr`` on a copy of the model; shares ``w_before - w_after``.
+
+    With one step this is ``lr`` times the FedSGD gradient. The caller's model is not modified.
+    """
+    _check_batch(model, images, labels)
+    if local_steps < 1:
+        raise ValueError(f"local_steps must be >= 1, got {local_steps}")
+    if lr <= 0:
+        raise ValueError(f"lr must be positive, got {lr}")
+    before = [p.detach().clone() for p in model.parameters()]
+    after = [p.clone() for p in before]
+    names = [name for name, _ in model.named_parameters()]
+    buffers = dict(model.named_buffers())
+    with torch.enable_grad():
+        for _ in range(local_steps):
+            leaves = [p.requires_grad_(True) for p in after]
+            state = {**buffers, **dict(zip(names, leaves))}
+            logits = torch.func.functional_call(model, state, (images,))
+            gradients = torch.autograd.grad(F.cross_entropy(logits, labels.long()), leaves)
+            after = [(p - lr * g).detach() for p, g in zip(leaves, gradients)]
+    difference = tuple(b - a for b, a in zip(before, after))
+    return SharedUpdate(
+        difference,
+        int(images.shape[0]),
+        {"algorithm": "fedavg", "local_steps": local_steps, "lr": lr},
+    )

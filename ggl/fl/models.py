@@ -1,0 +1,159 @@
+"""Victim zoo: the models whose shared gradients the attacks invert.
+
+All victims are built from a seed (same seed, same weights), are untrained by default (as in GGL, DLG and iDLG),
+accept any number of input channels and classes, end in one ``nn.Linear`` (label inference and Soteria rely on
+it), and are returned in ``eval()`` mode so that a gradient depends on the batch alone, never on batch statistics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class LeNet(nn.Module):
+    """DLG's LeNet (Zhu et al., "Deep Leakage from Gradients", NeurIPS 2019, arXiv 1906.08935).
+
+    Three 5x5 sigmoid convolutions (strides 2, 2, 1) and one linear layer. Weights and biases are drawn uniform in
+    [-0.5, 0.5] as in DLG's code: with PyTorch's default init, iDLG stalls far from the image.
+
+    Args:
+        in_channels: image channels. num_classes: outputs. image_size: square input side, divisible by 4.
+    Shapes: (B, in_channels, image_size, image_size) -> (B, num_classes).
+    """
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10, image_size: int = 32) -> None:
+        super().__init__()
+        if image_size % 4:
+            raise ValueError(f"LeNet needs an image_size divisible by 4, got {image_size}")
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 12, kernel_size=5, stride=2, padding=2),
+            nn.Sigmoid(),
+            nn.Conv2d(12, 12, kernel_size=5, stride=2, padding=2),
+            nn.Sigmoid(),
+            nn.Conv2d(12, 12, kernel_size=5, stride=1, padding=2),
+            nn.Sigmoid(),
+            nn.Flatten(),
+        )
+        self.fc = nn.Linear(12 * (image_size // 4) ** 2, num_classes)
+        for parameter in self.parameters():
+            nn.init.uniform_(parameter, -0.5, 0.5)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(images))
+
+
+class ConvNet(nn.Module):
+    """A small ReLU ConvNet: three 3x3 convolutions (32, 64, 64 channels; strides 1, 2, 2) and a linear layer.
+
+    Cheap enough to attack many victims on a CPU, deep enough that pixel attacks are not trivial.
+    Shapes: (B, in_channels, S, S) -> (B, num_classes), S divisible by 4.
+    """
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10, image_size: int = 32, width: int = 32) -> None:
+        super().__init__()
+        if image_size % 4:
+            raise ValueError(f"ConvNet needs an image_size divisible by 4, got {image_size}")
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, width, kernel_size=3, stride=1, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(width, 2 * width, kernel_size=3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(2 * width, 2 * width, kernel_size=3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+        )
+        self.fc = nn.Linear(2 * width * (image_size // 4) ** 2, num_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(images))
+
+
+def _resnet18(in_channels: int, num_classes: int, small_images: bool) -> nn.Module:
+    from torchvision.models import resnet18
+
+    model = resnet18(weights=None, num_classes=num_classes)
+    if small_images:
+        model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+    elif in_channels != 3:
+        model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    return model
+
+
+def _build_lenet(channels: int, classes: int, size: int) -> nn.Module:
+    return LeNet(channels, classes, size)
+
+
+def _build_convnet(channels: int, classes: int, size: int) -> nn.Module:
+    return ConvNet(channels, classes, size)
+
+
+def _build_resnet18(channels: int, classes: int, size: int) -> nn.Module:
+    return _resnet18(channels, classes, small_images=size <= 64)
+
+
+def _build_resnet18_224(channels: int, classes: int, size: int) -> nn.Module:
+    return _resnet18(channels, classes, small_images=False)
+
+
+VICTIMS: dict[str, Callable[[int, int, int], nn.Module]] = {
+    "lenet": _build_lenet,
+    "convnet": _build_convnet,
+    "resnet18": _build_resnet18,
+    "resnet18-224": _build_resnet18_224,
+}
+"""Victim builders by name: ``builder(in_channels, num_classes, image_size) -> nn.Module``.
+
+``resnet18`` uses the CIFAR stem (3x3 convolution, no max-pool) for images of 64 px or less and torchvision's
+ImageNet stem above; ``resnet18-224`` always uses torchvision's stem.
+"""
+
+
+def make_victim(
+    name: str,
+    num_classes: int = 10,
+    image_shape: tuple[int, int, int] = (3, 32, 32),
+    seed: int = 0,
+    checkpoint: str | Path | None = None,
+) -> nn.Module:
+    """Build a victim model by name with seeded initialisation, in ``eval()`` mode.
+
+    Args:
+        name: one of ``VICTIMS`` (lenet, convnet, resnet18, resnet18-224).
+        num_classes: outputs of the last linear layer.
+        image_shape: (channels, height, width) of the inputs; height must equal width.
+        seed: initialisation seed; the global RNG is left untouched.
+        checkpoint: optional path to a trained ``state_dict`` (``torch.save``), loaded with ``weights_only``.
+    """
+    if name not in VICTIMS:
+        raise ValueError(f"unknown victim {name!r}; allowed: {', '.join(sorted(VICTIMS))}")
+    if len(image_shape) != 3 or image_shape[1] != image_shape[2]:
+        raise ValueError(f"image_shape must be (channels, size, size), got {tuple(image_shape)}")
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    channels, size, _ = image_shape
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = VICTIMS[name](channels, num_classes, size)
+    if checkpoint is not None:
+        load_victim_checkpoint(model, checkpoint)
+    return model.eval()
+
+
+def load_victim_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load trained weights into ``model`` from a ``state_dict`` file, with a clear error when it does not fit."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"victim checkpoint {path} does not exist; save one with torch.save(model.state_dict())")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise ValueError(f"victim checkpoint {path} does not match the model: {error}") from None
+    return model
