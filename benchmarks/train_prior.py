@@ -18,8 +18,11 @@ DATA_CHOICES = ("fashion-mnist", "celeba")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.train_prior", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.train_prior",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--data", choices=DATA_CHOICES, required=True, help="public split to train on")
     parser.add_argument("--data-root", default=None, help="dataset root (torchvision layout)")
     parser.add_argument("--out", required=True, help="path of the prior checkpoint (.pt)")
@@ -49,8 +52,12 @@ def _datamodule(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from ggl.data import make_datamodule
 
     name = "embedded" if args.data == "fashion-mnist" else "celeba"
-    options = {"data_root": args.data_root, "image_size": args.image_size, "batch_size": args.batch_size,
-               "seed": args.seed}
+    options = {
+        "data_root": args.data_root,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+    }
     if name == "celeba" and args.data_root is None:
         raise SystemExit("error: --data celeba needs --data-root (the folder holding celeba/)")
     return make_datamodule(name, **options)
@@ -85,13 +92,30 @@ def main(argv: list[str] | None = None) -> int:
         image_size=args.image_size,
         width=args.width,
     )
-    module = WGANGP(config, lr=args.lr, betas=(args.beta1, args.beta2), critic_steps=args.critic_steps,
-                    penalty=args.penalty, ema_decay=args.ema_decay, generator_steps=args.generator_steps,
-                    sample_every=args.save_every)
+    module = WGANGP(
+        config,
+        lr=args.lr,
+        betas=(args.beta1, args.beta2),
+        critic_steps=args.critic_steps,
+        penalty=args.penalty,
+        ema_decay=args.ema_decay,
+        generator_steps=args.generator_steps,
+        sample_every=args.save_every,
+    )
     command = "python -m benchmarks.train_prior " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    extra = {"command": command, "data": args.data, "seed": args.seed, "batch_size": args.batch_size,
-             "normalization": {"mean": list(datamodule.normalization.mean), "std": list(datamodule.normalization.std)}}
-    checkpoints = ModelCheckpoint(dirpath=log_dir, filename="last", every_n_train_steps=args.save_every * args.critic_steps)
+    extra = {
+        "command": command,
+        "data": args.data,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "normalization": {
+            "mean": list(datamodule.normalization.mean),
+            "std": list(datamodule.normalization.std),
+        },
+    }
+    checkpoints = ModelCheckpoint(
+        dirpath=log_dir, filename="last", every_n_train_steps=args.save_every * args.critic_steps
+    )
     trainer = pl.Trainer(
         accelerator=args.accelerator,
         devices=1,

@@ -32,7 +32,9 @@ def _check(trial: Sequence[torch.Tensor], target: Sequence[torch.Tensor]) -> Non
 
 
 def l2_distance(
-    trial: Sequence[torch.Tensor], target: Sequence[torch.Tensor], layer_weights: Sequence[float] | None = None
+    trial: Sequence[torch.Tensor],
+    target: Sequence[torch.Tensor],
+    layer_weights: Sequence[float] | None = None,
 ) -> torch.Tensor:
     """GGL's distance: squared L2 summed within each layer, weighted, averaged over layers. (P,)"""
     _check(trial, target)
@@ -42,7 +44,9 @@ def l2_distance(
 
 
 def l1_distance(
-    trial: Sequence[torch.Tensor], target: Sequence[torch.Tensor], layer_weights: Sequence[float] | None = None
+    trial: Sequence[torch.Tensor],
+    target: Sequence[torch.Tensor],
+    layer_weights: Sequence[float] | None = None,
 ) -> torch.Tensor:
     """L1 summed within each layer, weighted, averaged over layers. (P,)"""
     _check(trial, target)
@@ -52,7 +56,9 @@ def l1_distance(
 
 
 def cosine_distance(
-    trial: Sequence[torch.Tensor], target: Sequence[torch.Tensor], layer_weights: Sequence[float] | None = None
+    trial: Sequence[torch.Tensor],
+    target: Sequence[torch.Tensor],
+    layer_weights: Sequence[float] | None = None,
 ) -> torch.Tensor:
     """Inverting Gradients' distance: 1 - cosine similarity of the whole (weighted) gradient vectors. (P,)"""
     _check(trial, target)

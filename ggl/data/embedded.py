@@ -31,7 +31,18 @@ RAW_FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
-CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 
 
 def cache_root() -> Path:
@@ -84,7 +95,9 @@ def _missing_message(data_root: Path | None) -> str:
     )
 
 
-def fashion_mnist_train(data_root: str | Path | None = None, download: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def fashion_mnist_train(
+    data_root: str | Path | None = None, download: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The Fashion-MNIST train split as uint8 (60000, 28, 28) images and int64 labels, found as the module says."""
     from torchvision.datasets import FashionMNIST
 
@@ -176,4 +189,3 @@ class EmbeddedFashionMNIST(VictimDataModule):
         assert self.public is not None
         images, labels = self.public.tensors  # type: ignore[attr-defined]
         return torch.stack([images[labels == c].mean(0) for c in range(self.num_classes)])
-

@@ -62,9 +62,7 @@ def shared_update(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) 
     with torch.enable_grad():
         loss = F.cross_entropy(model(images), labels.long())
         gradients = torch.autograd.grad(loss, parameters)
-    return SharedUpdate(
-        tuple(g.detach() for g in gradients), int(images.shape[0]), {"algorithm": "fedsgd"}
-    )
+    return SharedUpdate(tuple(g.detach() for g in gradients), int(images.shape[0]), {"algorithm": "fedsgd"})
 
 
 def fedavg_update(

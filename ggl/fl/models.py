@@ -148,7 +148,9 @@ def load_victim_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
     """Load trained weights into ``model`` from a ``state_dict`` file, with a clear error when it does not fit."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"victim checkpoint {path} does not exist; save one with torch.save(model.state_dict())")
+        raise FileNotFoundError(
+            f"victim checkpoint {path} does not exist; save one with torch.save(model.state_dict())"
+        )
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]

@@ -57,11 +57,17 @@ class DCGANGenerator(nn.Module):
         top = config.width * 2 ** (config.num_upsamplings - 1)
         extra = config.embedding_dim if config.num_classes else 0
         self.embedding = nn.Embedding(config.num_classes, config.embedding_dim) if config.num_classes else None
-        self.project = nn.Sequential(nn.Linear(config.latent_dim + extra, top * 16), nn.BatchNorm1d(top * 16), nn.ReLU())
+        self.project = nn.Sequential(
+            nn.Linear(config.latent_dim + extra, top * 16), nn.BatchNorm1d(top * 16), nn.ReLU()
+        )
         blocks: list[nn.Module] = []
         channels = top
         for _ in range(config.num_upsamplings - 1):
-            blocks += [nn.ConvTranspose2d(channels, channels // 2, 4, 2, 1), nn.BatchNorm2d(channels // 2), nn.ReLU()]
+            blocks += [
+                nn.ConvTranspose2d(channels, channels // 2, 4, 2, 1),
+                nn.BatchNorm2d(channels // 2),
+                nn.ReLU(),
+            ]
             channels //= 2
         blocks += [nn.ConvTranspose2d(channels, config.channels, 4, 2, 1), nn.Tanh()]
         self.blocks = nn.Sequential(*blocks)

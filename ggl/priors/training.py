@@ -44,9 +44,17 @@ class WGANGP(pl.LightningModule):
         sample_every: int = 250,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters({"config": config.to_dict(), "lr": lr, "betas": list(betas),
-                                   "critic_steps": critic_steps, "penalty": penalty, "ema_decay": ema_decay,
-                                   "generator_steps": generator_steps})
+        self.save_hyperparameters(
+            {
+                "config": config.to_dict(),
+                "lr": lr,
+                "betas": list(betas),
+                "critic_steps": critic_steps,
+                "penalty": penalty,
+                "ema_decay": ema_decay,
+                "generator_steps": generator_steps,
+            }
+        )
         self.automatic_optimization = False
         self.config = config
         self.generator = DCGANGenerator(config)
@@ -56,7 +64,9 @@ class WGANGP(pl.LightningModule):
         self.critic_steps, self.penalty, self.ema_decay = critic_steps, penalty, ema_decay
         self.generator_steps, self.sample_every = generator_steps, sample_every
         self.register_buffer("completed_generator_steps", torch.zeros((), dtype=torch.long))
-        self.register_buffer("fixed_latents", torch.randn(64, config.latent_dim, generator=torch.Generator().manual_seed(0)))
+        self.register_buffer(
+            "fixed_latents", torch.randn(64, config.latent_dim, generator=torch.Generator().manual_seed(0))
+        )
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         return [
@@ -136,8 +146,11 @@ class WGANGP(pl.LightningModule):
             "format": CHECKPOINT_FORMAT,
             "config": self.config.to_dict(),
             "state_dict": {k: v.detach().cpu().clone() for k, v in generator.state_dict().items()},
-            "training": {**dict(self.hparams), "completed_generator_steps": int(self.completed_generator_steps),
-                         **(extra or {})},
+            "training": {
+                **dict(self.hparams),
+                "completed_generator_steps": int(self.completed_generator_steps),
+                **(extra or {}),
+            },
         }
 
 
