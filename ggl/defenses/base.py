@@ -1,0 +1,227 @@
+"""The defense contract, the registry and parameter checking shared by every defense family.
+
+A defense is data plus a pure function. Its parameters are plain values (``spec`` is a dict that
+``make_defense(**spec)`` turns back into an equal defense, also after a YAML round trip); applying it maps a
+``SharedUpdate`` to a new ``SharedUpdate``; all of its randomness comes from the ``generator`` argument.
+
+Each defense also carries its attacker-side simulation (``simulate``): the transform an adaptive attacker who
+knows the defense applies to its own trial gradients before comparing them with the received update (GGL's
+"adaptive attack", Li et al., CVPR 2022, arXiv 2203.15696). It is batched over a population of P candidates and
+differentiable, because attacks back-propagate through it to their latents or pixels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from torch import nn
+
+from ggl.fl.client import SharedUpdate
+
+DEFAULT_SEED = 0
+"""Seed of the fresh generator a defense uses when it is called with ``generator=None``."""
+
+DEFENSES: dict[str, type[Defense]] = {}
+"""Defense classes by registry name (``none``, ``gaussian``, ``clipping``, ...)."""
+
+DefenseType = TypeVar("DefenseType", bound="type[Defense]")
+
+
+class Defense:
+    """Base class: a named, parametrised transform of a shared update plus its attacker-side simulation.
+
+    Subclasses set ``name`` and ``parameters`` (the ordered names of the constructor's arguments, stored as
+    attributes of the same names), validate them in ``__init__`` and implement ``apply``; stochastic
+    defenses draw every random number from the generator they receive. ``needs_batch`` marks defenses that
+    recompute the update from the private batch (Soteria, DP-SGD): they require ``model``, ``images`` and
+    ``labels``. ``simulate`` defaults to the identity, which is right for zero-mean noise.
+    """
+
+    name: ClassVar[str] = ""
+    parameters: ClassVar[tuple[str, ...]] = ()
+    needs_batch: ClassVar[bool] = False
+    deterministic: ClassVar[bool] = True
+
+    def __call__(
+        self,
+        update: SharedUpdate,
+        *,
+        model: nn.Module | None = None,
+        images: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> SharedUpdate:
+        """Return the defended update (a new ``SharedUpdate``; the input is not modified).
+
+        Args:
+            update: the client's clean update.
+            model, images, labels: the victim and its private batch (normalised inputs (B, C, H, W), labels
+                (B,)); only defenses with ``needs_batch`` use them.
+            generator: source of all randomness. ``None`` means a fresh ``torch.Generator`` seeded with
+                ``DEFAULT_SEED`` (so an unseeded call is still reproducible, and two such calls draw the same
+                noise).
+        """
+        if not isinstance(update, SharedUpdate):
+            raise ValueError(f"{self.name}: update must be a SharedUpdate, got {type(update).__name__}")
+        if self.needs_batch:
+            given = {"model": model, "images": images, "labels": labels}
+            missing = [key for key, value in given.items() if value is None]
+            if missing:
+                raise ValueError(f"defense {self.name!r} needs the victim and its batch; missing: {', '.join(missing)}")
+        if generator is None:
+            generator = torch.Generator().manual_seed(DEFAULT_SEED)
+        gradients = self.apply(update, model=model, images=images, labels=labels, generator=generator)
+        applied = [*update.metadata.get("defenses", ()), self.spec]
+        return update.with_gradients(tuple(gradients), defenses=applied, **self.notes())
+
+    def apply(
+        self,
+        update: SharedUpdate,
+        *,
+        model: nn.Module | None,
+        images: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        generator: torch.Generator,
+    ) -> list[torch.Tensor]:
+        """The defended gradients, one tensor per entry of ``update.gradients``."""
+        raise NotImplementedError
+
+    def notes(self) -> dict[str, Any]:
+        """Extra plain-data metadata for the defended update (public facts an attacker may use)."""
+        return {}
+
+    def simulate(self, trial_gradients: Sequence[torch.Tensor], received: SharedUpdate) -> list[torch.Tensor]:
+        """Attacker-side simulation on P trial gradients, each (P, *parameter_shape); identity by default."""
+        check_trials(trial_gradients, received)
+        return list(trial_gradients)
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        """Plain-data description: ``{"name": ..., **parameters}``; ``make_defense(**spec)`` round-trips."""
+        return {"name": self.name, **{key: getattr(self, key) for key in self.parameters}}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Defense) and self.spec == other.spec
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted((key, repr(value)) for key, value in self.spec.items())))
+
+    def __repr__(self) -> str:
+        arguments = ", ".join(f"{key}={getattr(self, key)!r}" for key in self.parameters)
+        return f"{type(self).__name__}({arguments})"
+
+
+def register_defense(cls: DefenseType) -> DefenseType:
+    """Class decorator adding a ``Defense`` subclass to ``DEFENSES`` under its ``name``; refuses duplicates."""
+    if not (isinstance(cls, type) and issubclass(cls, Defense)):
+        raise TypeError(f"register_defense expects a Defense subclass, got {cls!r}")
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no registry name (set the class attribute `name`)")
+    if cls.name in DEFENSES:
+        raise ValueError(f"a defense named {cls.name!r} is already registered ({DEFENSES[cls.name].__name__})")
+    DEFENSES[cls.name] = cls
+    return cls
+
+
+def make_defense(name: str, **params: Any) -> Defense:
+    """Build a registered defense from its name and parameters (``make_defense(**defense.spec)`` round-trips).
+
+    Raises:
+        ValueError: unknown name, unknown parameter, or a parameter outside its allowed values (the message
+            names the parameter and what is allowed).
+    """
+    if name not in DEFENSES:
+        raise ValueError(f"unknown defense name {name!r}; allowed: {', '.join(sorted(DEFENSES))}")
+    cls = DEFENSES[name]
+    unknown = sorted(set(params) - set(cls.parameters))
+    if unknown:
+        allowed = ", ".join(cls.parameters) or "none"
+        raise ValueError(f"defense {name!r} has no parameter {', '.join(unknown)}; allowed parameters: {allowed}")
+    return cls(**params)
+
+
+def check_trials(trial_gradients: Sequence[torch.Tensor], received: SharedUpdate) -> None:
+    """Raise ValueError unless each trial tensor is (P, *shape) of the matching received gradient."""
+    if len(trial_gradients) != len(received.gradients):
+        raise ValueError(
+            f"trial_gradients has {len(trial_gradients)} tensors but the received update has {len(received.gradients)}"
+        )
+    for index, (trial, target) in enumerate(zip(trial_gradients, received.gradients)):
+        if tuple(trial.shape[1:]) != tuple(target.shape):
+            raise ValueError(
+                f"trial_gradients[{index}] has shape {tuple(trial.shape)}, expected (P, *{tuple(target.shape)})"
+            )
+
+
+def as_float(
+    defense: str,
+    parameter: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """``value`` as a finite float within the given interval, else a ValueError naming ``parameter``.
+
+    Numeric strings are accepted because YAML 1.1 reads ``1e-2`` (without a dot) as a string.
+    """
+    interval = (
+        f"{'(' if low_open else '['}{'-inf' if low is None else low}, "
+        f"{'inf' if high is None else high}{')' if high_open else ']'}"
+    )
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{defense}: {parameter} must be a number in {interval}, got {value!r}") from None
+    if isinstance(value, bool) or not math.isfinite(number):
+        raise ValueError(f"{defense}: {parameter} must be a number in {interval}, got {value!r}")
+    too_low = low is not None and (number <= low if low_open else number < low)
+    too_high = high is not None and (number >= high if high_open else number > high)
+    if too_low or too_high:
+        raise ValueError(f"{defense}: {parameter} must be in {interval}, got {value!r}")
+    return number
+
+
+def as_int(defense: str, parameter: str, value: Any, *, low: int, high: int) -> int:
+    """``value`` as an integer in [low, high], else a ValueError naming ``parameter``."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{defense}: {parameter} must be an integer in [{low}, {high}], got {value!r}") from None
+    if isinstance(value, bool) or number != float(value) or not low <= number <= high:
+        raise ValueError(f"{defense}: {parameter} must be an integer in [{low}, {high}], got {value!r}")
+    return number
+
+
+def as_choice(defense: str, parameter: str, value: Any, allowed: Sequence[str]) -> str:
+    """``value`` if it is one of ``allowed``, else a ValueError naming ``parameter`` and the allowed values."""
+    if value not in allowed:
+        raise ValueError(f"{defense}: {parameter} must be one of {', '.join(allowed)}; got {value!r}")
+    return str(value)
+
+
+def sample_like(tensor: torch.Tensor, generator: torch.Generator, draw: Callable[..., torch.Tensor]) -> torch.Tensor:
+    """Draw a tensor shaped like ``tensor`` on the generator's device with ``draw(shape, generator=, device=,
+    dtype=)``, then move it to the tensor's device (so a CPU generator also seeds noise for CUDA updates)."""
+    sample = draw(tuple(tensor.shape), generator=generator, device=generator.device, dtype=tensor.dtype)
+    return sample.to(tensor.device)
+
+
+def group_norms(tensors: Sequence[torch.Tensor], batched: bool, per_layer: bool) -> list[torch.Tensor]:
+    """L2 norms of each tensor (``per_layer``) or one global norm, over all but the leading dim if ``batched``.
+
+    Returns one norm a tensor (a scalar, or shape (P,) when ``batched``); in global mode the same norm repeated.
+    """
+    if batched:
+        squares = [t.flatten(1).pow(2).sum(1) for t in tensors]
+    else:
+        squares = [t.pow(2).sum() for t in tensors]
+    if per_layer:
+        return [s.sqrt() for s in squares]
+    total = torch.stack(squares).sum(0).sqrt()
+    return [total] * len(tensors)
