@@ -5,15 +5,22 @@ every family below.
 """
 
 from ggl.defenses.base import DEFAULT_SEED, DEFENSES, Defense, make_defense, register_defense
+from ggl.defenses.clipping import Clipping
 from ggl.defenses.noise import GaussianNoise, LaplacianNoise, NoDefense
+from ggl.defenses.quantization import Quantization, Sign
+from ggl.defenses.sparsification import Sparsification
 
 __all__ = [
     "DEFAULT_SEED",
     "DEFENSES",
+    "Clipping",
     "Defense",
     "GaussianNoise",
     "LaplacianNoise",
     "NoDefense",
+    "Quantization",
+    "Sign",
+    "Sparsification",
     "make_defense",
     "register_defense",
 ]
