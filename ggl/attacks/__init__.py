@@ -12,10 +12,14 @@ from ggl.attacks.base import (
     make_attack,
     register_attack,
 )
+from ggl.attacks.dlg import DLG
+from ggl.attacks.idlg import IDLG
 
 __all__ = [
     "ATTACKS",
     "AttackTarget",
+    "DLG",
+    "IDLG",
     "GradientInversionAttack",
     "Reconstruction",
     "make_attack",

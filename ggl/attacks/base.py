@@ -303,6 +303,10 @@ class GradientInversionAttack(pl.LightningModule):
         """The current trial's candidate: images (B, C, H, W) in [0, 1], labels (B,), and its loss."""
         raise NotImplementedError
 
+    def preview(self) -> torch.Tensor:
+        """The current candidate's images (B, C, H, W) in [0, 1] for the image log; should not spend evaluations."""
+        return self.trial_result()[0]
+
     # ------------------------------------------------------------------------------- helpers for subclasses
 
     @property
@@ -400,7 +404,7 @@ class GradientInversionAttack(pl.LightningModule):
         if logger is not None:
             logger.log_metrics({"attack/loss": loss, "attack/evaluations": self.evaluations}, step=batch_idx)
             if (batch_idx + 1) % self.log_every == 0:
-                self._log_images(self.trial_result()[0], batch_idx + 1, logger)
+                self._log_images(self.preview(), batch_idx + 1, logger)
         out_of_budget = self.budget is not None and self.evaluations >= self.budget
         if step == self.iterations - 1 or out_of_budget:
             self._finish_trial()
