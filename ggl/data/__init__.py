@@ -6,11 +6,15 @@ from collections.abc import Callable
 from typing import Any
 
 from ggl.data.base import DataNotFoundError, VictimDataModule
+from ggl.data.celeba import CelebADataModule
 from ggl.data.embedded import EmbeddedFashionMNIST
+from ggl.data.imagenet import ImageNetDataModule
 
 DATAMODULES: dict[str, Callable[..., VictimDataModule]] = {
     "embedded": EmbeddedFashionMNIST,
     "fashion-mnist": EmbeddedFashionMNIST,
+    "celeba": CelebADataModule,
+    "imagenet": ImageNetDataModule,
 }
 """Datamodule classes by the name a suite uses."""
 
@@ -22,4 +26,12 @@ def make_datamodule(name: str, **options: Any) -> VictimDataModule:
     return DATAMODULES[name](**options)
 
 
-__all__ = ["DATAMODULES", "DataNotFoundError", "EmbeddedFashionMNIST", "VictimDataModule", "make_datamodule"]
+__all__ = [
+    "DATAMODULES",
+    "CelebADataModule",
+    "DataNotFoundError",
+    "EmbeddedFashionMNIST",
+    "ImageNetDataModule",
+    "VictimDataModule",
+    "make_datamodule",
+]
