@@ -12,6 +12,7 @@ from PIL import Image
 
 from ggl.data.celeba import ANNOTATION_FILES, ATTRIBUTES
 
+LANDMARKS = ("lefteye", "righteye", "nose", "leftmouth", "rightmouth")
 CELEBA_SPLITS = (0, 0, 0, 0, 1, 2, 2, 2, 0, 2)
 """list_eval_partition.txt of the fake CelebA: 5 train, 1 valid, 4 test images."""
 
@@ -37,7 +38,7 @@ def write_celeba(root: Path) -> np.ndarray:
     (folder / "list_bbox_celeba.txt").write_text(
         count + "image_id x_1 y_1 width height\n" + "".join(f"{n} 95 71 226 313\n" for n in names)
     )
-    landmarks = "lefteye_x lefteye_y righteye_x righteye_y nose_x nose_y leftmouth_x leftmouth_y rightmouth_x rightmouth_y"
+    landmarks = " ".join(f"{part}_{axis}" for part in LANDMARKS for axis in "xy")
     (folder / "list_landmarks_align_celeba.txt").write_text(
         count + landmarks + "\n" + "".join(f"{n} 69 109 106 113 77 142 73 152 108 154\n" for n in names)
     )
@@ -62,7 +63,9 @@ def celeba_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, 
     return tmp_path, attributes
 
 
-def write_imagenet_images(folder: Path, wnids: list[str], per_class: int = 1, size: tuple[int, int] = (300, 260)) -> None:
+def write_imagenet_images(
+    folder: Path, wnids: list[str], per_class: int = 1, size: tuple[int, int] = (300, 260)
+) -> None:
     """``folder/<wnid>/*.JPEG`` images whose colour encodes the class position in ``wnids``."""
     for position, wnid in enumerate(wnids):
         (folder / wnid).mkdir(parents=True, exist_ok=True)
