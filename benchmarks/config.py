@@ -1,0 +1,575 @@
+"""Typed, validated suite configurations read from YAML, with ``--set key=value`` overrides.
+
+A suite names everything one leaderboard needs: the datamodule, the victim model, the prior, the attacks with their
+budgets, the defense grid, the victims and the seeds. ``load_suite("smoke")`` reads ``benchmarks/suites/smoke.yaml``
+(or any path), applies overrides such as ``victims.count=2`` or ``attacks.*.budget=10`` (dotted keys; ``*`` means
+every list entry; values are parsed as YAML), and returns a frozen ``SuiteConfig``. Every problem raises
+``SuiteError`` naming the file, the field and what is allowed.
+
+Defense families may list several strengths: ``{name: gaussian, sigma: [0.001, 0.01, 0.1]}`` expands into three
+settings (the product over every list-valued parameter), the way foolbox sweeps epsilons in one call.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SUITES_PACKAGE = "benchmarks"
+REFERENCE_PREFIX = "reference:"
+REFERENCE_KINDS = ("class-mean", "prior-sample", "prior-ceiling")
+TOP_LEVEL_FIELDS = (
+    "name", "description", "datamodule", "model", "prior", "victims", "seeds", "adaptive", "attacks", "defenses",
+    "references", "utility", "requires",
+)
+
+
+class SuiteError(ValueError):
+    """A suite file or override is invalid; the message names the file, the field and the allowed values."""
+
+    def __init__(self, source: str, field_name: str, message: str) -> None:
+        self.source = source
+        self.field = field_name
+        super().__init__(f"{source}: field '{field_name}': {message}")
+
+
+def canonical_json(value: Any) -> str:
+    """JSON with sorted keys and no spaces: the text cell keys and hashes are made of."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def short_hash(value: Any) -> str:
+    """First 12 hex digits of the SHA-256 of ``canonical_json(value)``."""
+    return hashlib.sha256(canonical_json(value).encode()).hexdigest()[:12]
+
+
+def format_value(value: Any) -> str:
+    """Compact, stable text for a parameter value in labels (``0.01``, ``1e-05``, ``true``)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+@dataclass(frozen=True)
+class DataModuleConfig:
+    """Which datamodule holds the victims (``ggl.data.make_datamodule(name, **options)``)."""
+
+    name: str = "embedded"
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The victim model (``ggl.fl.make_victim(name, seed=seed, checkpoint=checkpoint)``)."""
+
+    name: str = "lenet"
+    seed: int = 0
+    checkpoint: str | None = None
+
+
+@dataclass(frozen=True)
+class VictimsConfig:
+    """How many private batches are attacked, of which size, drawn with which seed."""
+
+    count: int = 8
+    seed: int = 0
+    batch_size: int = 1
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """One attack of the suite.
+
+    Attributes:
+        label: the name shown in tables (``GGL (CMA-ES)``).
+        spec: ``make_attack(**spec)`` arguments, ``name`` included, seed excluded (the cell gives it).
+        adaptive: the attacker knows the defense and simulates it (``AttackTarget.defense`` is set).
+    """
+
+    label: str
+    spec: Mapping[str, Any]
+    adaptive: bool = True
+
+    @property
+    def name(self) -> str:
+        return str(self.spec["name"])
+
+    @property
+    def is_reference(self) -> bool:
+        return self.name.startswith(REFERENCE_PREFIX)
+
+    def key(self) -> dict[str, Any]:
+        """What identifies the attack in the results store."""
+        return {**self.spec, "adaptive": self.adaptive}
+
+
+@dataclass(frozen=True)
+class DefenseConfig:
+    """One defense setting: ``make_defense(**spec)``, or ``module:Class`` as ``spec["name"]`` with parameters."""
+
+    label: str
+    spec: Mapping[str, Any]
+
+    @property
+    def name(self) -> str:
+        return str(self.spec["name"])
+
+    @property
+    def family(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class ReferencesConfig:
+    """Prior-only reference rows computed per victim (what an attacker gets from the label and the prior alone).
+
+    Attributes:
+        class_mean: score the mean public image of the inferred class.
+        prior_sample: score a random prior sample of the inferred class.
+        ceiling_steps: Adam steps fitting the prior's latent to the known pixels (0 disables the ceiling).
+        ceiling_restarts: random starts of that fit, the best kept. ceiling_lr: its learning rate.
+    """
+
+    class_mean: bool = True
+    prior_sample: bool = True
+    ceiling_steps: int = 200
+    ceiling_restarts: int = 2
+    ceiling_lr: float = 0.05
+
+    def attacks(self, has_prior: bool) -> tuple[AttackConfig, ...]:
+        """The reference pseudo-attacks this configuration produces."""
+        found = []
+        if self.class_mean:
+            found.append(AttackConfig("prior only: class mean", {"name": REFERENCE_PREFIX + "class-mean"}, False))
+        if has_prior and self.prior_sample:
+            found.append(AttackConfig("prior only: random sample", {"name": REFERENCE_PREFIX + "prior-sample"}, False))
+        if has_prior and self.ceiling_steps > 0:
+            spec = {"name": REFERENCE_PREFIX + "prior-ceiling", "steps": self.ceiling_steps,
+                    "restarts": self.ceiling_restarts, "lr": self.ceiling_lr}
+            found.append(AttackConfig("prior ceiling (pixels known)", spec, False))
+        return tuple(found)
+
+
+@dataclass(frozen=True)
+class UtilityConfig:
+    """Utility cost of each defense setting via ``benchmarks.utility.utility_cost(spec, seed=seed, **options)``."""
+
+    enabled: bool = True
+    seed: int = 0
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RequiresConfig:
+    """What a suite needs beyond the package: a CUDA device, files (data, weights) that must exist."""
+
+    gpu: bool = False
+    files: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SuiteConfig:
+    """A whole suite, validated. ``source`` is the file it came from (for messages)."""
+
+    name: str
+    description: str
+    datamodule: DataModuleConfig
+    model: ModelConfig
+    prior: str | None
+    victims: VictimsConfig
+    seeds: tuple[int, ...]
+    attacks: tuple[AttackConfig, ...]
+    defenses: tuple[DefenseConfig, ...]
+    references: ReferencesConfig
+    utility: UtilityConfig
+    requires: RequiresConfig
+    source: str = "<memory>"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (JSON-able), without ``source``."""
+        data = asdict(self)
+        data.pop("source")
+        return json.loads(canonical_json(data))
+
+    def config_hash(self) -> str:
+        """Hash of the whole resolved suite: recorded with every row."""
+        return short_hash(self.to_dict())
+
+    def context(self) -> dict[str, Any]:
+        """What every cell's result depends on besides its key; one store holds one context."""
+        return {
+            "datamodule": asdict(self.datamodule),
+            "model": asdict(self.model),
+            "prior": self.prior,
+            "victims": {"seed": self.victims.seed, "batch_size": self.victims.batch_size},
+        }
+
+    def reference_attacks(self) -> tuple[AttackConfig, ...]:
+        return self.references.attacks(self.prior is not None)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading and validating
+
+
+def suite_path(name_or_path: str | Path) -> Path:
+    """A suite name (``smoke``) resolves to the shipped ``benchmarks/suites/NAME.yaml``; anything else is a path."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    shipped = resources.files(SUITES_PACKAGE) / "suites" / f"{name_or_path}.yaml"
+    return Path(str(shipped))
+
+
+def available_suites() -> list[str]:
+    """Names of the shipped suites."""
+    folder = Path(str(resources.files(SUITES_PACKAGE) / "suites"))
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def read_yaml(path: Path, source: str) -> dict[str, Any]:
+    """``yaml.safe_load`` a mapping, with ``SuiteError`` for missing files and YAML syntax errors."""
+    if not path.is_file():
+        raise SuiteError(source, "<file>", f"no such file; shipped suites: {', '.join(available_suites())}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise SuiteError(source, "<file>", f"not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise SuiteError(source, "<file>", f"must be a mapping of fields, got {type(data).__name__}")
+    return data
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"victims.count=2"`` -> ``("victims.count", 2)``; the value is parsed as YAML."""
+    if "=" not in text:
+        raise SuiteError("--set", text, "expected key=value (dotted key, YAML value)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise SuiteError("--set", text, "empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as error:
+        raise SuiteError("--set", key, f"value {raw!r} is not valid YAML: {error}") from None
+    return key, value
+
+
+def apply_override(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``value`` at the dotted ``key`` in ``data`` (integers index lists; ``*`` sets every list entry)."""
+    parts = key.split(".")
+
+    def descend(node: Any, index: int, trail: str) -> None:
+        part = parts[index]
+        last = index == len(parts) - 1
+        here = f"{trail}.{part}" if trail else part
+        if isinstance(node, list):
+            if part == "*":
+                targets = list(range(len(node)))
+            elif part.lstrip("-").isdigit() and -len(node) <= int(part) < len(node):
+                targets = [int(part)]
+            else:
+                allowed = f"use an index 0..{len(node) - 1} or *"
+                raise SuiteError("--set", here, f"is a list of {len(node)} entries: {allowed}")
+            for target in targets:
+                if last:
+                    node[target] = copy.deepcopy(value)
+                else:
+                    descend(node[target], index + 1, here)
+            return
+        if not isinstance(node, dict):
+            raise SuiteError("--set", here, f"cannot set a field inside a {type(node).__name__}")
+        if last:
+            node[part] = copy.deepcopy(value)
+            return
+        if part not in node or node[part] is None:
+            node[part] = {}
+        descend(node[part], index + 1, here)
+
+    if parts[0] not in TOP_LEVEL_FIELDS:
+        raise SuiteError("--set", key, f"unknown field; allowed: {', '.join(TOP_LEVEL_FIELDS)}")
+    descend(data, 0, "")
+
+
+class _Fields:
+    """Typed reads from one mapping with errors that name the field."""
+
+    def __init__(self, source: str, prefix: str, data: Any, allowed: Sequence[str] | None = None) -> None:
+        self.source = source
+        self.prefix = prefix
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise SuiteError(source, prefix, f"must be a mapping, got {type(data).__name__}")
+        if allowed is not None:
+            unknown = sorted(set(data) - set(allowed))
+            if unknown:
+                raise SuiteError(source, self.name(unknown[0]), f"unknown field; allowed: {', '.join(allowed)}")
+        self.data = data
+
+    def name(self, key: str) -> str:
+        return f"{self.prefix}.{key}" if self.prefix else key
+
+    def error(self, key: str, message: str) -> SuiteError:
+        return SuiteError(self.source, self.name(key), message)
+
+    def str(self, key: str, default: str | None = None, required: bool = False) -> str | None:
+        value = self.data.get(key, default)
+        if value is None:
+            if required:
+                raise self.error(key, "is required (a string)")
+            return None
+        if not isinstance(value, str) or not value:
+            raise self.error(key, f"must be a non-empty string, got {value!r}")
+        return value
+
+    def int(self, key: str, default: int, minimum: int | None = None) -> int:
+        value = self.data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(key, f"must be an integer, got {value!r}")
+        if minimum is not None and value < minimum:
+            raise self.error(key, f"must be >= {minimum}, got {value}")
+        return value
+
+    def float(self, key: str, default: float, positive: bool = False) -> float:
+        value = self.data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.error(key, f"must be a number, got {value!r}")
+        if positive and value <= 0:
+            raise self.error(key, f"must be > 0, got {value}")
+        return float(value)
+
+    def bool(self, key: str, default: bool) -> bool:
+        value = self.data.get(key, default)
+        if not isinstance(value, bool):
+            raise self.error(key, f"must be true or false, got {value!r}")
+        return value
+
+    def mapping(self, key: str) -> dict[str, Any]:
+        value = self.data.get(key) or {}
+        if not isinstance(value, dict):
+            raise self.error(key, f"must be a mapping, got {type(value).__name__}")
+        return dict(value)
+
+
+def _check_plain(source: str, where: str, value: Any) -> None:
+    """Parameters must be plain data (they become JSON keys)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_plain(source, f"{where}.{key}", item)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_plain(source, f"{where}.{index}", item)
+    elif value is not None and not isinstance(value, (str, int, float, bool)):
+        raise SuiteError(source, where, f"must be plain data (string, number, boolean, list, mapping), got {value!r}")
+
+
+def _attack_label(spec: Mapping[str, Any]) -> str:
+    names = {"dlg": "DLG", "idlg": "iDLG", "inverting_gradients": "Inverting Gradients", "ggl": "GGL"}
+    label = names.get(str(spec["name"]), str(spec["name"]))
+    if spec["name"] == "ggl" and "search" in spec:
+        label += f" ({spec['search']})"
+    return label
+
+
+def _read_attacks(source: str, data: Any, adaptive_flags: tuple[bool, ...]) -> tuple[AttackConfig, ...]:
+    if not isinstance(data, list) or not data:
+        raise SuiteError(source, "attacks", "must be a non-empty list of attack specs ({name: dlg, budget: 300, ...})")
+    attacks: list[AttackConfig] = []
+    for index, entry in enumerate(data):
+        where = f"attacks.{index}"
+        if not isinstance(entry, dict):
+            raise SuiteError(source, where, f"must be a mapping with a 'name', got {entry!r}")
+        spec = dict(entry)
+        name = spec.get("name")
+        if not isinstance(name, str) or not name:
+            raise SuiteError(source, f"{where}.name", "is required (a registered attack: dlg, idlg, "
+                             "inverting_gradients, ggl)")
+        if name.startswith(REFERENCE_PREFIX):
+            raise SuiteError(source, f"{where}.name", f"names starting with {REFERENCE_PREFIX!r} are reserved for "
+                             "the prior-only reference rows (see 'references')")
+        if "seed" in spec:
+            raise SuiteError(source, f"{where}.seed", "attack seeds come from the suite's 'seeds' list")
+        label = spec.pop("label", None)
+        if label is not None and not isinstance(label, str):
+            raise SuiteError(source, f"{where}.label", f"must be a string, got {label!r}")
+        flags = adaptive_flags
+        if "adaptive" in spec:
+            own = spec.pop("adaptive")
+            if not isinstance(own, bool):
+                raise SuiteError(source, f"{where}.adaptive", f"must be true or false, got {own!r}")
+            flags = (own,)
+        _check_plain(source, where, spec)
+        base = label or _attack_label(spec)
+        for flag in flags:
+            shown = base if len(flags) == 1 else f"{base}{'' if flag else ' non-adaptive'}"
+            attacks.append(AttackConfig(shown, spec, flag))
+    keys = [canonical_json(a.key()) for a in attacks]
+    for index, key in enumerate(keys):
+        if keys.index(key) != index:
+            raise SuiteError(source, f"attacks.{index}", "duplicates an earlier attack (same name and parameters)")
+    return tuple(attacks)
+
+
+def defense_label(spec: Mapping[str, Any]) -> str:
+    """``gaussian(sigma=0.01)``; ``none`` for no parameters."""
+    params = [f"{k}={format_value(v)}" for k, v in sorted(spec.items()) if k != "name"]
+    return f"{spec['name']}({', '.join(params)})" if params else str(spec["name"])
+
+
+def expand_defense(source: str, where: str, entry: Any) -> list[DefenseConfig]:
+    """One defense family entry -> its settings (the product over list-valued parameters)."""
+    if not isinstance(entry, dict):
+        raise SuiteError(source, where, f"must be a mapping with a 'name', got {entry!r}")
+    spec = dict(entry)
+    name = spec.get("name")
+    if not isinstance(name, str) or not name:
+        raise SuiteError(source, f"{where}.name", "is required (a registered defense, or module:Class)")
+    label = spec.pop("label", None)
+    if label is not None and not isinstance(label, str):
+        raise SuiteError(source, f"{where}.label", f"must be a string, got {label!r}")
+    _check_plain(source, where, spec)
+    swept = [k for k, v in spec.items() if isinstance(v, list) and k != "name"]
+    for key in swept:
+        if not spec[key]:
+            raise SuiteError(source, f"{where}.{key}", "an empty list sweeps nothing; give one value or more")
+    settings = []
+    for values in itertools.product(*(spec[k] for k in swept)):
+        setting = {**spec, **dict(zip(swept, values))}
+        shown = defense_label(setting)
+        if label:
+            swept_text = ", ".join(f"{k}={format_value(v)}" for k, v in zip(swept, values))
+            shown = f"{label} ({swept_text})" if swept else label
+        settings.append(DefenseConfig(shown, setting))
+    return settings
+
+
+def _read_defenses(source: str, data: Any) -> tuple[DefenseConfig, ...]:
+    if not isinstance(data, list) or not data:
+        raise SuiteError(source, "defenses", "must be a non-empty list of defense specs "
+                         "({name: gaussian, sigma: [0.001, 0.01]})")
+    defenses: list[DefenseConfig] = []
+    for index, entry in enumerate(data):
+        defenses.extend(expand_defense(source, f"defenses.{index}", entry))
+    keys = [canonical_json(dict(d.spec)) for d in defenses]
+    for index, key in enumerate(keys):
+        if keys.index(key) != index:
+            raise SuiteError(source, "defenses", f"setting {defenses[index].label} appears twice")
+    return tuple(defenses)
+
+
+def build_suite(data: dict[str, Any], source: str) -> SuiteConfig:
+    """Validate a suite mapping (as read from YAML, overrides applied) into a ``SuiteConfig``."""
+    top = _Fields(source, "", data, TOP_LEVEL_FIELDS)
+    name = top.str("name", required=True)
+    assert name is not None
+    description = data.get("description") or ""
+    if not isinstance(description, str):
+        raise SuiteError(source, "description", f"must be a string, got {description!r}")
+
+    dm = _Fields(source, "datamodule", data.get("datamodule"), ("name", "options"))
+    options = dm.mapping("options")
+    _check_plain(source, "datamodule.options", options)
+    datamodule = DataModuleConfig(dm.str("name", default="embedded") or "embedded", options)
+
+    model_fields = _Fields(source, "model", data.get("model"), ("name", "seed", "checkpoint"))
+    model = ModelConfig(
+        model_fields.str("name", default="lenet") or "lenet",
+        model_fields.int("seed", 0),
+        model_fields.str("checkpoint"),
+    )
+
+    prior = data.get("prior")
+    if prior is not None and (not isinstance(prior, str) or not prior):
+        raise SuiteError(source, "prior", f"must be a prior name or checkpoint path, or null; got {prior!r}")
+
+    victims_fields = _Fields(source, "victims", data.get("victims"), ("count", "seed", "batch_size"))
+    victims = VictimsConfig(
+        victims_fields.int("count", 8, minimum=1),
+        victims_fields.int("seed", 0),
+        victims_fields.int("batch_size", 1, minimum=1),
+    )
+
+    seeds_raw = data.get("seeds", [0])
+    if isinstance(seeds_raw, int) and not isinstance(seeds_raw, bool):
+        seeds_raw = [seeds_raw]
+    if (
+        not isinstance(seeds_raw, list)
+        or not seeds_raw
+        or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds_raw)
+        or len(set(seeds_raw)) != len(seeds_raw)
+    ):
+        raise SuiteError(source, "seeds", f"must be a non-empty list of distinct integers >= 0, got {seeds_raw!r}")
+
+    adaptive_raw = data.get("adaptive", [True])
+    if isinstance(adaptive_raw, bool):
+        adaptive_raw = [adaptive_raw]
+    if (
+        not isinstance(adaptive_raw, list)
+        or not adaptive_raw
+        or any(not isinstance(a, bool) for a in adaptive_raw)
+        or len(set(adaptive_raw)) != len(adaptive_raw)
+    ):
+        raise SuiteError(source, "adaptive", f"must be true, false or [true, false]; got {adaptive_raw!r}")
+
+    attacks = _read_attacks(source, data.get("attacks"), tuple(adaptive_raw))
+    defenses = _read_defenses(source, data.get("defenses"))
+
+    ref = _Fields(source, "references", data.get("references"),
+                  ("class_mean", "prior_sample", "ceiling_steps", "ceiling_restarts", "ceiling_lr"))
+    references = ReferencesConfig(
+        ref.bool("class_mean", True),
+        ref.bool("prior_sample", True),
+        ref.int("ceiling_steps", 200, minimum=0),
+        ref.int("ceiling_restarts", 2, minimum=1),
+        ref.float("ceiling_lr", 0.05, positive=True),
+    )
+
+    util = _Fields(source, "utility", data.get("utility"), ("enabled", "seed", "options"))
+    util_options = util.mapping("options")
+    _check_plain(source, "utility.options", util_options)
+    utility = UtilityConfig(util.bool("enabled", True), util.int("seed", 0), util_options)
+
+    req = _Fields(source, "requires", data.get("requires"), ("gpu", "files"))
+    files = data.get("requires", {}).get("files", []) if isinstance(data.get("requires"), dict) else []
+    if not isinstance(files, list) or any(not isinstance(f, str) for f in files):
+        raise SuiteError(source, "requires.files", f"must be a list of paths, got {files!r}")
+    requires = RequiresConfig(req.bool("gpu", False), tuple(files))
+
+    return SuiteConfig(
+        name=name,
+        description=description,
+        datamodule=datamodule,
+        model=model,
+        prior=prior,
+        victims=victims,
+        seeds=tuple(seeds_raw),
+        attacks=attacks,
+        defenses=defenses,
+        references=references,
+        utility=utility,
+        requires=requires,
+        source=source,
+    )
+
+
+def load_suite(name_or_path: str | Path, overrides: Sequence[str] = ()) -> SuiteConfig:
+    """Read a shipped suite by name or a YAML file by path, apply ``key=value`` overrides, validate."""
+    path = suite_path(name_or_path)
+    source = str(path) if path.is_file() else str(name_or_path)
+    data = read_yaml(path, source)
+    for text in overrides:
+        key, value = parse_override(text)
+        apply_override(data, key, value)
+    return build_suite(data, source)

@@ -1,0 +1,282 @@
+"""Run a benchmark suite and write its leaderboard.
+
+    python -m benchmarks.run --suite smoke|all|paper-celeba|paper-imagenet|PATH.yaml [--out DIR]
+                             [--set key=value ...] [--report-only] [--report-dir DIR] [--devices N --num-nodes M]
+
+The suite expands into cells (victim x defense x attack x seed) plus prior-only reference rows; each finished cell
+is committed to ``DIR/results.sqlite`` (default ``results/SUITE``), so a stopped run resumes where it stopped.
+At the end the report (leaderboard tables, plots, grids) is written to ``--report-dir`` (default ``DIR``);
+``--report-only`` rewrites it from the store alone.
+
+Scale-out: ``--devices N`` runs N worker processes on this machine (one GPU each when GPUs exist); under torchrun
+or SLURM (detected with Lightning's cluster environments) every launched process runs its share of the cells.
+Exit status: 0 done; 2 bad input or missing data/weights/device (the message says what); 1 some cells failed
+(listed; the finished ones are kept, and running again retries only the failed ones).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.config import SuiteConfig, SuiteError, canonical_json, load_suite
+
+SHARDS = "shards"
+
+
+@dataclass(frozen=True)
+class RankInfo:
+    """This process's place among the workers of one run."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    run_id: str = ""
+
+
+def detect_rank() -> RankInfo | None:
+    """The rank of a process started by torchrun, SLURM (srun) or ``--devices``; None when not launched."""
+    from lightning_fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    if "GGL_RUN_ID" in os.environ and "RANK" in os.environ:
+        return RankInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)),
+                        os.environ["GGL_RUN_ID"])
+    if TorchElasticEnvironment.detect():
+        environment = TorchElasticEnvironment()
+        run_id = os.environ.get("TORCHELASTIC_RUN_ID", "") + os.environ.get("MASTER_PORT", "")
+        return RankInfo(environment.global_rank(), environment.world_size(), environment.local_rank(), run_id)
+    if SLURMEnvironment.detect() and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        environment = SLURMEnvironment()
+        run_id = f"slurm-{os.environ.get('SLURM_JOB_ID', '')}-{os.environ.get('SLURM_STEP_ID', '')}"
+        return RankInfo(environment.global_rank(), environment.world_size(), environment.local_rank(), run_id)
+    return None
+
+
+def pin_gpu(local_rank: int) -> None:
+    """Give this worker one GPU (the ``local_rank``-th visible one) before CUDA starts."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible:
+        entries = [v for v in visible.split(",") if v.strip()]
+        if len(entries) > 1:
+            os.environ["CUDA_VISIBLE_DEVICES"] = entries[local_rank % len(entries)]
+    else:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(local_rank)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", required=True, help="a shipped suite name (smoke, all, ...) or a YAML path")
+    parser.add_argument("--out", default=None, help="output folder holding the results store (default results/SUITE)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a suite field: dotted key, YAML value "
+                        "(e.g. victims.count=2, attacks.*.budget=50)")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the report from the store; compute nothing")
+    parser.add_argument("--report-dir", default=None, help="where the report goes (default: the output folder)")
+    parser.add_argument("--devices", type=int, default=1, help="worker processes on this node (one GPU each)")
+    parser.add_argument("--num-nodes", type=int, default=1, help="nodes (launch with srun or torchrun on each)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard event files")
+    return parser
+
+
+def _error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def report(out: Path, report_dir: Path, suite: SuiteConfig) -> list[Path]:
+    from benchmarks.report import write_report
+    from benchmarks.store import existing_store
+
+    with existing_store(out) as store:
+        return write_report(store, report_dir, suite.name)
+
+
+def merge_shards(out: Path) -> int:
+    """Copy every rank's shard store into the main store (no duplicates) and delete the shards; rows merged."""
+    from benchmarks.store import ResultsStore, open_store
+
+    merged = 0
+    with open_store(out) as main:
+        for path in sorted((out / SHARDS).glob("rank*.sqlite")):
+            with ResultsStore(path) as shard:
+                for key, value in shard.meta_items():
+                    if key.startswith(("context:", "suite:")):
+                        main.set_meta(key, value)
+                for victim in shard.victims():
+                    main.put_victim(victim)
+                for row in shard.cells():
+                    merged += int(main.put_cell(row))
+                for defense, options, record in shard.utility_records():
+                    main.put_utility(defense, options, record["metrics"], record["config_hash"],
+                                     record["code_version"], record["seconds"])
+            for suffix in ("", "-wal", "-shm"):
+                Path(str(path) + suffix).unlink(missing_ok=True)
+    return merged
+
+
+def _finished_elsewhere(out: Path, suite: str) -> set[tuple[int, str, str, int]]:
+    """Keys finished in the main store and in any shard left by an earlier run."""
+    from benchmarks.store import STORE_NAME, ResultsStore
+
+    keys: set[tuple[int, str, str, int]] = set()
+    for path in [out / STORE_NAME, *sorted((out / SHARDS).glob("rank*.sqlite"))]:
+        if path.is_file():
+            with ResultsStore(path) as store:
+                keys |= store.finished_keys(suite)
+    return keys
+
+
+def run_rank(suite: SuiteConfig, out: Path, info: RankInfo, args: argparse.Namespace) -> int:
+    """One worker: compute this rank's cells into its store (the main one, or its shard when world_size > 1)."""
+    from benchmarks.harness import Harness, MissingRequirement
+    from benchmarks.store import ResultsStore, StoreError, open_store
+
+    try:
+        if info.world_size > 1:
+            store = ResultsStore(out / SHARDS / f"rank{info.rank}.sqlite")
+        else:
+            store = open_store(out)
+    except StoreError as error:
+        return _error(str(error))
+    with store:
+        harness = Harness(
+            suite, store, rank=info.rank, world_size=info.world_size,
+            progress=not args.no_progress and info.rank == 0,
+            tensorboard_dir=None if args.no_tensorboard else out / "tensorboard",
+        )
+        try:
+            harness.preflight()
+            store.claim_context(suite.name, suite.context())
+        except (SuiteError, MissingRequirement, StoreError) as error:
+            return _error(str(error))
+        store.set_meta(f"suite:{suite.name}", canonical_json(suite.to_dict()))
+        extra = _finished_elsewhere(out, suite.name) if info.world_size > 1 else set()
+        summary = harness.run(also_finished=extra)
+        if info.world_size > 1:
+            store.set_meta(f"finished:{info.run_id}", "1")
+    prefix = f"[rank {info.rank}/{info.world_size}] " if info.world_size > 1 else ""
+    for line in summary.lines():
+        print(prefix + line, file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
+def missing_cells(suite: SuiteConfig, out: Path) -> list[str]:
+    """Cells of ``suite`` not in the main store (after a multi-process run: the failed ones)."""
+    from benchmarks.harness import expand_cells
+    from benchmarks.store import open_store
+
+    with open_store(out) as store:
+        finished = store.finished_keys(suite.name)
+    return [cell.describe() for cell in expand_cells(suite) if cell.key() not in finished]
+
+
+def launch_local(args: argparse.Namespace, argv: list[str]) -> list[int]:
+    """Start ``--devices`` worker processes of this command (RANK/WORLD_SIZE/LOCAL_RANK set) and wait for them."""
+    run_id = uuid.uuid4().hex[:12]
+    processes = []
+    for rank in range(args.devices):
+        environment = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(args.devices), "LOCAL_RANK": str(rank),
+                       "GGL_RUN_ID": run_id}
+        processes.append(subprocess.Popen([sys.executable, "-m", "benchmarks.run", *argv], env=environment))
+    return [process.wait() for process in processes]
+
+
+def _wait_for_ranks(out: Path, info: RankInfo, timeout: float = 3600.0) -> None:
+    """Rank 0 under torchrun/SLURM: wait until every rank's shard says it finished this run."""
+    from benchmarks.store import ResultsStore
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = 0
+        for rank in range(info.world_size):
+            path = out / SHARDS / f"rank{rank}.sqlite"
+            if path.is_file():
+                with ResultsStore(path) as shard:
+                    done += shard.get_meta(f"finished:{info.run_id}") == "1"
+        if done == info.world_size:
+            return
+        time.sleep(2.0)
+    print(f"warning: not every rank finished within {timeout:.0f} s; reporting what is stored", file=sys.stderr)
+
+
+def finish(suite: SuiteConfig, out: Path, report_dir: Path, failed_before: int) -> int:
+    """Merge shards, write the report, list missing cells; the exit status of the whole run."""
+    from benchmarks.store import StoreError
+
+    try:
+        merge_shards(out)
+        missing = missing_cells(suite, out)
+        paths = report(out, report_dir, suite)
+    except StoreError as error:
+        return _error(str(error))
+    if missing:
+        print(f"{len(missing)} cells are not in the store (failed):", file=sys.stderr)
+        for line in missing:
+            print(f"  {line}", file=sys.stderr)
+    print(f"report: {len(paths)} files in {report_dir}", file=sys.stderr)
+    return 1 if (missing or failed_before) else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    info = detect_rank()
+    if info is not None and info.world_size > 1:
+        pin_gpu(info.local_rank)
+    try:
+        suite = load_suite(args.suite, args.overrides)
+    except SuiteError as error:
+        return _error(str(error))
+    if args.devices < 1 or args.num_nodes < 1:
+        return _error("--devices and --num-nodes must be >= 1")
+    out = Path(args.out) if args.out else Path("results") / suite.name
+    report_dir = Path(args.report_dir) if args.report_dir else out
+
+    if args.report_only:
+        from benchmarks.store import StoreError
+
+        try:
+            paths = report(out, report_dir, suite)
+        except (StoreError, ValueError) as error:
+            return _error(str(error))
+        print(f"report: {len(paths)} files in {report_dir}", file=sys.stderr)
+        return 0
+
+    if info is None and args.num_nodes > 1:
+        return _error("--num-nodes > 1 needs a cluster launcher: start this command once per GPU with srun "
+                      "(SLURM) or torchrun --nnodes M --nproc-per-node N; each process runs its share")
+    if info is None and args.devices > 1:
+        codes = launch_local(args, argv)
+        if any(code == 2 for code in codes):
+            return 2
+        return finish(suite, out, report_dir, failed_before=sum(code != 0 for code in codes))
+
+    info = info or RankInfo()
+    status = run_rank(suite, out, info, args)
+    if status == 2:
+        return 2
+    if info.world_size > 1:
+        if info.rank != 0 or "GGL_RUN_ID" in os.environ:
+            return status  # the local launcher (or rank 0) reports
+        _wait_for_ranks(out, info)
+        return finish(suite, out, report_dir, failed_before=status)
+    from benchmarks.store import StoreError
+
+    try:
+        paths = report(out, report_dir, suite)
+    except StoreError as error:
+        return _error(str(error))
+    print(f"report: {len(paths)} files in {report_dir}", file=sys.stderr)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
