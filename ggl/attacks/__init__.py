@@ -14,12 +14,14 @@ from ggl.attacks.base import (
 )
 from ggl.attacks.dlg import DLG
 from ggl.attacks.idlg import IDLG
+from ggl.attacks.inverting import InvertingGradients
 
 __all__ = [
     "ATTACKS",
     "AttackTarget",
     "DLG",
     "IDLG",
+    "InvertingGradients",
     "GradientInversionAttack",
     "Reconstruction",
     "make_attack",

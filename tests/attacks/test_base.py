@@ -1,0 +1,189 @@
+"""The attack base: target/result types, registry, spec round trip, seeds, budgets, logging, victim safety."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from ggl.attacks import ATTACKS, AttackTarget, GradientInversionAttack, Reconstruction, make_attack, register_attack
+from ggl.defenses import make_defense
+from ggl.fl import Normalization, shared_update
+
+QUICK = {"dlg": {"iterations": 3, "max_iter": 2}, "idlg": {"iterations": 3, "max_iter": 2},
+         "inverting_gradients": {"iterations": 6}}
+
+
+def test_target_has_no_field_for_private_images() -> None:
+    names = {f.name for f in dataclasses.fields(AttackTarget)}
+    assert names == {"model", "update", "defense", "image_shape", "normalization", "labels"}
+    assert not any("image" in name and name != "image_shape" for name in names)
+
+
+def test_reconstruction_fields() -> None:
+    names = [f.name for f in dataclasses.fields(Reconstruction)]
+    assert names == ["images", "labels", "trace", "evaluations", "seconds", "extras"]
+
+
+def test_target_validation(make_case) -> None:
+    case = make_case("lenet")
+    model, update = case.target.model, case.target.update
+    with pytest.raises(ValueError, match="image_shape"):
+        AttackTarget(model, update, image_shape=(32, 32))
+    with pytest.raises(ValueError, match="normalization"):
+        AttackTarget(model, update, image_shape=(1, 32, 32), normalization=Normalization.identity(3))
+    with pytest.raises(ValueError, match="labels"):
+        AttackTarget(model, update, image_shape=(1, 32, 32), labels=torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="labels"):
+        AttackTarget(model, update, image_shape=(1, 32, 32), labels=torch.tensor([0.5]))
+    with pytest.raises(ValueError, match="gradient tensors"):
+        AttackTarget(model, update.with_gradients(update.gradients[:-1]), image_shape=(1, 32, 32))
+    default = AttackTarget(model, update, image_shape=(1, 32, 32))
+    assert default.normalization == Normalization.identity(1)
+    assert default.batch_size == 1
+
+
+def test_registry_and_make_attack_errors() -> None:
+    assert {"dlg", "idlg", "inverting_gradients"} <= set(ATTACKS)
+    with pytest.raises(ValueError, match="allowed: .*dlg"):
+        make_attack("no-such-attack")
+    with pytest.raises(ValueError, match="unknown parameter.*sigma"):
+        make_attack("idlg", sigma=1.0)
+    with pytest.raises(ValueError, match="already registered"):
+        register_attack("dlg")(ATTACKS["idlg"])
+    with pytest.raises(ValueError, match="iterations"):
+        make_attack("dlg", iterations=0)
+    with pytest.raises(ValueError, match="metric"):
+        make_attack("inverting_gradients", metric="l3")
+    with pytest.raises(ValueError, match="tv_weight"):
+        make_attack("inverting_gradients", tv_weight=-1)
+    assert "ggl-test-duplicate" not in ATTACKS
+
+
+@pytest.mark.parametrize("name", ["dlg", "idlg", "inverting_gradients"])
+def test_spec_round_trips(name: str) -> None:
+    attack = make_attack(name, seed=3, budget=50, log_dir="runs", **QUICK[name])
+    spec = attack.spec
+    assert spec["name"] == name and spec["seed"] == 3 and spec["budget"] == 50
+    assert "log_dir" not in spec and "accelerator" not in spec
+    rebuilt = make_attack(**spec)
+    assert type(rebuilt) is type(attack) and rebuilt.spec == spec
+
+
+@pytest.mark.parametrize("name", ["dlg", "idlg", "inverting_gradients"])
+def test_seed_reproducible_and_victim_untouched(name: str, make_case) -> None:
+    case = make_case("lenet", batch=2)
+    model = case.target.model
+    before = [p.detach().clone() for p in model.parameters()]
+    first = make_attack(name, seed=1, **QUICK[name]).reconstruct(case.target)
+    again = make_attack(name, seed=1, **QUICK[name]).reconstruct(case.target)
+    other = make_attack(name, seed=2, **QUICK[name]).reconstruct(case.target)
+    assert first.images.shape == (2, 1, 32, 32) and first.labels.shape == (2,)
+    assert 0 <= float(first.images.min()) and float(first.images.max()) <= 1
+    assert torch.equal(first.images, again.images) and first.trace == again.trace
+    assert not torch.equal(first.images, other.images)
+    assert len(first.trace) == QUICK[name]["iterations"] and first.evaluations >= len(first.trace)
+    assert first.seconds > 0
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(p.grad is None for p in model.parameters()) and not model.training
+
+
+class _BatchNormNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.norm = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4 * 8 * 8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.norm(self.conv(x))).flatten(1))
+
+
+def test_batchnorm_victim_stays_in_eval_mode() -> None:
+    torch.manual_seed(0)
+    model = _BatchNormNet().eval()
+    images = torch.rand(1, 1, 8, 8)
+    update = shared_update(model, images, torch.tensor([2]))
+    buffers = [b.clone() for b in model.buffers()]
+    rec = make_attack("inverting_gradients", iterations=5).reconstruct(
+        AttackTarget(model, update, image_shape=(1, 8, 8))
+    )
+    assert rec.labels.tolist() == [2]
+    assert not model.training and not model.norm.training
+    assert all(torch.equal(a, b) for a, b in zip(buffers, model.buffers()))
+
+
+def test_known_labels_are_used(make_case) -> None:
+    case = make_case("lenet")
+    wrong = (case.labels + 1) % 10
+    target = dataclasses.replace(case.target, labels=wrong)
+    assert make_attack("idlg", **QUICK["idlg"]).reconstruct(target).labels.tolist() == wrong.tolist()
+    assert make_attack("idlg", **QUICK["idlg"]).reconstruct(case.target).labels.tolist() == case.labels.tolist()
+
+
+def test_budget_stops_the_search(make_case) -> None:
+    case = make_case("lenet")
+    rec = make_attack("inverting_gradients", iterations=50, restarts=2, budget=12).reconstruct(case.target)
+    assert len(rec.trace) == 12
+    assert 12 <= rec.evaluations <= 13  # the final scoring of the interrupted trial is one more evaluation
+    lbfgs = make_attack("idlg", iterations=50, max_iter=5, budget=12).reconstruct(case.target)
+    assert 12 <= lbfgs.evaluations < 12 + 5 and len(lbfgs.trace) < 50
+
+
+def test_restarts_keep_the_lowest_loss(make_case) -> None:
+    case = make_case("lenet")
+    rec = make_attack("inverting_gradients", iterations=8, restarts=3, seed=0).reconstruct(case.target)
+    losses = rec.extras["trial_losses"]
+    assert len(losses) == 3 and len(rec.trace) == 24
+    assert rec.extras["best_trial"] == min(range(3), key=losses.__getitem__)
+    assert rec.loss == min(losses)
+
+
+class _StopAt(pl.Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        assert isinstance(pl_module, GradientInversionAttack)
+        if batch_idx + 1 == self.step:
+            trainer.should_stop = True
+
+
+def test_callbacks_can_stop_the_search(make_case) -> None:
+    case = make_case("lenet")
+    rec = make_attack("inverting_gradients", iterations=40).reconstruct(case.target, callbacks=[_StopAt(7)])
+    assert len(rec.trace) == 7 and rec.extras["trial_losses"] and rec.images.isfinite().all()
+
+
+def test_tensorboard_logs_loss_and_images(make_case, tmp_path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    case = make_case("lenet")
+    rec = make_attack("inverting_gradients", iterations=6, log_dir=tmp_path, log_every=3).reconstruct(case.target)
+    events = list(tmp_path.rglob("events.out.tfevents.*"))
+    assert events
+    accumulator = EventAccumulator(str(events[0].parent)).Reload()
+    losses = [event.value for event in accumulator.Scalars("attack/loss")]
+    assert losses == pytest.approx(rec.trace)
+    steps = [event.step for event in accumulator.Images("attack/reconstruction")]
+    assert steps == [3, 6, 6]
+
+
+def test_adaptive_applies_the_defense_simulation(make_case) -> None:
+    defense = make_defense("sparsification", ratio=0.9)
+    case = make_case("lenet", defense=defense)
+    plain = make_attack("inverting_gradients", iterations=4, seed=0).reconstruct(case.target)
+    adaptive = make_attack("inverting_gradients", iterations=4, seed=0, adaptive=True).reconstruct(case.target)
+    assert plain.trace[0] != adaptive.trace[0]
+    no_defense = dataclasses.replace(case.target, defense=None)
+    adaptive_blind = make_attack("inverting_gradients", iterations=4, seed=0, adaptive=True).reconstruct(no_defense)
+    assert adaptive_blind.trace == plain.trace
+
+
+def test_reconstruct_rejects_other_inputs(make_case) -> None:
+    case = make_case("lenet")
+    with pytest.raises(ValueError, match="AttackTarget"):
+        make_attack("idlg").reconstruct(case.images)  # type: ignore[arg-type]
