@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import struct
 from importlib import resources
 from pathlib import Path
 
@@ -116,11 +117,33 @@ def fashion_mnist_train(
         candidates.append(_unpack_debian(cache_root()))
     if not candidates:
         raise DataNotFoundError(_missing_message(root))
+    raw = candidates[0] / "FashionMNIST" / "raw"
+    images, labels = _read_idx(raw, RAW_FILES[0]), _read_idx(raw, RAW_FILES[1])
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise DataNotFoundError(
+            f"{_missing_message(root)} (the files in {raw} hold images of shape {tuple(images.shape)} and labels of "
+            f"shape {tuple(labels.shape)})"
+        )
+    return images, labels.long()
+
+
+def _read_idx(raw: Path, name: str) -> torch.Tensor:
+    """A uint8 idx file (``name`` or ``name.gz`` in ``raw``) as a tensor; only the train files are needed."""
+    path = raw / name if (raw / name).is_file() else raw / f"{name}.gz"
+    opener = gzip.open if path.suffix == ".gz" else open
     try:
-        dataset = FashionMNIST(str(candidates[0]), train=True, download=False)
-    except RuntimeError as error:
-        raise DataNotFoundError(f"{_missing_message(root)} (torchvision said: {error})") from None
-    return dataset.data, dataset.targets.long()
+        with opener(path, "rb") as stream:
+            data = stream.read()
+    except OSError as error:
+        raise DataNotFoundError(f"Fashion-MNIST file {path} could not be read ({error})") from None
+    if len(data) < 4 or data[:3] != b"\x00\x00\x08":
+        raise DataNotFoundError(f"Fashion-MNIST file {path} is not a uint8 idx file (wrong header)")
+    ndim = data[3]
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    pixels = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if pixels.size != int(np.prod(shape)):
+        raise DataNotFoundError(f"Fashion-MNIST file {path} is truncated: expected {shape}, got {pixels.size} values")
+    return torch.from_numpy(pixels.reshape(shape).copy())
 
 
 class EmbeddedFashionMNIST(VictimDataModule):
