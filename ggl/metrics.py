@@ -6,8 +6,8 @@ Functional core in the torchmetrics manner, on pixel images in [0, 1] (both inpu
 * ``reconstruction_metrics(reconstructed, original, labels_hat, labels)`` -> batch means (+ label accuracy);
 * ``ReconstructionMetrics`` accumulates per-image values over many victims (``update`` / ``compute``).
 
-Metrics: ``mse``, ``psnr`` (dB, data range 1), ``ssim`` (Gaussian window 11, sigma 1.5, K1 0.01, K2 0.03, data
-range 1), ``lpips`` (Zhang et al. 2018, arXiv 1801.03924, via torchmetrics) and ``label_accuracy``.
+Metrics: ``mse``, ``psnr`` (dB, data range 1: ``10 log10(1 / mse)``), ``ssim`` (torchmetrics; Gaussian window
+11, sigma 1.5, K1 0.01, K2 0.03, data range 1, border of half a window left out as skimage does), ``lpips`` (Zhang et al. 2018, arXiv 1801.03924, via torchmetrics) and ``label_accuracy``.
 ``HIGHER_IS_BETTER`` says in which direction each one improves *for the attacker*.
 
 LPIPS needs ImageNet-pretrained backbone weights. They are used only when already in the torch hub cache
@@ -170,8 +170,6 @@ def per_image_metrics(
         ``{metric: float64 tensor (B,)}`` in the order of ``original``, plus ``assignment`` (LongTensor (B,), the
         reconstruction index paired with each original).
     """
-    from torchmetrics.functional.image import peak_signal_noise_ratio
-
     for name in metrics:
         _check_choice("metrics", name, METRICS)
     _check_choice("lpips_net", lpips_net, LPIPS_NETS)
@@ -183,12 +181,11 @@ def per_image_metrics(
         assignment = torch.arange(batch)
     paired = reconstructed[assignment]
     results: dict[str, torch.Tensor] = {}
+    squared_error = (paired.double() - original.double()).pow(2).flatten(1).mean(1)
     if "mse" in metrics:
-        results["mse"] = (paired.double() - original.double()).pow(2).flatten(1).mean(1)
+        results["mse"] = squared_error
     if "psnr" in metrics:
-        results["psnr"] = peak_signal_noise_ratio(
-            paired.double(), original.double(), data_range=1.0, reduction="none", dim=(1, 2, 3)
-        ).reshape(-1)
+        results["psnr"] = 10 * torch.log10(1.0 / squared_error)
     if "ssim" in metrics:
         results["ssim"] = _ssim(paired, original)
     if "lpips" in metrics and lpips_available(lpips_net):
