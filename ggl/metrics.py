@@ -7,7 +7,8 @@ Functional core in the torchmetrics manner, on pixel images in [0, 1] (both inpu
 * ``ReconstructionMetrics`` accumulates per-image values over many victims (``update`` / ``compute``).
 
 Metrics: ``mse``, ``psnr`` (dB, data range 1: ``10 log10(1 / mse)``), ``ssim`` (torchmetrics; Gaussian window
-11, sigma 1.5, K1 0.01, K2 0.03, data range 1, border of half a window left out as skimage does), ``lpips`` (Zhang et al. 2018, arXiv 1801.03924, via torchmetrics) and ``label_accuracy``.
+11, sigma 1.5, K1 0.01, K2 0.03, data range 1, border of half a window left out as skimage does), ``lpips``
+(Zhang et al. 2018, arXiv 1801.03924, via torchmetrics) and ``label_accuracy``.
 ``HIGHER_IS_BETTER`` says in which direction each one improves *for the attacker*.
 
 LPIPS needs ImageNet-pretrained backbone weights. They are used only when already in the torch hub cache
