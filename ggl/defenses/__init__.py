@@ -6,21 +6,30 @@ every family below.
 
 from ggl.defenses.base import DEFAULT_SEED, DEFENSES, Defense, make_defense, register_defense
 from ggl.defenses.clipping import Clipping
+from ggl.defenses.dpsgd import DPSGD, PrivacyGuarantee, clip_per_sample, per_sample_gradients, privacy_guarantee
 from ggl.defenses.noise import GaussianNoise, LaplacianNoise, NoDefense
 from ggl.defenses.quantization import Quantization, Sign
+from ggl.defenses.soteria import Soteria, representation_scores
 from ggl.defenses.sparsification import Sparsification
 
 __all__ = [
     "DEFAULT_SEED",
     "DEFENSES",
+    "DPSGD",
     "Clipping",
     "Defense",
     "GaussianNoise",
     "LaplacianNoise",
     "NoDefense",
+    "PrivacyGuarantee",
     "Quantization",
     "Sign",
+    "Soteria",
     "Sparsification",
+    "clip_per_sample",
     "make_defense",
+    "per_sample_gradients",
+    "privacy_guarantee",
     "register_defense",
+    "representation_scores",
 ]
