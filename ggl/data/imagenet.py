@@ -13,7 +13,7 @@ Accepted layouts (ROOT = ``data_root``)::
 
     A. torchvision's ImageNet:  ROOT/meta.bin or ROOT/ILSVRC2012_devkit_t12.tar.gz, and
                                 ROOT/val/<wnid>/*.JPEG or ROOT/ILSVRC2012_img_val.tar (unpacked into ROOT/val
-                                by torchvision on first use, ~6.4 GB)
+                                by torchvision on first use, 6.3 GB)
     B. a plain image folder:    ROOT/val/<wnid>/*.JPEG with all 1,000 class folders
 
 Layout A also works with a partial copy (a few class folders): meta.bin maps each WordNet ID to its standard
