@@ -13,6 +13,7 @@ from ggl.attacks.base import (
     register_attack,
 )
 from ggl.attacks.dlg import DLG
+from ggl.attacks.ggl import GGL
 from ggl.attacks.idlg import IDLG
 from ggl.attacks.inverting import InvertingGradients
 
@@ -20,6 +21,7 @@ __all__ = [
     "ATTACKS",
     "AttackTarget",
     "DLG",
+    "GGL",
     "IDLG",
     "InvertingGradients",
     "GradientInversionAttack",
