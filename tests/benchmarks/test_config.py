@@ -1,0 +1,124 @@
+"""Suite files: validation with named fields, overrides, defense grids, the shipped suites."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from benchmarks.config import (
+    SuiteError,
+    apply_override,
+    available_suites,
+    build_suite,
+    expand_defense,
+    load_suite,
+    parse_override,
+)
+
+MINIMAL = {
+    "name": "tiny",
+    "attacks": [{"name": "idlg", "iterations": 2}],
+    "defenses": [{"name": "none"}, {"name": "gaussian", "sigma": [0.01, 0.1]}],
+}
+
+
+def write(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_shipped_suites_validate() -> None:
+    names = available_suites()
+    assert {"smoke", "all", "paper-celeba", "paper-imagenet"} <= set(names)
+    for name in names:
+        suite = load_suite(name)
+        assert suite.name == name
+        assert suite.attacks and suite.defenses
+
+
+def test_all_suite_meets_the_leaderboard_contract() -> None:
+    suite = load_suite("all")
+    names = {a.name for a in suite.attacks}
+    assert {"dlg", "idlg", "inverting_gradients", "ggl"} <= names
+    assert {a.spec.get("search") for a in suite.attacks if a.name == "ggl"} >= {"cma", "bo", "adam"}
+    families: dict[str, int] = {}
+    for defense in suite.defenses:
+        families[defense.family] = families.get(defense.family, 0) + 1
+    assert all(count >= 3 for family, count in families.items() if family not in ("none", "sign"))
+    assert suite.victims.count >= 8
+
+
+def test_defense_family_expands_over_list_values() -> None:
+    settings = expand_defense("f", "defenses.0", {"name": "sparsification", "ratio": [0.1, 0.5], "mode": ["a", "b"]})
+    assert [dict(s.spec) for s in settings] == [
+        {"name": "sparsification", "ratio": 0.1, "mode": "a"},
+        {"name": "sparsification", "ratio": 0.1, "mode": "b"},
+        {"name": "sparsification", "ratio": 0.5, "mode": "a"},
+        {"name": "sparsification", "ratio": 0.5, "mode": "b"},
+    ]
+    assert settings[0].label == "sparsification(mode=a, ratio=0.1)"
+
+
+def test_overrides_dotted_indexed_and_wildcard(tmp_path: Path) -> None:
+    data = {**MINIMAL, "attacks": [{"name": "idlg", "iterations": 2}, {"name": "dlg", "iterations": 3}]}
+    suite = load_suite(write(tmp_path, data), ["victims.count=3", "attacks.*.iterations=7", "attacks.1.lr=0.5",
+                                               "seeds=[1, 2]"])
+    assert suite.victims.count == 3
+    assert [a.spec["iterations"] for a in suite.attacks] == [7, 7]
+    assert suite.attacks[1].spec["lr"] == 0.5
+    assert suite.seeds == (1, 2)
+
+
+def test_adaptive_flags_expand_attacks() -> None:
+    suite = build_suite({**MINIMAL, "adaptive": [True, False]}, "x.yaml")
+    assert [(a.label, a.adaptive) for a in suite.attacks] == [("iDLG", True), ("iDLG non-adaptive", False)]
+
+
+def test_config_hash_changes_with_any_field() -> None:
+    base = build_suite(MINIMAL, "x.yaml")
+    other = build_suite({**MINIMAL, "victims": {"count": 9}}, "x.yaml")
+    assert base.config_hash() != other.config_hash()
+    assert base.config_hash() == build_suite(dict(MINIMAL), "y.yaml").config_hash()
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"victims": {"count": 0}}, "victims.count"),
+        ({"victims": {"count": "many"}}, "victims.count"),
+        ({"victims": {"size": 3}}, "victims.size"),
+        ({"seeds": [0, 0]}, "seeds"),
+        ({"adaptive": "yes"}, "adaptive"),
+        ({"attacks": []}, "attacks"),
+        ({"attacks": [{"iterations": 3}]}, "attacks.0.name"),
+        ({"attacks": [{"name": "dlg", "seed": 3}]}, "attacks.0.seed"),
+        ({"defenses": [{"name": "gaussian", "sigma": []}]}, "defenses.0.sigma"),
+        ({"defenses": "gaussian"}, "defenses"),
+        ({"prior": 3}, "prior"),
+        ({"budget": 3}, "budget"),
+        ({"references": {"ceiling_steps": -1}}, "references.ceiling_steps"),
+    ],
+)
+def test_bad_fields_are_named(change: dict, field: str) -> None:
+    with pytest.raises(SuiteError) as caught:
+        build_suite({**MINIMAL, **change}, "bad.yaml")
+    assert caught.value.field == field
+    assert "bad.yaml" in str(caught.value) and field in str(caught.value)
+
+
+def test_bad_overrides_and_files(tmp_path: Path) -> None:
+    with pytest.raises(SuiteError, match="key=value"):
+        parse_override("victims.count")
+    with pytest.raises(SuiteError, match="unknown field"):
+        apply_override(dict(MINIMAL), "victim.count", 2)
+    with pytest.raises(SuiteError, match="index"):
+        apply_override({"attacks": [{}]}, "attacks.4.iterations", 2)
+    with pytest.raises(SuiteError, match="no such file"):
+        load_suite(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: [unclosed\n")
+    with pytest.raises(SuiteError, match="not valid YAML"):
+        load_suite(broken)

@@ -1,0 +1,160 @@
+"""Harness: cell expansion and sharding, real tiny cells, resume after an interruption, failures, references."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from benchmarks.config import build_suite
+from benchmarks.harness import Components, Harness, expand_cells, seed_from, shard
+from benchmarks.store import ResultsStore, StoreError
+
+SUITE = {
+    "name": "tiny",
+    "datamodule": {"name": "embedded"},
+    "model": {"name": "lenet", "seed": 0},
+    "prior": None,
+    "victims": {"count": 2, "seed": 0, "batch_size": 1},
+    "seeds": [0],
+    "references": {"class_mean": True},
+    "utility": {"enabled": True},
+    "attacks": [{"name": "idlg", "iterations": 2, "max_iter": 3}, {"name": "dlg", "iterations": 1, "max_iter": 3}],
+    "defenses": [{"name": "none"}, {"name": "gaussian", "sigma": [0.01, 0.1]}],
+}
+
+
+def utility_from_update(spec: dict[str, Any], seed: int) -> dict[str, float]:
+    """A small real utility measure for tests: cosine between a random update and its defended version."""
+    from ggl.defenses import make_defense
+    from ggl.fl import SharedUpdate
+
+    generator = torch.Generator().manual_seed(seed)
+    update = SharedUpdate((torch.randn(100, generator=generator),), 1)
+    defended = make_defense(**spec)(update, generator=generator)
+    cosine = torch.nn.functional.cosine_similarity(update.flat(), defended.flat(), dim=0)
+    return {"update_cosine": float(cosine), "accuracy_drop": 0.0}
+
+
+class CountingAttacks:
+    """``make_attack`` that counts calls and can interrupt (KeyboardInterrupt, like Ctrl-C) or fail at a call."""
+
+    def __init__(self, interrupt_at: int | None = None, fail_name: str | None = None) -> None:
+        self.calls: list[str] = []
+        self.interrupt_at = interrupt_at
+        self.fail_name = fail_name
+
+    def __call__(self, name: str, **params: Any) -> Any:
+        from ggl.attacks import make_attack
+
+        self.calls.append(name)
+        if self.interrupt_at is not None and len(self.calls) == self.interrupt_at:
+            raise KeyboardInterrupt
+        if name == self.fail_name:
+            raise RuntimeError("attack exploded")
+        return make_attack(name, **params)
+
+
+def harness(tmp_path: Path, suite: dict | None = None, **components: Any) -> Harness:
+    config = build_suite(suite or SUITE, "tiny.yaml")
+    store = ResultsStore(tmp_path / "results.sqlite")
+    parts = Components(utility=utility_from_update, **components)
+    return Harness(config, store, parts, progress=False, log=lambda message: None)
+
+
+def test_expand_and_shard_cover_every_cell_once() -> None:
+    config = build_suite({**SUITE, "seeds": [0, 1]}, "tiny.yaml")
+    cells = expand_cells(config)
+    # victims x seeds x (1 reference + defenses x attacks)
+    assert len(cells) == 2 * 2 * (1 + 3 * 2)
+    assert len({cell.key() for cell in cells}) == len(cells)
+    shares = [shard(cells, rank, 3) for rank in range(3)]
+    assert Counter(cell.key() for share in shares for cell in share) == Counter(cell.key() for cell in cells)
+    assert max(map(len, shares)) - min(map(len, shares)) <= 1
+    with pytest.raises(ValueError):
+        shard(cells, 3, 3)
+
+
+def test_seed_from_is_stable() -> None:
+    assert seed_from("all", 0, {"name": "gaussian"}, 0) == seed_from("all", 0, {"name": "gaussian"}, 0)
+    assert seed_from("all", 0, {"name": "gaussian"}, 0) != seed_from("all", 1, {"name": "gaussian"}, 0)
+
+
+def test_resume_after_interruption_no_loss_no_duplicates(tmp_path: Path) -> None:
+    first = harness(tmp_path, make_attack=CountingAttacks(interrupt_at=4))
+    with pytest.raises(KeyboardInterrupt):
+        first.run()
+    stored = {(c.victim, c.defense_json, c.attack_json, c.seed): c for c in first.store.cells("tiny")}
+    total = len(expand_cells(first.suite))
+    # victim 0: its reference row, then three attack cells before the fourth make_attack call interrupted
+    assert len(stored) == 4
+    first.store.close()
+
+    counting = CountingAttacks()
+    second = harness(tmp_path, make_attack=counting)
+    summary = second.run()
+    assert summary.skipped == 4 and summary.computed == total - 4 and not summary.failed
+    attack_cells = sum(1 for cell in expand_cells(second.suite) if cell.kind == "attack")
+    assert len(counting.calls) == attack_cells - 3  # finished cells were not recomputed
+    rows = second.store.cells("tiny")
+    assert len(rows) == total
+    assert len({(r.victim, r.defense_json, r.attack_json, r.seed) for r in rows}) == total
+    for r in rows:  # rows of the first run are untouched
+        key = (r.victim, r.defense_json, r.attack_json, r.seed)
+        if key in stored:
+            assert (r.images == stored[key].images).all() and r.metrics == stored[key].metrics
+    utilities = second.store.utilities()
+    assert len(utilities) == 3
+    assert min(u["metrics"]["update_cosine"] for u in utilities.values()) < 0.999
+
+
+def test_failed_cells_are_listed_and_others_kept(tmp_path: Path) -> None:
+    run = harness(tmp_path, make_attack=CountingAttacks(fail_name="dlg"))
+    summary = run.run()
+    assert len(summary.failed) == 2 * 3
+    assert all("DLG" in what and "attack exploded" in why for what, why in summary.failed)
+    assert summary.computed == len(expand_cells(run.suite)) - 6
+    run.store.close()
+    retry = harness(tmp_path, make_attack=CountingAttacks())
+    summary = retry.run()
+    assert summary.computed == 6 and not summary.failed
+
+
+def test_same_key_gives_the_same_numbers(tmp_path: Path) -> None:
+    suite = {**SUITE, "victims": {"count": 1}, "defenses": [{"name": "gaussian", "sigma": 0.01}],
+             "references": {"class_mean": False}}
+    a = harness(tmp_path / "a", suite)
+    b = harness(tmp_path / "b", suite)
+    a.run()
+    b.run()
+    rows_a, rows_b = a.store.cells("tiny"), b.store.cells("tiny")
+    assert [r.metrics for r in rows_a] == [r.metrics for r in rows_b]
+    assert all((x.images == y.images).all() for x, y in zip(rows_a, rows_b))
+
+
+def test_class_mean_reference_scores_the_class_mean(tmp_path: Path) -> None:
+    from ggl.metrics import reconstruction_metrics
+
+    run = harness(tmp_path, {**SUITE, "attacks": [{"name": "idlg", "iterations": 1, "max_iter": 1}],
+                             "defenses": [{"name": "none"}]})
+    run.run()
+    references = [r for r in run.store.cells("tiny") if r.kind == "reference"]
+    assert len(references) == 2
+    datamodule = run.datamodule()
+    for reference, victim in zip(references, run.store.victims("tiny")):
+        assert reference.labels == victim.labels  # iDLG's rule recovers a single label exactly
+        expected = reconstruction_metrics(datamodule.class_means()[victim.labels], torch.as_tensor(victim.images))
+        assert reference.metrics["psnr"] == pytest.approx(expected["psnr"], abs=1e-4)
+        assert 8.0 < reference.metrics["psnr"] < 30.0
+
+
+def test_a_store_refuses_a_different_victim_setup(tmp_path: Path) -> None:
+    run = harness(tmp_path, {**SUITE, "defenses": [{"name": "none"}], "attacks": [{"name": "idlg", "iterations": 1}],
+                             "victims": {"count": 1}})
+    run.run()
+    changed = build_suite({**SUITE, "victims": {"count": 1, "batch_size": 2}}, "tiny.yaml")
+    with pytest.raises(StoreError, match="victims"):
+        Harness(changed, run.store, Components(utility=utility_from_update), progress=False).run()
