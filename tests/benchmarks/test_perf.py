@@ -1,0 +1,56 @@
+"""The perf CLI at a tiny size: JSON fields, Markdown table, and serial and batched losses that agree."""
+
+from __future__ import annotations
+
+import json
+
+from benchmarks.perf.cli import main
+
+FIELDS = {
+    "victim",
+    "image_size",
+    "population",
+    "device",
+    "engine",
+    "candidates_per_s",
+    "serial_candidates_per_s",
+    "speedup",
+    "limit_share",
+    "peak_memory_mib",
+    "flops_per_candidate",
+}
+
+
+def test_perf_cli_tiny_run(tmp_path):
+    out = tmp_path / "perf.json"
+    argv = [
+        "--victim", "lenet", "--image-size", "8", "--channels", "1", "--population", "3", "--repeats", "1",
+        "--engines", "vmap,hooks,auto", "--e2e-victim", "lenet", "--e2e-budget", "6", "--e2e-population", "3",
+        "--threads", "1", "--out", str(out),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    rows = json.loads(out.read_text())
+    throughput = [row for row in rows if row["measurement"] == "throughput"]
+    assert [row["engine"] for row in throughput] == ["serial", "vmap", "hooks", "auto:hooks"]
+    for row in throughput:
+        assert FIELDS <= set(row)
+        assert row["candidates_per_s"] > 0 and row["limit_share"] > 0 and row["flops_per_candidate"] > 0
+        assert abs(row["speedup"] - row["candidates_per_s"] / row["serial_candidates_per_s"]) < 1e-9
+        assert len(row["losses"]) == 3
+        for loss, reference in zip(row["losses"], row["serial_losses"]):
+            assert abs(loss - reference) <= 1e-4 * abs(reference)
+    end_to_end = [row for row in rows if row["measurement"] == "end_to_end"]
+    assert [row["budget"] for row in end_to_end] == [6] * 4
+    assert all(row["seconds"] > 0 for row in end_to_end)
+    table = out.with_suffix(".md").read_text()
+    assert "| lenet | 1x8 | 3 | hooks |" in table and "end-to-end GGL-CMA" in table
+
+
+def test_perf_cli_rejects_bad_options(tmp_path, capsys):
+    assert main(["--victim", "vgg", "--out", str(tmp_path / "x.json")]) == 2
+    assert "--victim" in capsys.readouterr().err
+    assert main(["--population", "0", "--out", str(tmp_path / "x.json")]) == 2
+    assert "--population" in capsys.readouterr().err
+    assert main(["--engines", "turbo", "--out", str(tmp_path / "x.json")]) == 2
+    assert "--engines" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
