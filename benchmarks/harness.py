@@ -219,7 +219,8 @@ class Harness:
     """Runs the cells of one suite into one results store.
 
     Args:
-        suite: the validated suite. store: the results store. components: library calls (defaults: real ones).
+        suite: the validated suite. store: the results store (may be set later, after ``preflight``).
+        components: library calls (defaults: the real ones).
         rank, world_size: this process's share of the cells. device: "cpu", "cuda" or None (CUDA when available).
         progress: show a progress bar over this rank's cells. tensorboard_dir: scalars and images per cell.
         log: where one-line messages go.
@@ -228,7 +229,7 @@ class Harness:
     def __init__(
         self,
         suite: SuiteConfig,
-        store: ResultsStore,
+        store: ResultsStore | None,
         components: Components | None = None,
         rank: int = 0,
         world_size: int = 1,
@@ -369,6 +370,7 @@ class Harness:
             update = shared_update(model, inputs, labels.to(self.device))
             labels_hat = infer_labels(update, model).cpu()
             self._victims = {index: _Victim(images, labels, inputs, update, labels_hat)}
+            assert self.store is not None
             self.store.put_victim(VictimRow(self.suite.name, index, list(indices), labels.tolist(),
                                             images.numpy().astype(np.float32)))
         return self._victims[index]
@@ -386,6 +388,8 @@ class Harness:
             stop: polled before each cell; True ends the run early (what is done stays done).
             also_finished: keys finished in other stores (other ranks' shards), skipped as well.
         """
+        if self.store is None:
+            raise RuntimeError("Harness.run needs a results store")
         start = time.perf_counter()
         summary = RunSummary()
         self.store.claim_context(self.suite.name, self.suite.context())

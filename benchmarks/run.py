@@ -139,6 +139,15 @@ def run_rank(suite: SuiteConfig, out: Path, info: RankInfo, args: argparse.Names
     from benchmarks.harness import Harness, MissingRequirement
     from benchmarks.store import ResultsStore, StoreError, open_store
 
+    harness = Harness(
+        suite, None, rank=info.rank, world_size=info.world_size,
+        progress=not args.no_progress and info.rank == 0,
+        tensorboard_dir=None if args.no_tensorboard else out / "tensorboard",
+    )
+    try:
+        harness.preflight()
+    except (SuiteError, MissingRequirement) as error:
+        return _error(str(error))
     try:
         if info.world_size > 1:
             store = ResultsStore(out / SHARDS / f"rank{info.rank}.sqlite")
@@ -147,15 +156,10 @@ def run_rank(suite: SuiteConfig, out: Path, info: RankInfo, args: argparse.Names
     except StoreError as error:
         return _error(str(error))
     with store:
-        harness = Harness(
-            suite, store, rank=info.rank, world_size=info.world_size,
-            progress=not args.no_progress and info.rank == 0,
-            tensorboard_dir=None if args.no_tensorboard else out / "tensorboard",
-        )
+        harness.store = store
         try:
-            harness.preflight()
             store.claim_context(suite.name, suite.context())
-        except (SuiteError, MissingRequirement, StoreError) as error:
+        except StoreError as error:
             return _error(str(error))
         store.set_meta(f"suite:{suite.name}", canonical_json(suite.to_dict()))
         extra = _finished_elsewhere(out, suite.name) if info.world_size > 1 else set()

@@ -1,0 +1,243 @@
+"""Submit a defense to the leaderboard: validate its YAML entry, evaluate it, write its JSON, regenerate tables.
+
+    python -m benchmarks.submit leaderboards/submissions/NAME.yaml [--suite all] [--set key=value ...]
+                                [--out DIR] [--report-dir DIR] [--entry-out PATH]
+
+An entry (``leaderboards/submissions/NAME.yaml``, read with ``yaml.safe_load``)::
+
+    name: Top-k sparsification 90%          # shown in the tables
+    authors: [Jane Doe, John Roe]
+    paper: https://arxiv.org/abs/...        # or null
+    defense: {name: sparsification, ratio: 0.9}     # a registered defense with parameters,
+    #        {name: mypackage.defenses:MyDefense, strength: 2}   or module:Class from an importable module
+    claimed_utility: {update_cosine: 0.7, accuracy_drop: 0.02}  # optional; compared with the measured one
+    notes: free text                        # optional
+
+The defense is evaluated on the suite (default ``all``; ``--suite``/``--set`` choose a smaller one) against
+every attack of it, in the suite's results store (default ``results/SUITE``, shared with the suite's own run, so
+finished cells are reused), the report of that store is regenerated, and the entry's numbers are written to
+``NAME.json`` beside the YAML (one evaluation per suite configuration, each with its config hash and code version).
+Exit status: 0 done; 2 invalid entry (every bad field is listed); 1 some cells failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from benchmarks.config import DefenseConfig, SuiteError, canonical_json, load_suite
+
+ENTRY_FIELDS = ("name", "authors", "paper", "defense", "claimed_utility", "notes")
+UTILITY_FIELDS = ("update_cosine", "accuracy", "clean_accuracy", "accuracy_drop")
+ENTRY_SCHEMA = "ggl-bench-submission-v1"
+UTILITY_TOLERANCE = 0.05
+
+
+class SubmissionError(ValueError):
+    """An invalid submission; ``problems`` lists every bad field with what is allowed."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: invalid submission:\n  - " + "\n  - ".join(problems))
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A validated leaderboard entry."""
+
+    name: str
+    authors: tuple[str, ...]
+    paper: str | None
+    defense: dict[str, Any]
+    claimed_utility: dict[str, float] = field(default_factory=dict)
+    notes: str = ""
+    source: str = ""
+
+
+def load_submission(path: str | Path, build: Any = None) -> Submission:
+    """Read and validate an entry; raises ``SubmissionError`` naming every bad field."""
+    from benchmarks.harness import build_defense
+
+    build = build or build_defense
+    source = str(path)
+    path = Path(path)
+    if not path.is_file():
+        raise SubmissionError(source, ["<file>: no such file"])
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise SubmissionError(source, [f"<file>: not valid YAML: {error}"]) from None
+    if not isinstance(data, dict):
+        raise SubmissionError(source, [f"<file>: must be a mapping of fields ({', '.join(ENTRY_FIELDS)})"])
+    problems = [f"field '{key}': unknown; allowed: {', '.join(ENTRY_FIELDS)}" for key in sorted(set(data) -
+                                                                                               set(ENTRY_FIELDS))]
+    name = data.get("name")
+    if not isinstance(name, str) or not name.strip():
+        problems.append(f"field 'name': required, a non-empty string; got {name!r}")
+    authors = data.get("authors")
+    if isinstance(authors, str):
+        authors = [authors]
+    if not isinstance(authors, list) or not authors or not all(isinstance(a, str) and a.strip() for a in authors):
+        problems.append(f"field 'authors': required, a name or a list of names; got {data.get('authors')!r}")
+        authors = []
+    paper = data.get("paper")
+    if paper is not None and (not isinstance(paper, str) or not paper.startswith(("http://", "https://"))):
+        problems.append(f"field 'paper': a link starting with http:// or https://, or null; got {paper!r}")
+    defense = data.get("defense")
+    if not isinstance(defense, dict) or not isinstance(defense.get("name"), str):
+        problems.append("field 'defense': required, a mapping with 'name' (a registered defense or module:Class) "
+                        f"and its parameters; got {defense!r}")
+        defense = None
+    else:
+        swept = sorted(k for k, v in defense.items() if isinstance(v, (list, dict)))
+        if swept:
+            problems.append(f"field 'defense.{swept[0]}': an entry is one setting; give a single value")
+        else:
+            try:
+                build(dict(defense))
+            except Exception as error:  # any construction error is a bad entry, reported with its field
+                problems.append(f"field 'defense': {error}")
+    claimed = data.get("claimed_utility") or {}
+    if not isinstance(claimed, dict):
+        problems.append(f"field 'claimed_utility': a mapping of {', '.join(UTILITY_FIELDS)}; got {claimed!r}")
+        claimed = {}
+    for key, value in claimed.items():
+        if key not in UTILITY_FIELDS:
+            problems.append(f"field 'claimed_utility.{key}': unknown; allowed: {', '.join(UTILITY_FIELDS)}")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            problems.append(f"field 'claimed_utility.{key}': a number; got {value!r}")
+    notes = data.get("notes") or ""
+    if not isinstance(notes, str):
+        problems.append(f"field 'notes': a string; got {notes!r}")
+    if problems:
+        raise SubmissionError(source, problems)
+    assert isinstance(name, str) and defense is not None
+    return Submission(name.strip(), tuple(a.strip() for a in authors), paper, dict(defense),
+                      {k: float(v) for k, v in claimed.items()}, notes, source)
+
+
+def entry_evaluation(report_json: dict[str, Any], submission: Submission, suite: Any,
+                     overrides: list[str]) -> dict[str, Any]:
+    """The submission's leaderboard entry from a report (``leaderboard.json``) with its provenance."""
+    spec = canonical_json(submission.defense)
+    matches = [e for e in report_json["leaderboard"] if canonical_json(e["spec"]) == spec]
+    if not matches:
+        raise RuntimeError(f"the report has no row for {submission.name}; did every cell fail?")
+    entry = matches[0]
+    measured = (entry.get("utility") or {}).get("metrics", {})
+    check = {}
+    for key, claimed in submission.claimed_utility.items():
+        if key in measured and isinstance(measured[key], (int, float)):
+            check[key] = {"claimed": claimed, "measured": measured[key],
+                          "within_tolerance": abs(float(measured[key]) - claimed) <= UTILITY_TOLERANCE}
+    return {
+        "suite": suite.name,
+        "overrides": list(overrides),
+        "config_hash": suite.config_hash(),
+        "victims": report_json["victims"],
+        "seeds": report_json["seeds"],
+        "code_versions": sorted({row["code_version"] for pair in entry["attacks"] for row in pair["rows"]}),
+        "rank_in_store": entry["rank"],
+        "of_defenses_in_store": len(report_json["leaderboard"]),
+        "psnr_gain_over_prior": entry["psnr_gain_over_prior"],
+        "strongest_attack": entry["strongest_attack"],
+        "best": entry["best"],
+        "utility": entry.get("utility"),
+        "utility_check": check,
+        "attacks": entry["attacks"],
+        "references": report_json["references"],
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.submit", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("entry", help="leaderboards/submissions/NAME.yaml")
+    parser.add_argument("--suite", default="all", help="suite to evaluate on (default: all, the standard one)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a suite field (a smaller evaluation); recorded in the entry")
+    parser.add_argument("--out", default=None, help="results store folder (default results/SUITE)")
+    parser.add_argument("--report-dir", default=None, help="where the regenerated tables go (default: --out)")
+    parser.add_argument("--entry-out", default=None, help="the entry's JSON (default: NAME.json beside the YAML)")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from benchmarks.harness import Harness, MissingRequirement
+    from benchmarks.report import build_report, leaderboard_json, write_report
+    from benchmarks.store import StoreError, open_store
+
+    try:
+        submission = load_submission(args.entry)
+        suite = load_suite(args.suite, args.overrides)
+    except (SubmissionError, SuiteError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    suite = replace(suite, defenses=(DefenseConfig(submission.name, submission.defense),))
+    out = Path(args.out) if args.out else Path("results") / suite.name
+    report_dir = Path(args.report_dir) if args.report_dir else out
+    entry_out = Path(args.entry_out) if args.entry_out else Path(args.entry).with_suffix(".json")
+    try:
+        store = open_store(out)
+    except StoreError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    with store:
+        harness = Harness(suite, store, progress=not args.no_progress,
+                          tensorboard_dir=out / "tensorboard")
+        try:
+            harness.preflight()
+            store.claim_context(suite.name, suite.context())
+        except (SuiteError, MissingRequirement, StoreError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        summary = harness.run()
+        for line in summary.lines():
+            print(line, file=sys.stderr)
+        write_report(store, report_dir, suite.name)
+        report = leaderboard_json(build_report(store, suite.name))
+    evaluation = entry_evaluation(report, submission, suite, args.overrides)
+    existing: dict[str, Any] = {}
+    if entry_out.is_file():
+        try:
+            existing = json.loads(entry_out.read_text())
+        except json.JSONDecodeError:
+            existing = {}
+    evaluations = dict(existing.get("evaluations", {})) if existing.get("defense") == submission.defense else {}
+    evaluations[f"{suite.name}@{suite.config_hash()}"] = evaluation
+    document = {
+        "schema": ENTRY_SCHEMA,
+        "name": submission.name,
+        "authors": list(submission.authors),
+        "paper": submission.paper,
+        "defense": submission.defense,
+        "claimed_utility": submission.claimed_utility,
+        "notes": submission.notes,
+        "evaluations": dict(sorted(evaluations.items())),
+    }
+    entry_out.parent.mkdir(parents=True, exist_ok=True)
+    partial = entry_out.with_name(entry_out.name + ".partial")
+    partial.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    partial.replace(entry_out)
+    gain = evaluation["psnr_gain_over_prior"]
+    print(f"{submission.name}: PSNR above prior {gain} dB (strongest: {evaluation['strongest_attack']}); "
+          f"entry written to {entry_out}; tables in {report_dir}", file=sys.stderr)
+    for key, check in evaluation["utility_check"].items():
+        if not check["within_tolerance"]:
+            print(f"warning: claimed {key} {check['claimed']} differs from the measured {check['measured']} by more "
+                  f"than {UTILITY_TOLERANCE}", file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""The command line: the smoke suite end to end, regenerated reports, exit codes, resume after kill -9, workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmarks.config import load_suite
+from benchmarks.harness import expand_cells
+from benchmarks.report import REPORT_FILES
+from benchmarks.run import main
+from benchmarks.store import ResultsStore
+
+ROOT = Path(__file__).resolve().parents[2]
+# One victim: still every attack against every defense family, references and utility costs included.
+SMALL_SMOKE = ["--set", "victims.count=1"]
+TINY = ["--set", "victims.count=2", "--set", "prior=null", "--set", "utility.enabled=false",
+        "--set", "attacks=[{name: idlg, iterations: 2, max_iter: 3}, {name: dlg, iterations: 1, max_iter: 3}]",
+        "--set", "defenses=[{name: none}, {name: gaussian, sigma: [0.01, 0.1]}]"]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    files = [*REPORT_FILES, *(f"grids/{p.name}" for p in (folder / "grids").glob("*.png"))]
+    return {name: (folder / name).read_bytes() for name in files}
+
+
+def run_smoke(tmp_path: Path, extra: list[str]) -> Path:
+    out = tmp_path / "smoke"
+    assert main(["--suite", "smoke", "--out", str(out), "--no-progress", *extra]) == 0
+    suite = load_suite("smoke", extra[1::2])
+    with ResultsStore(out / "results.sqlite") as store:
+        rows = store.cells("smoke")
+        assert len(rows) == len(expand_cells(suite))
+        assert {r.attack["name"] for r in rows} >= {"dlg", "idlg", "inverting_gradients", "ggl"}
+        assert {r.defense["name"] for r in rows if r.defense} == {d.name for d in suite.defenses}
+        assert len(store.utilities()) == len(suite.defenses)
+    for name in REPORT_FILES:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert len(list((out / "grids").glob("*.png"))) == len(suite.defenses)
+    assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
+    markdown = (out / "leaderboard.md").read_text()
+    assert "prior only: class mean" in markdown and "PSNR above prior" in markdown
+    before = snapshot(out)
+    assert main(["--suite", "smoke", "--out", str(out), "--report-only", *extra]) == 0
+    assert snapshot(out) == before  # byte-identical from the store alone
+    return out
+
+
+def test_smoke_suite_end_to_end_small(tmp_path: Path) -> None:
+    run_smoke(tmp_path, SMALL_SMOKE)
+
+
+@pytest.mark.slow
+def test_smoke_suite_end_to_end_full(tmp_path: Path) -> None:
+    start = time.perf_counter()
+    run_smoke(tmp_path, [])
+    assert time.perf_counter() - start < 180
+
+
+def test_bad_suite_file_exits_2_naming_the_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    suite = tmp_path / "bad.yaml"
+    suite.write_text("name: bad\nattacks: [{name: idlg}]\ndefenses: [{name: none}]\nvictims: {count: -3}\n")
+    assert main(["--suite", str(suite), "--out", str(tmp_path / "o")]) == 2
+    error = capsys.readouterr().err
+    assert "bad.yaml" in error and "victims.count" in error and ">= 1" in error
+    assert main(["--suite", "smoke", "--set", "defenses=[{name: gaussian, sigma: -1}]",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "sigma" in capsys.readouterr().err
+    assert main(["--suite", "smoke", "--set", "attacks.0.name=nope", "--out", str(tmp_path / "o")]) == 2
+    error = capsys.readouterr().err
+    assert "nope" in error and "allowed" in error
+    assert main(["--suite", "no-such-suite"]) == 2
+    assert "shipped suites" in capsys.readouterr().err
+
+
+def test_damaged_or_missing_store_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--suite", "smoke", "--out", str(tmp_path / "nothing"), "--report-only"]) == 2
+    assert "no results store" in capsys.readouterr().err
+    (tmp_path / "results.sqlite").write_bytes(b"garbage" * 1000)
+    assert main(["--suite", "smoke", "--out", str(tmp_path), *TINY]) == 2
+    assert "damaged" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("suite", ["paper-celeba", "paper-imagenet"])
+def test_paper_suites_say_what_is_missing(tmp_path: Path, suite: str, capsys: pytest.CaptureFixture[str]) -> None:
+    start = time.perf_counter()
+    data_root = f"datamodule.options.data_root={tmp_path}"
+    assert main(["--suite", suite, "--out", str(tmp_path), "--set", data_root]) == 2
+    error = capsys.readouterr().err
+    assert "missing" in error and "data" in error
+    assert time.perf_counter() - start < 30
+    assert not (tmp_path / "results.sqlite").exists()
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "benchmarks.run", *args]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    process = subprocess.Popen(_cli("--suite", "smoke", "--out", str(out), "--no-progress", *TINY), cwd=ROOT,
+                               env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    store_path = out / "results.sqlite"
+    deadline = time.monotonic() + 300
+    count = 0
+    while time.monotonic() < deadline and count < 5:
+        time.sleep(0.2)
+        if store_path.is_file():
+            try:
+                with sqlite3.connect(store_path, timeout=5) as connection:
+                    count = connection.execute("SELECT COUNT(*) FROM cells").fetchone()[0]
+            except sqlite3.OperationalError:
+                count = 0
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    with ResultsStore(store_path) as store:
+        first = {(r.victim, r.defense_json, r.attack_json): r.metrics for r in store.cells("smoke")}
+    total = len(expand_cells(load_suite("smoke", TINY[1::2])))
+    assert 5 <= len(first) < total
+    result = subprocess.run(_cli("--suite", "smoke", "--out", str(out), "--no-progress", *TINY), cwd=ROOT,
+                            env=_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert f"{len(first)} already in the store, {total - len(first)} computed" in result.stderr
+    with ResultsStore(store_path) as store:
+        rows = store.cells("smoke")
+    assert len(rows) == total == len({(r.victim, r.defense_json, r.attack_json) for r in rows})
+    for r in rows:
+        key = (r.victim, r.defense_json, r.attack_json)
+        if key in first:
+            assert r.metrics == first[key]
+
+
+@pytest.mark.slow
+def test_two_worker_processes_share_one_store(tmp_path: Path) -> None:
+    out = tmp_path / "workers"
+    result = subprocess.run(_cli("--suite", "smoke", "--out", str(out), "--devices", "2", "--no-progress",
+                                 "--no-tensorboard", *TINY), cwd=ROOT, env=_env(), capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "[rank 0/2]" in result.stderr and "[rank 1/2]" in result.stderr
+    with ResultsStore(out / "results.sqlite") as store:
+        rows = store.cells("smoke")
+    total = len(expand_cells(load_suite("smoke", TINY[1::2])))
+    assert len(rows) == total == len({(r.victim, r.defense_json, r.attack_json) for r in rows})
+    assert not list((out / "shards").glob("*.sqlite"))
+    assert (out / "leaderboard.md").is_file()
