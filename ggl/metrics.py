@@ -27,7 +27,7 @@ import warnings
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -146,7 +146,7 @@ def _lpips(reconstructed: torch.Tensor, original: torch.Tensor, net: str) -> tor
     if net not in _LPIPS_MODULES:
         from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
 
-        _LPIPS_MODULES[net] = LearnedPerceptualImagePatchSimilarity(net_type=net, normalize=True).net.eval()
+        _LPIPS_MODULES[net] = LearnedPerceptualImagePatchSimilarity(net_type=cast(Any, net), normalize=True).net.eval()
     if reconstructed.shape[1] == 1:
         reconstructed, original = reconstructed.repeat(1, 3, 1, 1), original.repeat(1, 3, 1, 1)
     with torch.no_grad():
