@@ -6,8 +6,8 @@ i.e. the features whose removal moves a reconstruction ``x`` the most per unit o
 (largest ``|r_i| / ||dr_i/dx||``, the paper's bound on ``||x - x'||``). Pruning feature i zeroes column i of the
 last linear layer's weight gradient; every other gradient is shared unchanged. This is the rule of the authors'
 code (jeremy313/Soteria), generalised from its ResNet-18 to any victim ending in ``nn.Linear``: the
-representation is captured with a forward hook on that layer, and the Jacobian row norms come from one batched
-backward pass per chunk of features.
+representation is captured with a forward hook on that layer, and the Jacobian row norms come from batched
+reverse-mode (one product a feature) or forward-mode (one product an input pixel) passes, whichever is fewer.
 
 Attacker-side simulation: zero, in each trial, the weight-gradient columns that are all zero in the received
 update (the pruning mask is visible in the zero pattern). Exact for a trial equal to the client's gradient.
@@ -16,7 +16,7 @@ update (the pruning mask is visible in the zero pattern). Exact for a trial equa
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -26,8 +26,8 @@ from ggl.defenses.base import Defense, as_float, check_trials, register_defense
 from ggl.fl.client import SharedUpdate
 from ggl.fl.labels import last_linear_indices
 
-FEATURE_CHUNK = 64
-"""Features whose input-Jacobians are computed in one batched backward pass."""
+JACOBIAN_CHUNK = 64
+"""Jacobian-vector (or vector-Jacobian) products computed in one batched pass."""
 
 
 def _last_linear(model: nn.Module) -> nn.Linear:
@@ -37,41 +37,83 @@ def _last_linear(model: nn.Module) -> nn.Linear:
     return linears[-1]
 
 
-def representation_scores(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Soteria's per-feature score ``sum_b ||dr_bi/dx_b|| / |r_bi|`` (F,) and the representation r (B, F).
-
-    Features that are zero for every sample score ``inf`` (never pruned; their column is zero anyway).
-    The model's mode is respected (victims are in eval mode, so samples do not interact).
-    """
+def _representation_function(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``x -> r``: the input of the last linear layer, captured by a forward hook, with detached parameters
+    (only input-Jacobians are needed, never weight gradients)."""
     fc = _last_linear(model)
-    captured: list[torch.Tensor] = []
-    handle = fc.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0]))
-    inputs = images.detach().clone().requires_grad_(True)
-    # Parameters are swapped for detached copies: only input-Jacobians are needed, not weight gradients.
     detached = {name: parameter.detach() for name, parameter in model.named_parameters()}
-    try:
-        with torch.enable_grad():
+
+    def representation(inputs: torch.Tensor) -> torch.Tensor:
+        captured: list[torch.Tensor] = []
+        handle = fc.register_forward_hook(lambda module, args, output: captured.append(args[0]))
+        try:
             torch.func.functional_call(model, detached, (inputs,))
-    finally:
-        handle.remove()
-    representation = captured[-1]
-    if representation.ndim != 2:
-        raise ValueError(
-            f"soteria needs a (B, F) input to the last linear layer, got shape {tuple(representation.shape)}"
-        )
+        finally:
+            handle.remove()
+        if captured[-1].ndim != 2:
+            raise ValueError(
+                f"soteria needs a (B, F) input to the last linear layer, got shape {tuple(captured[-1].shape)}"
+            )
+        return captured[-1]
+
+    return representation
+
+
+def _row_norms_reverse(function: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) -> torch.Tensor:
+    """(F, B) norms of ``dr_bi/dx_b`` from batched vector-Jacobian products, one per feature."""
+    inputs = images.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        representation = function(inputs)
     batch, features = representation.shape
-    jacobian_norms = torch.empty(features, batch, dtype=representation.dtype, device=representation.device)
+    norms = torch.empty(features, batch, dtype=representation.dtype, device=representation.device)
     identity = torch.eye(features, dtype=representation.dtype, device=representation.device)
-    for start in range(0, features, FEATURE_CHUNK):
-        stop = min(start + FEATURE_CHUNK, features)
+    for start in range(0, features, JACOBIAN_CHUNK):
+        stop = min(start + JACOBIAN_CHUNK, features)
         cotangents = identity[start:stop].unsqueeze(1).expand(stop - start, batch, features)
         (rows,) = torch.autograd.grad(
             representation, inputs, grad_outputs=cotangents, retain_graph=stop < features, is_grads_batched=True
         )
-        jacobian_norms[start:stop] = torch.linalg.vector_norm(rows.flatten(2), dim=2)
-    magnitude = representation.detach().abs().T
-    ratio = torch.where(magnitude > 0, jacobian_norms / magnitude.clamp_min(1e-30), torch.inf)
-    return ratio.sum(1), representation.detach()
+        norms[start:stop] = torch.linalg.vector_norm(rows.flatten(2), dim=2)
+    return norms
+
+
+def _row_norms_forward(function: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) -> torch.Tensor:
+    """(F, B) norms of ``dr_bi/dx_b`` from batched Jacobian-vector products, one per input entry."""
+    batch, dimensions = images.shape[0], images[0].numel()
+    identity = torch.eye(dimensions, dtype=images.dtype, device=images.device)
+    squares: torch.Tensor | None = None
+
+    def column(tangent: torch.Tensor) -> torch.Tensor:
+        return torch.func.jvp(function, (images,), (tangent,))[1]
+
+    for start in range(0, dimensions, JACOBIAN_CHUNK):
+        stop = min(start + JACOBIAN_CHUNK, dimensions)
+        tangents = identity[start:stop].view(stop - start, 1, *images.shape[1:]).expand(-1, batch, *images.shape[1:])
+        chunk = torch.func.vmap(column)(tangents).pow(2).sum(0)  # (B, F)
+        squares = chunk if squares is None else squares + chunk
+    assert squares is not None
+    return squares.sqrt().T
+
+
+def representation_scores(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Soteria's per-feature score ``sum_b ||dr_bi/dx_b|| / |r_bi|`` (F,) and the representation r (B, F).
+
+    The Jacobian of r with respect to each input is F x D (D = C*H*W); its row norms come from F reverse-mode
+    or D forward-mode products, whichever is fewer. Features that are zero for every sample score ``inf``
+    (never pruned; their column is zero anyway). The model's mode is respected (victims are in eval mode, so
+    samples do not interact).
+    """
+    function = _representation_function(model)
+    with torch.no_grad():
+        representation = function(images.detach())
+    features, dimensions = representation.shape[1], images[0].numel()
+    if dimensions < features:
+        norms = _row_norms_forward(function, images.detach())
+    else:
+        norms = _row_norms_reverse(function, images)
+    magnitude = representation.abs().T
+    ratio = torch.where(magnitude > 0, norms / magnitude.clamp_min(1e-30), torch.inf)
+    return ratio.sum(1), representation
 
 
 @register_defense
