@@ -25,10 +25,16 @@ class Victim:
     target: AttackTarget
 
 
-def psnr(reconstruction: torch.Tensor, reference: torch.Tensor) -> float:
+def _psnr(reconstruction: torch.Tensor, reference: torch.Tensor) -> float:
     """PSNR in dB of images in [0, 1]: 10 log10(1 / MSE) over the whole batch."""
     mse = (reconstruction.detach().cpu().clamp(0, 1) - reference).pow(2).mean().clamp_min(1e-12)
     return float(10 * torch.log10(1 / mse))
+
+
+@pytest.fixture(scope="session")
+def psnr() -> Callable[[torch.Tensor, torch.Tensor], float]:
+    """PSNR in dB of images in [0, 1] (computed here, independently of the library's metrics)."""
+    return _psnr
 
 
 @pytest.fixture(scope="session")
