@@ -6,9 +6,9 @@ Functional core in the torchmetrics manner, on pixel images in [0, 1] (both inpu
 * ``reconstruction_metrics(reconstructed, original, labels_hat, labels)`` -> batch means (+ label accuracy);
 * ``ReconstructionMetrics`` accumulates per-image values over many victims (``update`` / ``compute``).
 
-Metrics: ``mse``, ``psnr`` (dB, data range 1: ``10 log10(1 / mse)``), ``ssim`` (torchmetrics; Gaussian window
-11, sigma 1.5, K1 0.01, K2 0.03, data range 1, border of half a window left out as skimage does), ``lpips``
-(Zhang et al. 2018, arXiv 1801.03924, via torchmetrics) and ``label_accuracy``.
+Metrics: ``mse``, ``psnr`` (dB, data range 1: ``10 log10(1 / mse)``, at most 100), ``ssim`` (torchmetrics;
+Gaussian window 11, sigma 1.5, K1 0.01, K2 0.03, data range 1, border of half a window left out as skimage does),
+``lpips`` (Zhang et al. 2018, arXiv 1801.03924, via torchmetrics) and ``label_accuracy``.
 ``HIGHER_IS_BETTER`` says in which direction each one improves *for the attacker*.
 
 LPIPS needs ImageNet-pretrained backbone weights. They are used only when already in the torch hub cache
@@ -49,6 +49,9 @@ LPIPS_NETS: dict[str, str] = {
     "squeeze": "SqueezeNet1_1_Weights",
 }
 """LPIPS backbones and the torchvision weights each one needs."""
+
+PSNR_MSE_FLOOR = 1e-10
+"""PSNR uses ``max(mse, 1e-10)``: an exact copy scores 100 dB rather than infinity, so means and stores stay finite."""
 
 SSIM_SETTINGS: dict[str, Any] = {"gaussian_kernel": True, "sigma": 1.5, "kernel_size": 11, "k1": 0.01, "k2": 0.03}
 """SSIM window: Gaussian, sigma 1.5, 11 taps (Wang et al. 2004); the same as skimage with gaussian_weights=True."""
@@ -186,7 +189,7 @@ def per_image_metrics(
     if "mse" in metrics:
         results["mse"] = squared_error
     if "psnr" in metrics:
-        results["psnr"] = 10 * torch.log10(1.0 / squared_error)
+        results["psnr"] = 10 * torch.log10(1.0 / squared_error.clamp_min(PSNR_MSE_FLOOR))
     if "ssim" in metrics:
         results["ssim"] = _ssim(paired, original)
     if "lpips" in metrics and lpips_available(lpips_net):
@@ -223,7 +226,7 @@ def reconstruction_metrics(
     Returns:
         ``{"mse": float, "psnr": float, "ssim": float, ["lpips": float], ["label_accuracy": float]}``; with
         ``per_image=True`` also ``"per_image": {metric: list[float]}`` and ``"assignment": list[int]``.
-        A perfect reconstruction has an infinite PSNR (``math.inf``).
+        An exact copy scores 100 dB of PSNR (see ``PSNR_MSE_FLOOR``).
     """
     if (labels_hat is None) != (labels is None):
         raise ValueError("labels_hat and labels must be given together (both or neither)")
@@ -298,6 +301,7 @@ __all__ = [
     "HIGHER_IS_BETTER",
     "LPIPS_NETS",
     "METRICS",
+    "PSNR_MSE_FLOOR",
     "SSIM_SETTINGS",
     "ReconstructionMetrics",
     "label_accuracy",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import numpy as np
@@ -54,7 +53,12 @@ def test_psnr_ssim_mse_agree_with_skimage(channels: int, size: int, noise: float
 def test_perfect_and_opposite_reconstructions() -> None:
     _, original = _pair(2, 3)
     perfect = reconstruction_metrics(original.clone(), original, metrics=IMAGE_METRICS)
-    assert perfect == {"mse": 0.0, "psnr": math.inf, "ssim": pytest.approx(1.0)}
+    assert perfect == {"mse": 0.0, "psnr": 100.0, "ssim": pytest.approx(1.0)}
+    close = original[:1] + 1e-4 * (original[:1] < 0.5)  # MSE about 5e-9: 83 dB, above the 1e-10 floor
+    reference = peak_signal_noise_ratio(original[:1].double().numpy(), close.double().numpy(), data_range=1.0)
+    assert reconstruction_metrics(close, original[:1], metrics=("psnr",))["psnr"] == pytest.approx(reference, rel=1e-6)
+    closer = original[:1] + 1e-6 * (original[:1] < 0.5)
+    assert reconstruction_metrics(closer, original[:1], metrics=("psnr",))["psnr"] == pytest.approx(100.0)
     opposite = reconstruction_metrics(1 - original[:1], original[:1], metrics=IMAGE_METRICS)
     assert opposite["mse"] == pytest.approx(1 / 3, rel=0.05)  # E[(1 - 2u)^2] for u uniform in [0, 1]
     assert opposite["psnr"] < 5 and opposite["ssim"] < 0
