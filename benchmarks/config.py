@@ -28,8 +28,19 @@ SUITES_PACKAGE = "benchmarks"
 REFERENCE_PREFIX = "reference:"
 REFERENCE_KINDS = ("class-mean", "prior-sample", "prior-ceiling")
 TOP_LEVEL_FIELDS = (
-    "name", "description", "datamodule", "model", "prior", "victims", "seeds", "adaptive", "attacks", "defenses",
-    "references", "utility", "requires",
+    "name",
+    "description",
+    "datamodule",
+    "model",
+    "prior",
+    "victims",
+    "seeds",
+    "adaptive",
+    "attacks",
+    "defenses",
+    "references",
+    "utility",
+    "requires",
 )
 
 
@@ -155,8 +166,12 @@ class ReferencesConfig:
         if has_prior and self.prior_sample:
             found.append(AttackConfig("prior only: random sample", {"name": REFERENCE_PREFIX + "prior-sample"}, False))
         if has_prior and self.ceiling_steps > 0:
-            spec = {"name": REFERENCE_PREFIX + "prior-ceiling", "steps": self.ceiling_steps,
-                    "restarts": self.ceiling_restarts, "lr": self.ceiling_lr}
+            spec = {
+                "name": REFERENCE_PREFIX + "prior-ceiling",
+                "steps": self.ceiling_steps,
+                "restarts": self.ceiling_restarts,
+                "lr": self.ceiling_lr,
+            }
             found.append(AttackConfig("prior ceiling (pixels known)", spec, False))
         return tuple(found)
 
@@ -394,11 +409,16 @@ def _read_attacks(source: str, data: Any, adaptive_flags: tuple[bool, ...]) -> t
         spec = dict(entry)
         name = spec.get("name")
         if not isinstance(name, str) or not name:
-            raise SuiteError(source, f"{where}.name", "is required (a registered attack: dlg, idlg, "
-                             "inverting_gradients, ggl)")
+            raise SuiteError(
+                source, f"{where}.name", "is required (a registered attack: dlg, idlg, inverting_gradients, ggl)"
+            )
         if name.startswith(REFERENCE_PREFIX):
-            raise SuiteError(source, f"{where}.name", f"names starting with {REFERENCE_PREFIX!r} are reserved for "
-                             "the prior-only reference rows (see 'references')")
+            raise SuiteError(
+                source,
+                f"{where}.name",
+                f"names starting with {REFERENCE_PREFIX!r} are reserved for "
+                "the prior-only reference rows (see 'references')",
+            )
         if "seed" in spec:
             raise SuiteError(source, f"{where}.seed", "attack seeds come from the suite's 'seeds' list")
         label = spec.pop("label", None)
@@ -457,8 +477,9 @@ def expand_defense(source: str, where: str, entry: Any) -> list[DefenseConfig]:
 
 def _read_defenses(source: str, data: Any) -> tuple[DefenseConfig, ...]:
     if not isinstance(data, list) or not data:
-        raise SuiteError(source, "defenses", "must be a non-empty list of defense specs "
-                         "({name: gaussian, sigma: [0.001, 0.01]})")
+        raise SuiteError(
+            source, "defenses", "must be a non-empty list of defense specs ({name: gaussian, sigma: [0.001, 0.01]})"
+        )
     defenses: list[DefenseConfig] = []
     for index, entry in enumerate(data):
         defenses.extend(expand_defense(source, f"defenses.{index}", entry))
@@ -526,8 +547,12 @@ def build_suite(data: dict[str, Any], source: str) -> SuiteConfig:
     attacks = _read_attacks(source, data.get("attacks"), tuple(adaptive_raw))
     defenses = _read_defenses(source, data.get("defenses"))
 
-    ref = _Fields(source, "references", data.get("references"),
-                  ("class_mean", "prior_sample", "ceiling_steps", "ceiling_restarts", "ceiling_lr"))
+    ref = _Fields(
+        source,
+        "references",
+        data.get("references"),
+        ("class_mean", "prior_sample", "ceiling_steps", "ceiling_restarts", "ceiling_lr"),
+    )
     references = ReferencesConfig(
         ref.bool("class_mean", True),
         ref.bool("prior_sample", True),

@@ -108,8 +108,12 @@ def code_version() -> str:
     if (root / ".git").exists():
         try:
             described = subprocess.run(
-                ["git", "describe", "--always", "--dirty", "--tags"], cwd=root, capture_output=True, text=True,
-                timeout=10, check=True,
+                ["git", "describe", "--always", "--dirty", "--tags"],
+                cwd=root,
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
             ).stdout.strip()
             if described:
                 return f"git:{described}"
@@ -166,8 +170,9 @@ def _default_make_attack(name: str, **params: Any) -> Any:
     return make_attack(name, **params)
 
 
-def _default_metrics(images: torch.Tensor, original: torch.Tensor, labels_hat: torch.Tensor,
-                     labels: torch.Tensor) -> dict[str, float]:
+def _default_metrics(
+    images: torch.Tensor, original: torch.Tensor, labels_hat: torch.Tensor, labels: torch.Tensor
+) -> dict[str, float]:
     from ggl.metrics import reconstruction_metrics
 
     return dict(reconstruction_metrics(images, original, labels_hat, labels))
@@ -317,8 +322,11 @@ class Harness:
         if any(r.name == REFERENCE_PREFIX + "class-mean" for r in suite.reference_attacks()) and not hasattr(
             self.datamodule(), "class_means"
         ):
-            raise SuiteError(suite.source, "references.class_mean",
-                             f"datamodule {suite.datamodule.name!r} has no class_means(); set it to false")
+            raise SuiteError(
+                suite.source,
+                "references.class_mean",
+                f"datamodule {suite.datamodule.name!r} has no class_means(); set it to false",
+            )
 
     # ------------------------------------------------------------------------------------------- lazy pieces
     def datamodule(self) -> Any:
@@ -342,9 +350,13 @@ class Harness:
 
             datamodule = self.datamodule()
             config = self.suite.model
-            model = make_victim(config.name, num_classes=datamodule.num_classes,
-                                image_shape=tuple(datamodule.image_shape), seed=config.seed,
-                                checkpoint=config.checkpoint)
+            model = make_victim(
+                config.name,
+                num_classes=datamodule.num_classes,
+                image_shape=tuple(datamodule.image_shape),
+                seed=config.seed,
+                checkpoint=config.checkpoint,
+            )
             self._model = model.to(self.device)
         return self._model
 
@@ -362,7 +374,7 @@ class Harness:
             from ggl.fl import infer_labels, shared_update
 
             batch = self.suite.victims.batch_size
-            indices = self._victim_indices()[index * batch:(index + 1) * batch]
+            indices = self._victim_indices()[index * batch : (index + 1) * batch]
             datamodule = self.datamodule()
             images, labels = datamodule.victim_batch(indices)
             inputs = datamodule.normalization.normalize(images).to(self.device)
@@ -371,8 +383,9 @@ class Harness:
             labels_hat = infer_labels(update, model).cpu()
             self._victims = {index: _Victim(images, labels, inputs, update, labels_hat)}
             assert self.store is not None
-            self.store.put_victim(VictimRow(self.suite.name, index, list(indices), labels.tolist(),
-                                            images.numpy().astype(np.float32)))
+            self.store.put_victim(
+                VictimRow(self.suite.name, index, list(indices), labels.tolist(), images.numpy().astype(np.float32))
+            )
         return self._victims[index]
 
     # ------------------------------------------------------------------------------------------------ running
@@ -380,8 +393,9 @@ class Harness:
         """This rank's cells."""
         return shard(expand_cells(self.suite), self.rank, self.world_size)
 
-    def run(self, stop: Callable[[], bool] | None = None,
-            also_finished: set[tuple[int, str, str, int]] | None = None) -> RunSummary:
+    def run(
+        self, stop: Callable[[], bool] | None = None, also_finished: set[tuple[int, str, str, int]] | None = None
+    ) -> RunSummary:
         """Compute this rank's unfinished cells (and utility costs); failures are listed, not raised.
 
         Args:
@@ -432,9 +446,14 @@ class Harness:
             return None
         from tqdm import tqdm
 
-        return tqdm(total=total, initial=done, desc=f"{self.suite.name} cells" + (
-            f" (rank {self.rank}/{self.world_size})" if self.world_size > 1 else ""), unit="cell",
-            file=sys.stderr, dynamic_ncols=True)
+        return tqdm(
+            total=total,
+            initial=done,
+            desc=f"{self.suite.name} cells" + (f" (rank {self.rank}/{self.world_size})" if self.world_size > 1 else ""),
+            unit="cell",
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
 
     def _utility(self, defense: DefenseConfig, summary: RunSummary) -> None:
         options = {"seed": self.suite.utility.seed, **dict(self.suite.utility.options)}
@@ -448,8 +467,9 @@ class Harness:
             self.log(f"utility cost failed for {defense.label}\n{traceback.format_exc(limit=4)}")
             return
         clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-        self.store.put_utility(defense.spec, options, clean, self.config_hash, self.code_version,
-                               time.perf_counter() - start)
+        self.store.put_utility(
+            defense.spec, options, clean, self.config_hash, self.code_version, time.perf_counter() - start
+        )
 
     def _attack_params(self, attack: AttackConfig, seed: int) -> dict[str, Any]:
         params = {**dict(attack.spec), "seed": seed, "adaptive": attack.adaptive}
@@ -465,8 +485,13 @@ class Harness:
             generator = torch.Generator().manual_seed(
                 seed_from(self.suite.name, cell.victim, dict(cell.defense.spec), cell.seed)
             )
-            defended = defense(victim.update, model=self.model(), images=victim.inputs,
-                               labels=victim.labels.to(self.device), generator=generator)
+            defended = defense(
+                victim.update,
+                model=self.model(),
+                images=victim.inputs,
+                labels=victim.labels.to(self.device),
+                generator=generator,
+            )
             self._defended_cache = (key, defense, defended)
         return self._defended_cache[1], self._defended_cache[2]
 
@@ -482,9 +507,13 @@ class Harness:
 
             defense, defended = self._defended(cell, victim)
             attack = self.components.make_attack(**self._attack_params(cell.attack, cell.seed))
-            target = AttackTarget(self.model(), defended, defense=defense,
-                                  image_shape=tuple(self.datamodule().image_shape),
-                                  normalization=self.datamodule().normalization)
+            target = AttackTarget(
+                self.model(),
+                defended,
+                defense=defense,
+                image_shape=tuple(self.datamodule().image_shape),
+                normalization=self.datamodule().normalization,
+            )
             reconstruction = attack.reconstruct(target)
             images = reconstruction.images.detach().cpu().float().clamp(0, 1)
             labels_hat = reconstruction.labels.detach().cpu().long().reshape(-1)
@@ -493,20 +522,27 @@ class Harness:
             raise RuntimeError(f"reconstruction has shape {tuple(images.shape)}, expected {tuple(victim.images.shape)}")
         metrics = self.components.metrics(images, victim.images, labels_hat, victim.labels)
         return CellRow(
-            suite=self.suite.name, victim=cell.victim,
+            suite=self.suite.name,
+            victim=cell.victim,
             defense=dict(cell.defense.spec) if cell.defense is not None else None,
-            attack=cell.attack.key(), seed=cell.seed, kind=cell.kind,
+            attack=cell.attack.key(),
+            seed=cell.seed,
+            kind=cell.kind,
             defense_label=cell.defense.label if cell.defense is not None else "prior only",
-            attack_label=cell.attack.label, config_hash=self.config_hash, code_version=self.code_version,
-            seconds=seconds, evaluations=evaluations,
+            attack_label=cell.attack.label,
+            config_hash=self.config_hash,
+            code_version=self.code_version,
+            seconds=seconds,
+            evaluations=evaluations,
             metrics={k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
-            labels=labels_hat.tolist(), images=images.numpy().astype(np.float32),
+            labels=labels_hat.tolist(),
+            images=images.numpy().astype(np.float32),
         )
 
     # ----------------------------------------------------------------------------------------- references
     def _reference(self, cell: Cell, victim: _Victim) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Prior-only pseudo-attacks: they use the inferred label and the prior, never the gradient otherwise."""
-        kind = cell.attack.name[len(REFERENCE_PREFIX):]
+        kind = cell.attack.name[len(REFERENCE_PREFIX) :]
         labels_hat = victim.labels_hat
         if kind == "class-mean":
             means = self.datamodule().class_means()
@@ -522,8 +558,11 @@ class Harness:
             with torch.no_grad():
                 return self._to_victim_shape(prior(z, y)), labels_hat, 1
         if kind == "prior-ceiling":
-            return self._ceiling(cell, victim, prior, y, generator), labels_hat, (
-                int(cell.attack.spec["steps"]) * int(cell.attack.spec["restarts"]))
+            return (
+                self._ceiling(cell, victim, prior, y, generator),
+                labels_hat,
+                (int(cell.attack.spec["steps"]) * int(cell.attack.spec["restarts"])),
+            )
         raise RuntimeError(f"unknown reference kind {kind!r}")
 
     def _to_victim_shape(self, images: torch.Tensor) -> torch.Tensor:
@@ -531,13 +570,17 @@ class Harness:
 
         return adapt_images(images, tuple(self.datamodule().image_shape)).detach().cpu().float().clamp(0, 1)
 
-    def _ceiling(self, cell: Cell, victim: _Victim, prior: Any, y: torch.Tensor | None,
-                 generator: torch.Generator) -> torch.Tensor:
+    def _ceiling(
+        self, cell: Cell, victim: _Victim, prior: Any, y: torch.Tensor | None, generator: torch.Generator
+    ) -> torch.Tensor:
         """Fit the latent to the known pixels (Adam on z, restarts batched): the best the prior can represent."""
         from ggl.priors.registry import adapt_images
 
-        steps, restarts, lr = (int(cell.attack.spec["steps"]), int(cell.attack.spec["restarts"]),
-                               float(cell.attack.spec["lr"]))
+        steps, restarts, lr = (
+            int(cell.attack.spec["steps"]),
+            int(cell.attack.spec["restarts"]),
+            float(cell.attack.spec["lr"]),
+        )
         batch = victim.images.shape[0]
         target = victim.images.to(self.device).repeat(restarts, 1, 1, 1)
         labels = y.repeat(restarts) if y is not None else None

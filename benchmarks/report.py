@@ -40,11 +40,28 @@ IMAGE_METRICS = ("mse", "psnr", "ssim", "lpips")
 HIGHER_IS_BETTER = {"mse": False, "psnr": True, "ssim": True, "lpips": False, "label_accuracy": True}
 ATTAINABLE_REFERENCES = (REFERENCE_PREFIX + "class-mean", REFERENCE_PREFIX + "prior-sample")
 """References an attacker can produce from the label alone; the leakage baseline is the best of them."""
-FORMATS = {"mse": "{:.4f}", "psnr": "{:.2f}", "ssim": "{:.3f}", "lpips": "{:.3f}", "label_accuracy": "{:.2f}",
-           "psnr_gain": "{:+.2f}", "update_cosine": "{:.3f}", "accuracy_drop": "{:+.3f}", "seconds": "{:.1f}",
-           "evaluations": "{:.0f}", "reference_psnr": "{:.2f}"}
-REPORT_FILES = ("leaderboard.md", "leaderboard.csv", "leaderboard.json", "attacks.md", "attacks.csv", "rows.csv",
-                "privacy_utility.png")
+FORMATS = {
+    "mse": "{:.4f}",
+    "psnr": "{:.2f}",
+    "ssim": "{:.3f}",
+    "lpips": "{:.3f}",
+    "label_accuracy": "{:.2f}",
+    "psnr_gain": "{:+.2f}",
+    "update_cosine": "{:.3f}",
+    "accuracy_drop": "{:+.3f}",
+    "seconds": "{:.1f}",
+    "evaluations": "{:.0f}",
+    "reference_psnr": "{:.2f}",
+}
+REPORT_FILES = (
+    "leaderboard.md",
+    "leaderboard.csv",
+    "leaderboard.json",
+    "attacks.md",
+    "attacks.csv",
+    "rows.csv",
+    "privacy_utility.png",
+)
 
 
 def fmt(name: str, value: float | None) -> str:
@@ -104,11 +121,19 @@ class PairSummary:
     rows: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return plain({
-            "attack": self.attack_label, "spec": self.attack, "kind": self.kind, "metrics": self.metrics,
-            "psnr_gain_over_prior": self.psnr_gain, "victims": self.victims, "mean_seconds": self.seconds,
-            "mean_evaluations": self.evaluations, "rows": self.rows,
-        })
+        return plain(
+            {
+                "attack": self.attack_label,
+                "spec": self.attack,
+                "kind": self.kind,
+                "metrics": self.metrics,
+                "psnr_gain_over_prior": self.psnr_gain,
+                "victims": self.victims,
+                "mean_seconds": self.seconds,
+                "mean_evaluations": self.evaluations,
+                "rows": self.rows,
+            }
+        )
 
 
 @dataclass
@@ -160,9 +185,7 @@ def _per_victim(rows: Sequence[CellRow]) -> dict[int, dict[str, float]]:
     result = {}
     for victim, items in sorted(grouped.items()):
         names = sorted({name for item in items for name in item.metrics})
-        result[victim] = {
-            name: _mean(item.metrics[name] for item in items if name in item.metrics) for name in names
-        }
+        result[victim] = {name: _mean(item.metrics[name] for item in items if name in item.metrics) for name in names}
     return result
 
 
@@ -170,12 +193,18 @@ def _summarise(rows: Sequence[CellRow], reference_psnr: dict[int, float]) -> Pai
     victims = _per_victim(rows)
     names = sorted({name for values in victims.values() for name in values})
     metrics = {name: _mean(values[name] for values in victims.values() if name in values) for name in names}
-    gains = [values["psnr"] - reference_psnr[v] for v, values in victims.items()
-             if "psnr" in values and v in reference_psnr]
+    gains = [
+        values["psnr"] - reference_psnr[v] for v, values in victims.items() if "psnr" in values and v in reference_psnr
+    ]
     first = rows[0]
     return PairSummary(
-        attack_label=first.attack_label, attack=first.attack, kind=first.kind, metrics=metrics,
-        psnr_gain=_mean(gains), victims=len(victims), seconds=_mean(r.seconds for r in rows),
+        attack_label=first.attack_label,
+        attack=first.attack,
+        kind=first.kind,
+        metrics=metrics,
+        psnr_gain=_mean(gains),
+        victims=len(victims),
+        seconds=_mean(r.seconds for r in rows),
         evaluations=_mean(float(r.evaluations) for r in rows),
         rows=[_row_ref(r) for r in sorted(rows, key=lambda r: (r.victim, r.seed))],
     )
@@ -194,8 +223,10 @@ def build_report(store: ResultsStore, suite: str) -> Report:
     """Aggregate the rows of ``suite`` (see the module docstring for the definitions)."""
     rows = store.cells(suite)
     if not rows:
-        raise ValueError(f"the results store {store.path} has no rows for suite {suite!r}; "
-                         f"suites stored: {', '.join(store.suites()) or 'none'}")
+        raise ValueError(
+            f"the results store {store.path} has no rows for suite {suite!r}; "
+            f"suites stored: {', '.join(store.suites()) or 'none'}"
+        )
     meta = store.get_meta(f"suite:{suite}")
     suite_config = json.loads(meta) if meta else None
     references = [r for r in rows if r.kind == "reference"]
@@ -214,8 +245,9 @@ def build_report(store: ResultsStore, suite: str) -> Report:
     kind_order = {REFERENCE_PREFIX + kind: index for index, kind in enumerate(REFERENCE_KINDS)}
     reference_summaries = [
         _summarise(items, attainable)
-        for _, items in sorted(by_reference.items(),
-                               key=lambda item: (kind_order.get(item[1][0].attack["name"], 99), item[0]))
+        for _, items in sorted(
+            by_reference.items(), key=lambda item: (kind_order.get(item[1][0].attack["name"], 99), item[0])
+        )
     ]
 
     order = _attack_order(suite_config)
@@ -227,8 +259,9 @@ def build_report(store: ResultsStore, suite: str) -> Report:
     for defense_json, pairs in by_defense.items():
         summaries = [
             _summarise(items, attainable)
-            for key, items in sorted(pairs.items(), key=lambda item: (order.get(item[0], len(order)),
-                                                                       item[1][0].attack_label, item[0]))
+            for key, items in sorted(
+                pairs.items(), key=lambda item: (order.get(item[0], len(order)), item[1][0].attack_label, item[0])
+            )
         ]
         ranked = [s for s in summaries if not math.isnan(s.psnr_gain)]
         strongest = max(ranked, key=lambda s: (s.psnr_gain, s.attack_label)) if ranked else None
@@ -238,14 +271,21 @@ def build_report(store: ResultsStore, suite: str) -> Report:
             if values:
                 best[name] = max(values) if HIGHER_IS_BETTER[name] else min(values)
         first = next(iter(pairs.values()))[0]
-        defenses.append(DefenseSummary(first.defense_label, first.defense or {}, summaries,
-                                       utilities.get(defense_json), strongest, best))
+        defenses.append(
+            DefenseSummary(
+                first.defense_label, first.defense or {}, summaries, utilities.get(defense_json), strongest, best
+            )
+        )
 
     def sort_key(summary: DefenseSummary) -> tuple[Any, ...]:
         leakage = summary.leakage
         drop = summary.utility_value("accuracy_drop")
-        return (math.isnan(leakage), leakage if not math.isnan(leakage) else 0.0,
-                drop if drop is not None else math.inf, summary.label)
+        return (
+            math.isnan(leakage),
+            leakage if not math.isnan(leakage) else 0.0,
+            drop if drop is not None else math.inf,
+            summary.label,
+        )
 
     defenses.sort(key=sort_key)
     for index, summary in enumerate(defenses, start=1):
@@ -265,13 +305,38 @@ def build_report(store: ResultsStore, suite: str) -> Report:
 # ----------------------------------------------------------------------------------------------------------------
 # Tables
 
-LEADERBOARD_COLUMNS = ("rank", "defense", "update_cosine", "accuracy_drop", "strongest_attack", "psnr_gain",
-                       "psnr", "ssim", "mse", "lpips", "label_accuracy", "victims")
-HEADERS = {"rank": "Rank", "defense": "Defense", "update_cosine": "Update cosine", "accuracy_drop": "Accuracy drop",
-           "strongest_attack": "Strongest attack", "psnr_gain": "PSNR above prior (dB)", "psnr": "Best PSNR",
-           "ssim": "Best SSIM", "mse": "Lowest MSE", "lpips": "Lowest LPIPS", "label_accuracy": "Label accuracy",
-           "victims": "Victims", "attack": "Attack", "evaluations": "Evaluations", "seconds": "Seconds",
-           "reference_psnr": "Prior-only PSNR"}
+LEADERBOARD_COLUMNS = (
+    "rank",
+    "defense",
+    "update_cosine",
+    "accuracy_drop",
+    "strongest_attack",
+    "psnr_gain",
+    "psnr",
+    "ssim",
+    "mse",
+    "lpips",
+    "label_accuracy",
+    "victims",
+)
+HEADERS = {
+    "rank": "Rank",
+    "defense": "Defense",
+    "update_cosine": "Update cosine",
+    "accuracy_drop": "Accuracy drop",
+    "strongest_attack": "Strongest attack",
+    "psnr_gain": "PSNR above prior (dB)",
+    "psnr": "Best PSNR",
+    "ssim": "Best SSIM",
+    "mse": "Lowest MSE",
+    "lpips": "Lowest LPIPS",
+    "label_accuracy": "Label accuracy",
+    "victims": "Victims",
+    "attack": "Attack",
+    "evaluations": "Evaluations",
+    "seconds": "Seconds",
+    "reference_psnr": "Prior-only PSNR",
+}
 
 
 def leaderboard_rows(report: Report) -> list[dict[str, str]]:
@@ -279,23 +344,31 @@ def leaderboard_rows(report: Report) -> list[dict[str, str]]:
     table = []
     for summary in report.defenses:
         strongest = summary.strongest
-        table.append({
-            "rank": str(summary.rank),
-            "defense": summary.label,
-            "update_cosine": fmt("update_cosine", summary.utility_value("update_cosine")),
-            "accuracy_drop": fmt("accuracy_drop", summary.utility_value("accuracy_drop")),
-            "strongest_attack": strongest.attack_label if strongest else "-",
-            "psnr_gain": fmt("psnr_gain", summary.leakage),
-            **{name: fmt(name, summary.best.get(name)) for name in (*IMAGE_METRICS, "label_accuracy")},
-            "victims": str(max((p.victims for p in summary.pairs), default=0)),
-        })
+        table.append(
+            {
+                "rank": str(summary.rank),
+                "defense": summary.label,
+                "update_cosine": fmt("update_cosine", summary.utility_value("update_cosine")),
+                "accuracy_drop": fmt("accuracy_drop", summary.utility_value("accuracy_drop")),
+                "strongest_attack": strongest.attack_label if strongest else "-",
+                "psnr_gain": fmt("psnr_gain", summary.leakage),
+                **{name: fmt(name, summary.best.get(name)) for name in (*IMAGE_METRICS, "label_accuracy")},
+                "victims": str(max((p.victims for p in summary.pairs), default=0)),
+            }
+        )
     for reference in report.references:
-        table.append({
-            "rank": "ref", "defense": "(any: prior only)", "update_cosine": "-", "accuracy_drop": "-",
-            "strongest_attack": reference.attack_label, "psnr_gain": fmt("psnr_gain", reference.psnr_gain),
-            **{name: fmt(name, reference.metrics.get(name)) for name in (*IMAGE_METRICS, "label_accuracy")},
-            "victims": str(reference.victims),
-        })
+        table.append(
+            {
+                "rank": "ref",
+                "defense": "(any: prior only)",
+                "update_cosine": "-",
+                "accuracy_drop": "-",
+                "strongest_attack": reference.attack_label,
+                "psnr_gain": fmt("psnr_gain", reference.psnr_gain),
+                **{name: fmt(name, reference.metrics.get(name)) for name in (*IMAGE_METRICS, "label_accuracy")},
+                "victims": str(reference.victims),
+            }
+        )
     return table
 
 
@@ -305,23 +378,37 @@ def attack_rows(report: Report) -> list[dict[str, str]]:
     table = []
     for summary in report.defenses:
         for pair in summary.pairs:
-            table.append({"defense": summary.label, "attack": pair.attack_label,
-                          "psnr_gain": fmt("psnr_gain", pair.psnr_gain),
-                          **{name: fmt(name, pair.metrics.get(name)) for name in columns},
-                          "evaluations": fmt("evaluations", pair.evaluations), "seconds": fmt("seconds", pair.seconds),
-                          "victims": str(pair.victims)})
+            table.append(
+                {
+                    "defense": summary.label,
+                    "attack": pair.attack_label,
+                    "psnr_gain": fmt("psnr_gain", pair.psnr_gain),
+                    **{name: fmt(name, pair.metrics.get(name)) for name in columns},
+                    "evaluations": fmt("evaluations", pair.evaluations),
+                    "seconds": fmt("seconds", pair.seconds),
+                    "victims": str(pair.victims),
+                }
+            )
     for reference in report.references:
-        table.append({"defense": "(any: prior only)", "attack": reference.attack_label,
-                      "psnr_gain": fmt("psnr_gain", reference.psnr_gain),
-                      **{name: fmt(name, reference.metrics.get(name)) for name in columns},
-                      "evaluations": fmt("evaluations", reference.evaluations),
-                      "seconds": fmt("seconds", reference.seconds), "victims": str(reference.victims)})
+        table.append(
+            {
+                "defense": "(any: prior only)",
+                "attack": reference.attack_label,
+                "psnr_gain": fmt("psnr_gain", reference.psnr_gain),
+                **{name: fmt(name, reference.metrics.get(name)) for name in columns},
+                "evaluations": fmt("evaluations", reference.evaluations),
+                "seconds": fmt("seconds", reference.seconds),
+                "victims": str(reference.victims),
+            }
+        )
     return table
 
 
 def markdown_table(rows: Sequence[dict[str, str]], columns: Sequence[str]) -> str:
-    lines = ["| " + " | ".join(HEADERS.get(c, c) for c in columns) + " |",
-             "|" + "|".join("---" if c in ("defense", "attack", "strongest_attack") else "---:" for c in columns) + "|"]
+    lines = [
+        "| " + " | ".join(HEADERS.get(c, c) for c in columns) + " |",
+        "|" + "|".join("---" if c in ("defense", "attack", "strongest_attack") else "---:" for c in columns) + "|",
+    ]
     for row in rows:
         lines.append("| " + " | ".join(row[c].replace("|", "\\|") for c in columns) + " |")
     return "\n".join(lines) + "\n"
@@ -359,56 +446,102 @@ def leaderboard_markdown(report: Report) -> str:
     return "\n".join(lines)
 
 
-ATTACK_COLUMNS = ("defense", "attack", "psnr_gain", "mse", "psnr", "ssim", "lpips", "label_accuracy", "evaluations",
-                  "seconds", "victims")
+ATTACK_COLUMNS = (
+    "defense",
+    "attack",
+    "psnr_gain",
+    "mse",
+    "psnr",
+    "ssim",
+    "lpips",
+    "label_accuracy",
+    "evaluations",
+    "seconds",
+    "victims",
+)
 
 
 def attacks_markdown(report: Report) -> str:
-    return "\n".join([f"# Per-attack breakdown: suite `{report.suite}`", "",
-                      "Means over victims (and seeds). `PSNR above prior` as in the leaderboard.", "",
-                      markdown_table(attack_rows(report), ATTACK_COLUMNS)])
+    return "\n".join(
+        [
+            f"# Per-attack breakdown: suite `{report.suite}`",
+            "",
+            "Means over victims (and seeds). `PSNR above prior` as in the leaderboard.",
+            "",
+            markdown_table(attack_rows(report), ATTACK_COLUMNS),
+        ]
+    )
 
 
 def leaderboard_json(report: Report) -> dict[str, Any]:
     entries = []
     for summary in report.defenses:
-        entries.append({
-            "rank": summary.rank,
-            "defense": summary.label,
-            "spec": summary.spec,
-            "utility": summary.utility,
-            "strongest_attack": summary.strongest.attack_label if summary.strongest else None,
-            "psnr_gain_over_prior": summary.leakage,
-            "best": summary.best,
-            "attacks": [pair.to_json() for pair in summary.pairs],
-        })
-    return plain({
-        "schema": SCHEMA,
-        "suite": report.suite,
-        "victims": report.victims,
-        "seeds": report.seeds,
-        "config_hashes": report.config_hashes,
-        "code_versions": report.code_versions,
-        "ranking": "psnr_gain_over_prior of the strongest attack, ascending (lower = more private)",
-        "references": [reference.to_json() for reference in report.references],
-        "leaderboard": entries,
-    })
+        entries.append(
+            {
+                "rank": summary.rank,
+                "defense": summary.label,
+                "spec": summary.spec,
+                "utility": summary.utility,
+                "strongest_attack": summary.strongest.attack_label if summary.strongest else None,
+                "psnr_gain_over_prior": summary.leakage,
+                "best": summary.best,
+                "attacks": [pair.to_json() for pair in summary.pairs],
+            }
+        )
+    return plain(
+        {
+            "schema": SCHEMA,
+            "suite": report.suite,
+            "victims": report.victims,
+            "seeds": report.seeds,
+            "config_hashes": report.config_hashes,
+            "code_versions": report.code_versions,
+            "ranking": "psnr_gain_over_prior of the strongest attack, ascending (lower = more private)",
+            "references": [reference.to_json() for reference in report.references],
+            "leaderboard": entries,
+        }
+    )
 
 
 def rows_csv(store: ResultsStore, suite: str) -> str:
     rows = store.cells(suite)
     names = sorted({name for row in rows for name in row.metrics})
-    columns = ["suite", "victim", "defense", "attack", "seed", "kind", "defense_label", "attack_label",
-               "config_hash", "code_version", "seconds", "evaluations", "labels", *names]
+    columns = [
+        "suite",
+        "victim",
+        "defense",
+        "attack",
+        "seed",
+        "kind",
+        "defense_label",
+        "attack_label",
+        "config_hash",
+        "code_version",
+        "seconds",
+        "evaluations",
+        "labels",
+        *names,
+    ]
     records = []
     for row in rows:
-        records.append({
-            "suite": row.suite, "victim": row.victim, "defense": row.defense_json, "attack": row.attack_json,
-            "seed": row.seed, "kind": row.kind, "defense_label": row.defense_label, "attack_label": row.attack_label,
-            "config_hash": row.config_hash, "code_version": row.code_version, "seconds": f"{row.seconds:.3f}",
-            "evaluations": row.evaluations, "labels": " ".join(map(str, row.labels)),
-            **{name: f"{row.metrics[name]:.6g}" if name in row.metrics else "" for name in names},
-        })
+        records.append(
+            {
+                "suite": row.suite,
+                "victim": row.victim,
+                "defense": row.defense_json,
+                "attack": row.attack_json,
+                "seed": row.seed,
+                "kind": row.kind,
+                "defense_label": row.defense_label,
+                "attack_label": row.attack_label,
+                "config_hash": row.config_hash,
+                "code_version": row.code_version,
+                "seconds": f"{row.seconds:.3f}",
+                "evaluations": row.evaluations,
+                "labels": " ".join(map(str, row.labels)),
+                **{name: f"{row.metrics[name]:.6g}" if name in row.metrics else "" for name in names},
+            }
+        )
     return csv_text(records, columns)
 
 
@@ -433,8 +566,10 @@ def privacy_utility_plot(report: Report, path: Path) -> None:
     families: dict[str, list[DefenseSummary]] = defaultdict(list)
     for summary in report.defenses:
         families[str(summary.spec.get("name", summary.label))].append(summary)
-    for axis, utility_name, title in ((axes[0], "accuracy_drop", "accuracy drop (clean - defended)"),
-                                      (axes[1], "update_cosine", "cosine(defended update, clean update)")):
+    for axis, utility_name, title in (
+        (axes[0], "accuracy_drop", "accuracy drop (clean - defended)"),
+        (axes[1], "update_cosine", "cosine(defended update, clean update)"),
+    ):
         for family, members in sorted(families.items()):
             points = [(s.utility_value(utility_name), s.leakage) for s in members]
             points = sorted((x, y) for x, y in points if x is not None and not math.isnan(y) and math.isfinite(y))
@@ -476,17 +611,22 @@ def reconstruction_grids(store: ResultsStore, report: Report, folder: Path, max_
     reference_columns = [(canonical_json(None), canonical_json(r.attack), r.attack_label) for r in report.references]
     for summary in report.defenses:
         defense_json = canonical_json(summary.spec)
-        columns = [("original", "", "original"), *reference_columns,
-                   *[(defense_json, canonical_json(p.attack), p.attack_label) for p in summary.pairs]]
-        figure, axes = plt.subplots(len(victims), len(columns), figsize=(1.3 * len(columns), 1.4 * len(victims) + 0.6),
-                                    squeeze=False)
+        columns = [
+            ("original", "", "original"),
+            *reference_columns,
+            *[(defense_json, canonical_json(p.attack), p.attack_label) for p in summary.pairs],
+        ]
+        figure, axes = plt.subplots(
+            len(victims), len(columns), figsize=(1.3 * len(columns), 1.4 * len(victims) + 0.6), squeeze=False
+        )
         for r, victim in enumerate(victims):
             for c, (defense_key, attack_key, label) in enumerate(columns):
                 axis = axes[r][c]
                 axis.set_xticks([])
                 axis.set_yticks([])
-                picture = originals[victim] if defense_key == "original" else images.get((defense_key, attack_key,
-                                                                                          victim))
+                picture = (
+                    originals[victim] if defense_key == "original" else images.get((defense_key, attack_key, victim))
+                )
                 if picture is not None:
                     first = np.clip(picture[0], 0, 1)
                     if first.shape[0] == 1:

@@ -45,8 +45,12 @@ def detect_rank() -> RankInfo | None:
     from lightning_fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 
     if "GGL_RUN_ID" in os.environ and "RANK" in os.environ:
-        return RankInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)),
-                        os.environ["GGL_RUN_ID"])
+        return RankInfo(
+            int(os.environ["RANK"]),
+            int(os.environ["WORLD_SIZE"]),
+            int(os.environ.get("LOCAL_RANK", 0)),
+            os.environ["GGL_RUN_ID"],
+        )
     if TorchElasticEnvironment.detect():
         environment = TorchElasticEnvironment()
         run_id = os.environ.get("TORCHELASTIC_RUN_ID", "") + os.environ.get("MASTER_PORT", "")
@@ -70,13 +74,19 @@ def pin_gpu(local_rank: int) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--suite", required=True, help="a shipped suite name (smoke, all, ...) or a YAML path")
     parser.add_argument("--out", default=None, help="output folder holding the results store (default results/SUITE)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a suite field: dotted key, YAML value "
-                        "(e.g. victims.count=2, attacks.*.budget=50)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a suite field: dotted key, YAML value (e.g. victims.count=2, attacks.*.budget=50)",
+    )
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from the store; compute nothing")
     parser.add_argument("--report-dir", default=None, help="where the report goes (default: the output folder)")
     parser.add_argument("--devices", type=int, default=1, help="worker processes on this node (one GPU each)")
@@ -115,8 +125,14 @@ def merge_shards(out: Path) -> int:
                 for row in shard.cells():
                     merged += int(main.put_cell(row))
                 for defense, options, record in shard.utility_records():
-                    main.put_utility(defense, options, record["metrics"], record["config_hash"],
-                                     record["code_version"], record["seconds"])
+                    main.put_utility(
+                        defense,
+                        options,
+                        record["metrics"],
+                        record["config_hash"],
+                        record["code_version"],
+                        record["seconds"],
+                    )
             for suffix in ("", "-wal", "-shm"):
                 Path(str(path) + suffix).unlink(missing_ok=True)
     return merged
@@ -140,7 +156,10 @@ def run_rank(suite: SuiteConfig, out: Path, info: RankInfo, args: argparse.Names
     from benchmarks.store import ResultsStore, StoreError, open_store
 
     harness = Harness(
-        suite, None, rank=info.rank, world_size=info.world_size,
+        suite,
+        None,
+        rank=info.rank,
+        world_size=info.world_size,
         progress=not args.no_progress and info.rank == 0,
         tensorboard_dir=None if args.no_tensorboard else out / "tensorboard",
     )
@@ -187,8 +206,13 @@ def launch_local(args: argparse.Namespace, argv: list[str]) -> list[int]:
     run_id = uuid.uuid4().hex[:12]
     processes = []
     for rank in range(args.devices):
-        environment = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(args.devices), "LOCAL_RANK": str(rank),
-                       "GGL_RUN_ID": run_id}
+        environment = {
+            **os.environ,
+            "RANK": str(rank),
+            "WORLD_SIZE": str(args.devices),
+            "LOCAL_RANK": str(rank),
+            "GGL_RUN_ID": run_id,
+        }
         processes.append(subprocess.Popen([sys.executable, "-m", "benchmarks.run", *argv], env=environment))
     return [process.wait() for process in processes]
 
@@ -255,8 +279,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if info is None and args.num_nodes > 1:
-        return _error("--num-nodes > 1 needs a cluster launcher: start this command once per GPU with srun "
-                      "(SLURM) or torchrun --nnodes M --nproc-per-node N; each process runs its share")
+        return _error(
+            "--num-nodes > 1 needs a cluster launcher: start this command once per GPU with srun "
+            "(SLURM) or torchrun --nnodes M --nproc-per-node N; each process runs its share"
+        )
     if info is None and args.devices > 1:
         codes = launch_local(args, argv)
         if any(code == 2 for code in codes):

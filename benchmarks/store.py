@@ -224,9 +224,21 @@ class ResultsStore:
                 " config_hash, code_version, seconds, evaluations, metrics, labels, images, finished_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    row.suite, row.victim, row.defense_json, row.attack_json, row.seed, row.kind,
-                    row.defense_label, row.attack_label, row.config_hash, row.code_version, float(row.seconds),
-                    int(row.evaluations), _json(row.metrics), _json(row.labels), encode_array(row.images),
+                    row.suite,
+                    row.victim,
+                    row.defense_json,
+                    row.attack_json,
+                    row.seed,
+                    row.kind,
+                    row.defense_label,
+                    row.attack_label,
+                    row.config_hash,
+                    row.code_version,
+                    float(row.seconds),
+                    int(row.evaluations),
+                    _json(row.metrics),
+                    _json(row.labels),
+                    encode_array(row.images),
                     time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 ),
             )
@@ -251,9 +263,20 @@ class ResultsStore:
         ).fetchall()
         return [
             CellRow(
-                suite=r[0], victim=int(r[1]), defense=json.loads(r[2]), attack=json.loads(r[3]), seed=int(r[4]),
-                kind=r[5], defense_label=r[6], attack_label=r[7], config_hash=r[8], code_version=r[9],
-                seconds=float(r[10]), evaluations=int(r[11]), metrics=json.loads(r[12]), labels=json.loads(r[13]),
+                suite=r[0],
+                victim=int(r[1]),
+                defense=json.loads(r[2]),
+                attack=json.loads(r[3]),
+                seed=int(r[4]),
+                kind=r[5],
+                defense_label=r[6],
+                attack_label=r[7],
+                config_hash=r[8],
+                code_version=r[9],
+                seconds=float(r[10]),
+                evaluations=int(r[11]),
+                metrics=json.loads(r[12]),
+                labels=json.loads(r[13]),
                 images=decode_array(r[14]),
             )
             for r in rows
@@ -268,14 +291,27 @@ class ResultsStore:
         return [str(r[0]) for r in rows]
 
     # --------------------------------------------------------------------------------------------------------
-    def put_utility(self, defense: Mapping[str, Any], options: Mapping[str, Any], metrics: Mapping[str, float],
-                    config_hash: str, code_version: str, seconds: float) -> None:
+    def put_utility(
+        self,
+        defense: Mapping[str, Any],
+        options: Mapping[str, Any],
+        metrics: Mapping[str, float],
+        config_hash: str,
+        code_version: str,
+        seconds: float,
+    ) -> None:
         with self._transaction() as connection:
             connection.execute(
                 "INSERT OR IGNORE INTO utility (defense, options, metrics, config_hash, code_version, seconds)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                (_json(dict(defense)), _json(dict(options)), _json(dict(metrics)), config_hash, code_version,
-                 float(seconds)),
+                (
+                    _json(dict(defense)),
+                    _json(dict(options)),
+                    _json(dict(metrics)),
+                    config_hash,
+                    code_version,
+                    float(seconds),
+                ),
             )
 
     def utility(self, defense: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -294,8 +330,14 @@ class ResultsStore:
             "SELECT defense, options, metrics, config_hash, code_version, seconds FROM utility"
             " ORDER BY defense, options"
         ).fetchall()
-        return [(json.loads(d), json.loads(o), {"metrics": json.loads(m), "config_hash": h, "code_version": c,
-                                                 "seconds": float(s)}) for d, o, m, h, c, s in rows]
+        return [
+            (
+                json.loads(d),
+                json.loads(o),
+                {"metrics": json.loads(m), "config_hash": h, "code_version": c, "seconds": float(s)},
+            )
+            for d, o, m, h, c, s in rows
+        ]
 
     def utilities(self) -> dict[str, dict[str, Any]]:
         """All cached utility costs by defense JSON (the first options set found per defense, in sorted order)."""
@@ -304,8 +346,15 @@ class ResultsStore:
             "SELECT defense, options, metrics, config_hash, code_version FROM utility ORDER BY defense, options"
         ).fetchall()
         for defense, options, metrics, config_hash, code_version in rows:
-            found.setdefault(defense, {"metrics": json.loads(metrics), "options": json.loads(options),
-                                       "config_hash": config_hash, "code_version": code_version})
+            found.setdefault(
+                defense,
+                {
+                    "metrics": json.loads(metrics),
+                    "options": json.loads(options),
+                    "config_hash": config_hash,
+                    "code_version": code_version,
+                },
+            )
         return found
 
 

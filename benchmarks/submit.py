@@ -77,8 +77,9 @@ def load_submission(path: str | Path, build: Any = None) -> Submission:
         raise SubmissionError(source, [f"<file>: not valid YAML: {error}"]) from None
     if not isinstance(data, dict):
         raise SubmissionError(source, [f"<file>: must be a mapping of fields ({', '.join(ENTRY_FIELDS)})"])
-    problems = [f"field '{key}': unknown; allowed: {', '.join(ENTRY_FIELDS)}" for key in sorted(set(data) -
-                                                                                               set(ENTRY_FIELDS))]
+    problems = [
+        f"field '{key}': unknown; allowed: {', '.join(ENTRY_FIELDS)}" for key in sorted(set(data) - set(ENTRY_FIELDS))
+    ]
     name = data.get("name")
     if not isinstance(name, str) or not name.strip():
         problems.append(f"field 'name': required, a non-empty string; got {name!r}")
@@ -93,8 +94,10 @@ def load_submission(path: str | Path, build: Any = None) -> Submission:
         problems.append(f"field 'paper': a link starting with http:// or https://, or null; got {paper!r}")
     defense = data.get("defense")
     if not isinstance(defense, dict) or not isinstance(defense.get("name"), str):
-        problems.append("field 'defense': required, a mapping with 'name' (a registered defense or module:Class) "
-                        f"and its parameters; got {defense!r}")
+        problems.append(
+            "field 'defense': required, a mapping with 'name' (a registered defense or module:Class) "
+            f"and its parameters; got {defense!r}"
+        )
         defense = None
     else:
         swept = sorted(k for k, v in defense.items() if isinstance(v, (list, dict)))
@@ -120,12 +123,20 @@ def load_submission(path: str | Path, build: Any = None) -> Submission:
     if problems:
         raise SubmissionError(source, problems)
     assert isinstance(name, str) and defense is not None
-    return Submission(name.strip(), tuple(a.strip() for a in authors), paper, dict(defense),
-                      {k: float(v) for k, v in claimed.items()}, notes, source)
+    return Submission(
+        name.strip(),
+        tuple(a.strip() for a in authors),
+        paper,
+        dict(defense),
+        {k: float(v) for k, v in claimed.items()},
+        notes,
+        source,
+    )
 
 
-def entry_evaluation(report_json: dict[str, Any], submission: Submission, suite: Any,
-                     overrides: list[str]) -> dict[str, Any]:
+def entry_evaluation(
+    report_json: dict[str, Any], submission: Submission, suite: Any, overrides: list[str]
+) -> dict[str, Any]:
     """The submission's leaderboard entry from a report (``leaderboard.json``) with its provenance."""
     spec = canonical_json(submission.defense)
     matches = [e for e in report_json["leaderboard"] if canonical_json(e["spec"]) == spec]
@@ -136,8 +147,11 @@ def entry_evaluation(report_json: dict[str, Any], submission: Submission, suite:
     check = {}
     for key, claimed in submission.claimed_utility.items():
         if key in measured and isinstance(measured[key], (int, float)):
-            check[key] = {"claimed": claimed, "measured": measured[key],
-                          "within_tolerance": abs(float(measured[key]) - claimed) <= UTILITY_TOLERANCE}
+            check[key] = {
+                "claimed": claimed,
+                "measured": measured[key],
+                "within_tolerance": abs(float(measured[key]) - claimed) <= UTILITY_TOLERANCE,
+            }
     return {
         "suite": suite.name,
         "overrides": list(overrides),
@@ -158,12 +172,19 @@ def entry_evaluation(report_json: dict[str, Any], submission: Submission, suite:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.submit", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.submit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("entry", help="leaderboards/submissions/NAME.yaml")
     parser.add_argument("--suite", default="all", help="suite to evaluate on (default: all, the standard one)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a suite field (a smaller evaluation); recorded in the entry")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a suite field (a smaller evaluation); recorded in the entry",
+    )
     parser.add_argument("--out", default=None, help="results store folder (default results/SUITE)")
     parser.add_argument("--report-dir", default=None, help="where the regenerated tables go (default: --out)")
     parser.add_argument("--entry-out", default=None, help="the entry's JSON (default: NAME.json beside the YAML)")
@@ -193,8 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     with store:
-        harness = Harness(suite, store, progress=not args.no_progress,
-                          tensorboard_dir=out / "tensorboard")
+        harness = Harness(suite, store, progress=not args.no_progress, tensorboard_dir=out / "tensorboard")
         try:
             harness.preflight()
             store.claim_context(suite.name, suite.context())
@@ -230,12 +250,18 @@ def main(argv: list[str] | None = None) -> int:
     partial.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
     partial.replace(entry_out)
     gain = evaluation["psnr_gain_over_prior"]
-    print(f"{submission.name}: PSNR above prior {gain} dB (strongest: {evaluation['strongest_attack']}); "
-          f"entry written to {entry_out}; tables in {report_dir}", file=sys.stderr)
+    print(
+        f"{submission.name}: PSNR above prior {gain} dB (strongest: {evaluation['strongest_attack']}); "
+        f"entry written to {entry_out}; tables in {report_dir}",
+        file=sys.stderr,
+    )
     for key, check in evaluation["utility_check"].items():
         if not check["within_tolerance"]:
-            print(f"warning: claimed {key} {check['claimed']} differs from the measured {check['measured']} by more "
-                  f"than {UTILITY_TOLERANCE}", file=sys.stderr)
+            print(
+                f"warning: claimed {key} {check['claimed']} differs from the measured {check['measured']} by more "
+                f"than {UTILITY_TOLERANCE}",
+                file=sys.stderr,
+            )
     return 1 if summary.failed else 0
 
 

@@ -64,8 +64,9 @@ def test_defense_family_expands_over_list_values() -> None:
 
 def test_overrides_dotted_indexed_and_wildcard(tmp_path: Path) -> None:
     data = {**MINIMAL, "attacks": [{"name": "idlg", "iterations": 2}, {"name": "dlg", "iterations": 3}]}
-    suite = load_suite(write(tmp_path, data), ["victims.count=3", "attacks.*.iterations=7", "attacks.1.lr=0.5",
-                                               "seeds=[1, 2]"])
+    suite = load_suite(
+        write(tmp_path, data), ["victims.count=3", "attacks.*.iterations=7", "attacks.1.lr=0.5", "seeds=[1, 2]"]
+    )
     assert suite.victims.count == 3
     assert [a.spec["iterations"] for a in suite.attacks] == [7, 7]
     assert suite.attacks[1].spec["lr"] == 0.5

@@ -124,8 +124,12 @@ def test_failed_cells_are_listed_and_others_kept(tmp_path: Path) -> None:
 
 
 def test_same_key_gives_the_same_numbers(tmp_path: Path) -> None:
-    suite = {**SUITE, "victims": {"count": 1}, "defenses": [{"name": "gaussian", "sigma": 0.01}],
-             "references": {"class_mean": False}}
+    suite = {
+        **SUITE,
+        "victims": {"count": 1},
+        "defenses": [{"name": "gaussian", "sigma": 0.01}],
+        "references": {"class_mean": False},
+    }
     a = harness(tmp_path / "a", suite)
     b = harness(tmp_path / "b", suite)
     a.run()
@@ -138,8 +142,10 @@ def test_same_key_gives_the_same_numbers(tmp_path: Path) -> None:
 def test_class_mean_reference_scores_the_class_mean(tmp_path: Path) -> None:
     from ggl.metrics import reconstruction_metrics
 
-    run = harness(tmp_path, {**SUITE, "attacks": [{"name": "idlg", "iterations": 1, "max_iter": 1}],
-                             "defenses": [{"name": "none"}]})
+    run = harness(
+        tmp_path,
+        {**SUITE, "attacks": [{"name": "idlg", "iterations": 1, "max_iter": 1}], "defenses": [{"name": "none"}]},
+    )
     run.run()
     references = [r for r in run.store.cells("tiny") if r.kind == "reference"]
     assert len(references) == 2
@@ -152,8 +158,15 @@ def test_class_mean_reference_scores_the_class_mean(tmp_path: Path) -> None:
 
 
 def test_a_store_refuses_a_different_victim_setup(tmp_path: Path) -> None:
-    run = harness(tmp_path, {**SUITE, "defenses": [{"name": "none"}], "attacks": [{"name": "idlg", "iterations": 1}],
-                             "victims": {"count": 1}})
+    run = harness(
+        tmp_path,
+        {
+            **SUITE,
+            "defenses": [{"name": "none"}],
+            "attacks": [{"name": "idlg", "iterations": 1}],
+            "victims": {"count": 1},
+        },
+    )
     run.run()
     changed = build_suite({**SUITE, "victims": {"count": 1, "batch_size": 2}}, "tiny.yaml")
     with pytest.raises(StoreError, match="victims"):

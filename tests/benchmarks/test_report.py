@@ -15,15 +15,35 @@ NONE = {"name": "none"}
 NOISE = {"name": "gaussian", "sigma": 0.1}
 
 
-def put(store: ResultsStore, victim: int, defense: dict | None, attack: str, psnr: float, ssim: float,
-        seed: int = 0, kind: str = "attack") -> None:
-    store.put_cell(CellRow(
-        suite="s", victim=victim, defense=defense, attack={"name": attack, "adaptive": True}, seed=seed, kind=kind,
-        defense_label="prior only" if defense is None else str(defense["name"]), attack_label=attack.split(":")[-1],
-        config_hash="cfg1", code_version="v1", seconds=1.0, evaluations=10,
-        metrics={"psnr": psnr, "ssim": ssim, "mse": 10 ** (-psnr / 10), "label_accuracy": 1.0}, labels=[victim],
-        images=np.full((1, 1, 4, 4), victim / 4, dtype=np.float32),
-    ))
+def put(
+    store: ResultsStore,
+    victim: int,
+    defense: dict | None,
+    attack: str,
+    psnr: float,
+    ssim: float,
+    seed: int = 0,
+    kind: str = "attack",
+) -> None:
+    store.put_cell(
+        CellRow(
+            suite="s",
+            victim=victim,
+            defense=defense,
+            attack={"name": attack, "adaptive": True},
+            seed=seed,
+            kind=kind,
+            defense_label="prior only" if defense is None else str(defense["name"]),
+            attack_label=attack.split(":")[-1],
+            config_hash="cfg1",
+            code_version="v1",
+            seconds=1.0,
+            evaluations=10,
+            metrics={"psnr": psnr, "ssim": ssim, "mse": 10 ** (-psnr / 10), "label_accuracy": 1.0},
+            labels=[victim],
+            images=np.full((1, 1, 4, 4), victim / 4, dtype=np.float32),
+        )
+    )
 
 
 @pytest.fixture
@@ -62,7 +82,7 @@ def test_leakage_above_prior_and_ranking(store: ResultsStore) -> None:
     assert clean.strongest.attack_label == "dlg" and clean.leakage == pytest.approx(19.0)
     assert clean.best["psnr"] == pytest.approx(35.0)  # best over attacks of the victim means
     assert clean.best["ssim"] == pytest.approx(0.8)  # from another attack than the PSNR
-    assert clean.best["mse"] == pytest.approx(min(np.mean([10 ** -4, 10 ** -3]), np.mean([10 ** -2, 10 ** -2.4])))
+    assert clean.best["mse"] == pytest.approx(min(np.mean([10**-4, 10**-3]), np.mean([10**-2, 10**-2.4])))
     assert noise.utility_value("update_cosine") == 0.7 and clean.utility is None
     references = {r.attack_label: r for r in report.references}
     assert list(references) == ["class-mean", "prior-sample", "prior-ceiling"]

@@ -21,9 +21,18 @@ from benchmarks.store import ResultsStore
 ROOT = Path(__file__).resolve().parents[2]
 # One victim: still every attack against every defense family, references and utility costs included.
 SMALL_SMOKE = ["--set", "victims.count=1"]
-TINY = ["--set", "victims.count=2", "--set", "prior=null", "--set", "utility.enabled=false",
-        "--set", "attacks=[{name: idlg, iterations: 2, max_iter: 3}, {name: dlg, iterations: 1, max_iter: 3}]",
-        "--set", "defenses=[{name: none}, {name: gaussian, sigma: [0.01, 0.1]}]"]
+TINY = [
+    "--set",
+    "victims.count=2",
+    "--set",
+    "prior=null",
+    "--set",
+    "utility.enabled=false",
+    "--set",
+    "attacks=[{name: idlg, iterations: 2, max_iter: 3}, {name: dlg, iterations: 1, max_iter: 3}]",
+    "--set",
+    "defenses=[{name: none}, {name: gaussian, sigma: [0.01, 0.1]}]",
+]
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -70,8 +79,9 @@ def test_bad_suite_file_exits_2_naming_the_field(tmp_path: Path, capsys: pytest.
     assert main(["--suite", str(suite), "--out", str(tmp_path / "o")]) == 2
     error = capsys.readouterr().err
     assert "bad.yaml" in error and "victims.count" in error and ">= 1" in error
-    assert main(["--suite", "smoke", "--set", "defenses=[{name: gaussian, sigma: -1}]",
-                 "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(["--suite", "smoke", "--set", "defenses=[{name: gaussian, sigma: -1}]", "--out", str(tmp_path / "o")]) == 2
+    )
     assert "sigma" in capsys.readouterr().err
     assert main(["--suite", "smoke", "--set", "attacks.0.name=nope", "--out", str(tmp_path / "o")]) == 2
     error = capsys.readouterr().err
@@ -110,8 +120,13 @@ def _env() -> dict[str, str]:
 @pytest.mark.slow
 def test_kill_9_then_resume(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    process = subprocess.Popen(_cli("--suite", "smoke", "--out", str(out), "--no-progress", *TINY), cwd=ROOT,
-                               env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        _cli("--suite", "smoke", "--out", str(out), "--no-progress", *TINY),
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     store_path = out / "results.sqlite"
     deadline = time.monotonic() + 300
     count = 0
@@ -129,8 +144,14 @@ def test_kill_9_then_resume(tmp_path: Path) -> None:
         first = {(r.victim, r.defense_json, r.attack_json): r.metrics for r in store.cells("smoke")}
     total = len(expand_cells(load_suite("smoke", TINY[1::2])))
     assert 5 <= len(first) < total
-    result = subprocess.run(_cli("--suite", "smoke", "--out", str(out), "--no-progress", *TINY), cwd=ROOT,
-                            env=_env(), capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        _cli("--suite", "smoke", "--out", str(out), "--no-progress", *TINY),
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     assert f"{len(first)} already in the store, {total - len(first)} computed" in result.stderr
     with ResultsStore(store_path) as store:
@@ -145,9 +166,14 @@ def test_kill_9_then_resume(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_two_worker_processes_share_one_store(tmp_path: Path) -> None:
     out = tmp_path / "workers"
-    result = subprocess.run(_cli("--suite", "smoke", "--out", str(out), "--devices", "2", "--no-progress",
-                                 "--no-tensorboard", *TINY), cwd=ROOT, env=_env(), capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run(
+        _cli("--suite", "smoke", "--out", str(out), "--devices", "2", "--no-progress", "--no-tensorboard", *TINY),
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     assert "[rank 0/2]" in result.stderr and "[rank 1/2]" in result.stderr
     with ResultsStore(out / "results.sqlite") as store:

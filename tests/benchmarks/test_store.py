@@ -12,9 +12,20 @@ from benchmarks.store import CellRow, ResultsStore, StoreError, VictimRow, exist
 
 def row(victim: int = 0, attack: str = "idlg", psnr: float = 12.5) -> CellRow:
     return CellRow(
-        suite="s", victim=victim, defense={"name": "gaussian", "sigma": 0.01}, attack={"name": attack}, seed=0,
-        kind="attack", defense_label="gaussian(sigma=0.01)", attack_label=attack, config_hash="abc",
-        code_version="test", seconds=1.5, evaluations=7, metrics={"psnr": psnr, "mse": 0.1}, labels=[3],
+        suite="s",
+        victim=victim,
+        defense={"name": "gaussian", "sigma": 0.01},
+        attack={"name": attack},
+        seed=0,
+        kind="attack",
+        defense_label="gaussian(sigma=0.01)",
+        attack_label=attack,
+        config_hash="abc",
+        code_version="test",
+        seconds=1.5,
+        evaluations=7,
+        metrics={"psnr": psnr, "mse": 0.1},
+        labels=[3],
         images=np.linspace(0, 1, 16, dtype=np.float32).reshape(1, 1, 4, 4),
     )
 
@@ -31,8 +42,10 @@ def test_round_trip_and_no_duplicates(tmp_path: Path) -> None:
     np.testing.assert_array_equal(cells[0].images, row().images)
     with ResultsStore(tmp_path / "r.sqlite") as again:  # committed rows survive closing
         assert again.count("s") == 2
-        assert again.finished_keys("s") == {(0, cells[0].defense_json, '{"name":"idlg"}', 0),
-                                            (1, cells[0].defense_json, '{"name":"idlg"}', 0)}
+        assert again.finished_keys("s") == {
+            (0, cells[0].defense_json, '{"name":"idlg"}', 0),
+            (1, cells[0].defense_json, '{"name":"idlg"}', 0),
+        }
         assert again.victims("s")[0].indices == [5]
 
 
