@@ -21,7 +21,7 @@ def test_import_ggl_is_fast_and_imports_no_torch() -> None:
         "print(json.dumps({'seconds': elapsed, 'torch': 'torch' in sys.modules, 'version': ggl.__version__}))"
     )
     assert not result["torch"]
-    assert result["seconds"] < 0.25, result  # measured: about 1 ms
+    assert result["seconds"] < 0.25, result  # measured: 1-15 ms
     assert result["version"]
 
 

@@ -103,3 +103,17 @@ def test_bad_arguments() -> None:
         make_datamodule("cifar10")
     with pytest.raises(ValueError, match="image_size must be >= 8"):
         EmbeddedFashionMNIST(image_size=4)
+
+
+@pytest.mark.skipif(
+    not (embedded_module.DEBIAN_ROOT / "train-images-idx3-ubyte.gz").is_file(),
+    reason="the Debian package dataset-fashion-mnist is not installed",
+)
+def test_debian_train_split_matches_the_shipped_class_means(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("GGL_CACHE", str(tmp_path))
+    dm = EmbeddedFashionMNIST(download=False)
+    dm.setup("fit")
+    images, labels = dm.public.tensors
+    assert images.shape == (60000, 1, 32, 32) and torch.bincount(labels).tolist() == [6000] * 10
+    computed = torch.stack([images[labels == c].mean(0) for c in range(10)])
+    torch.testing.assert_close(dm.class_means().float(), computed, atol=1e-3, rtol=0)
