@@ -140,9 +140,16 @@ def check_imagenet_root(root: str | Path | None, split: str = "val") -> Path:
     if not path.is_dir():
         raise DataNotFoundError(f"ImageNet not found: {path} is not a folder. Expected layout: {LAYOUT}.")
     if not _split_present(path, split):
+        flat = (path / split).is_dir() and next((path / split).glob("*.JPEG"), None) is not None
+        hint = (
+            f" {path / split} holds images but no class folders: put {DEVKIT} and {ARCHIVES[split]} in ROOT "
+            f"(and move the unsorted folder away) so torchvision sorts them into <wnid> folders."
+            if flat
+            else ""
+        )
         raise DataNotFoundError(
             f"ImageNet at {path} has no {split} split: neither {path / split}/<wnid>/*.JPEG nor "
-            f"{ARCHIVES[split]} (with {META_FILE} or {DEVKIT}). Expected layout: {LAYOUT}."
+            f"{ARCHIVES[split]} (with {META_FILE} or {DEVKIT}).{hint} Expected layout: {LAYOUT}."
         )
     return path
 

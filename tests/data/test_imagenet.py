@@ -77,6 +77,12 @@ def test_missing_or_malformed_root_names_the_layout(tmp_path, layout: str) -> No
         assert expected in message
 
 
+def test_unsorted_validation_images_get_a_hint(tmp_path) -> None:
+    write_imagenet_images(tmp_path, ["val"])  # tmp_path/val/*.JPEG without class folders
+    with pytest.raises(DataNotFoundError, match="holds images but no class folders"):
+        ImageNetDataModule(tmp_path).prepare_data()
+
+
 def test_folders_unknown_to_meta_are_rejected(tmp_path) -> None:
     write_imagenet_meta(tmp_path, ALL_WNIDS[:10])
     write_imagenet_images(tmp_path / "val", ["n99999999"])
