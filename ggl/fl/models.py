@@ -7,6 +7,7 @@ it), and are returned in ``eval()`` mode so that a gradient depends on the batch
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 
@@ -151,9 +152,15 @@ def load_victim_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
         raise FileNotFoundError(
             f"victim checkpoint {path} does not exist; save one with torch.save(model.state_dict())"
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(f"victim checkpoint {path} is not a state_dict saved with torch.save ({reason})") from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"victim checkpoint {path} holds a {type(state).__name__}, not a state_dict")
     try:
         model.load_state_dict(state)
     except RuntimeError as error:

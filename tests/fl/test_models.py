@@ -90,3 +90,11 @@ def test_checkpoint_round_trip_and_mismatch(tmp_path) -> None:
         make_victim("lenet", num_classes=10, image_shape=(3, 32, 32), checkpoint=path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         make_victim("convnet", checkpoint=tmp_path / "missing.pt")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="is not a state_dict saved with torch.save"):
+        make_victim("convnet", checkpoint=garbage)
+    tensor = tmp_path / "tensor.pt"
+    torch.save(torch.zeros(3), tensor)
+    with pytest.raises(ValueError, match="holds a Tensor, not a state_dict"):
+        make_victim("convnet", checkpoint=tensor)
