@@ -182,3 +182,87 @@ def test_two_worker_processes_share_one_store(tmp_path: Path) -> None:
     assert len(rows) == total == len({(r.victim, r.defense_json, r.attack_json) for r in rows})
     assert not list((out / "shards").glob("*.sqlite"))
     assert (out / "leaderboard.md").is_file()
+
+
+RANK_VARIABLES = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "GGL_RUN_ID",
+    "TORCHELASTIC_RUN_ID",
+    "GROUP_RANK",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "SLURM_NTASKS",
+    "SLURM_JOB_NAME",
+    "SLURM_PROCID",
+    "SLURM_LOCALID",
+    "SLURM_NODEID",
+    "SLURM_JOB_ID",
+    "CUDA_VISIBLE_DEVICES",
+)
+
+
+def test_rank_detection_and_gpu_pinning(monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks.run import RankInfo, detect_rank, pin_gpu
+
+    for name in RANK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    assert detect_rank() is None
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
+    for name, value in (
+        ("RANK", "3"),
+        ("WORLD_SIZE", "4"),
+        ("LOCAL_RANK", "1"),
+        ("GROUP_RANK", "1"),
+        ("LOCAL_WORLD_SIZE", "2"),
+        ("MASTER_ADDR", "localhost"),
+        ("MASTER_PORT", "29500"),
+    ):
+        monkeypatch.setenv(name, value)
+    assert detect_rank() == RankInfo(3, 4, 1, "job29500")
+    monkeypatch.setenv("GGL_RUN_ID", "local")
+    assert detect_rank() == RankInfo(3, 4, 1, "local")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
+    pin_gpu(1)
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "6"
+
+
+def test_shards_merge_without_duplicates(tmp_path: Path) -> None:
+    import numpy as np
+
+    from benchmarks.run import merge_shards
+    from benchmarks.store import CellRow
+
+    def cell(victim: int) -> CellRow:
+        return CellRow(
+            suite="s",
+            victim=victim,
+            defense={"name": "none"},
+            attack={"name": "idlg"},
+            seed=0,
+            kind="attack",
+            defense_label="none",
+            attack_label="iDLG",
+            config_hash="c",
+            code_version="v",
+            seconds=1.0,
+            evaluations=1,
+            metrics={"psnr": float(victim)},
+            labels=[0],
+            images=np.zeros((1, 1, 2, 2), dtype=np.float32),
+        )
+
+    for rank, victims in ((0, [0, 1]), (1, [1, 2, 3])):
+        with ResultsStore(tmp_path / "shards" / f"rank{rank}.sqlite") as shard:
+            for victim in victims:
+                shard.put_cell(cell(victim))
+            shard.put_utility({"name": "none"}, {"seed": 0}, {"update_cosine": 1.0}, "c", "v", 1.0)
+    with ResultsStore(tmp_path / "results.sqlite") as main_store:
+        main_store.put_cell(cell(0))
+    assert merge_shards(tmp_path) == 3
+    with ResultsStore(tmp_path / "results.sqlite") as merged:
+        assert sorted(r.victim for r in merged.cells("s")) == [0, 1, 2, 3]
+        assert len(merged.utilities()) == 1
+    assert not list((tmp_path / "shards").iterdir())
