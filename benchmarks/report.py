@@ -404,9 +404,12 @@ def attack_rows(report: Report) -> list[dict[str, str]]:
     return table
 
 
-def markdown_table(rows: Sequence[dict[str, str]], columns: Sequence[str]) -> str:
+PAIR_HEADERS = {**HEADERS, "mse": "MSE", "psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS"}
+
+
+def markdown_table(rows: Sequence[dict[str, str]], columns: Sequence[str], headers: dict[str, str] = HEADERS) -> str:
     lines = [
-        "| " + " | ".join(HEADERS.get(c, c) for c in columns) + " |",
+        "| " + " | ".join(headers.get(c, c) for c in columns) + " |",
         "|" + "|".join("---" if c in ("defense", "attack", "strongest_attack") else "---:" for c in columns) + "|",
     ]
     for row in rows:
@@ -468,7 +471,7 @@ def attacks_markdown(report: Report) -> str:
             "",
             "Means over victims (and seeds). `PSNR above prior` as in the leaderboard.",
             "",
-            markdown_table(attack_rows(report), ATTACK_COLUMNS),
+            markdown_table(attack_rows(report), ATTACK_COLUMNS, PAIR_HEADERS),
         ]
     )
 
