@@ -201,11 +201,21 @@ def _cosine_batches(config: UtilityConfig, seed: int) -> list[tuple[torch.Tensor
     return batches
 
 
+def _build_defense(spec: dict[str, Any]) -> Defense:
+    """A registered name through ``make_defense``; a submission's ``module:Class`` through the harness's loader."""
+    if ":" in str(spec["name"]):
+        from benchmarks.harness import build_defense
+
+        return build_defense(spec)  # type: ignore[no-any-return]
+    return make_defense(**spec)
+
+
 def utility_cost(defense_spec: Mapping[str, Any], *, seed: int = 0, **options: Any) -> dict[str, Any]:
     """Utility cost of one defense setting: ``update_cosine``, ``accuracy``, ``clean_accuracy``, ``accuracy_drop``.
 
     Args:
-        defense_spec: ``{"name": ..., **params}`` as in ``make_defense(**spec)``.
+        defense_spec: ``{"name": ..., **params}`` as in ``make_defense(**spec)``, or a submission's
+            ``{"name": "module:Class", **params}``.
         seed: seeds the victim model, the victims, the training run and the defense's generator.
         options: ``UtilityConfig`` fields (steps, batch_size, lr, hidden, eval_images, cosine_victim,
             cosine_victims, cosine_batch_size).
@@ -218,7 +228,7 @@ def utility_cost(defense_spec: Mapping[str, Any], *, seed: int = 0, **options: A
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an integer, got {seed!r}")
     config = UtilityConfig.from_options(options)
-    defense = make_defense(**dict(defense_spec))
+    defense = _build_defense(dict(defense_spec))
     datamodule = _datamodule()
     victim = make_victim(config.cosine_victim, datamodule.num_classes, datamodule.image_shape, seed=seed)
     cosine = update_cosine(defense, victim, _cosine_batches(config, seed), torch.Generator().manual_seed(seed))

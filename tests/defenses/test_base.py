@@ -18,8 +18,9 @@ SETTINGS = {
     "sign": {},
     "soteria": {"pruning_rate": 0.25},
     "dpsgd": {"max_grad_norm": 0.3, "noise_multiplier": 0.5},
+    "mixup": {"k": 3},
 }
-STOCHASTIC = ("gaussian", "laplacian", "quantization", "dpsgd")
+STOCHASTIC = ("gaussian", "laplacian", "quantization", "dpsgd", "mixup")
 
 
 def test_every_registered_defense_has_a_setting_here():
@@ -61,6 +62,7 @@ def test_yaml_exponent_without_dot_is_read_as_a_number():
         ("soteria", {"pruning_rate": 1.0}, "pruning_rate"),
         ("dpsgd", {"max_grad_norm": 0}, "max_grad_norm"),
         ("dpsgd", {"noise_multiplier": -1}, "noise_multiplier"),
+        ("mixup", {"k": 1}, "k"),
         ("gaussian", {"std": 0.1}, "std"),
     ],
 )
@@ -117,7 +119,7 @@ def test_same_generator_state_same_output(name, victim, batch, update):
     assert torch.equal(run(None), run(0))  # None = a fresh generator seeded with DEFAULT_SEED (0)
 
 
-@pytest.mark.parametrize("name", ["soteria", "dpsgd"])
+@pytest.mark.parametrize("name", ["soteria", "dpsgd", "mixup"])
 def test_batch_defenses_require_the_batch(name, update):
     with pytest.raises(ValueError, match="model"):
         make_defense(name)(update)
