@@ -258,7 +258,10 @@ class HooksEngine(PopulationEngine):
             "bias": _channel_sums(backprops, population),
         }
 
-    def gradients(self, images: torch.Tensor, labels: torch.Tensor, create_graph: bool) -> list[torch.Tensor]:
+    def _capture(
+        self, images: torch.Tensor, labels: torch.Tensor, create_graph: bool
+    ) -> list[tuple[dict[str, int], nn.Module, torch.Tensor, torch.Tensor]]:
+        """One forward and backward pass: (parameter indices, layer, input, output gradient) per layer call."""
         population, batch = images.shape[:2]
         flat = images.reshape(population * batch, *images.shape[2:])
         if not flat.requires_grad:
@@ -280,25 +283,148 @@ class HooksEngine(PopulationEngine):
                 handle.remove()
         loss = F.cross_entropy(logits, labels.repeat(population), reduction="sum") / batch
         backprops = torch.autograd.grad(loss, [record[-1] for record in records], create_graph=create_graph)
-        results: list[torch.Tensor | None] = [None] * len(self.parameter_names)
+        captured = []
         for (attributes, module, inputs, version, _), grads in zip(records, backprops):
             if inputs._version != version:
                 raise ValueError(f"the input of {type(module).__name__} was modified in place; use engine='vmap'")
+            captured.append((attributes, module, inputs, grads))
+        return captured
+
+    def gradients(self, images: torch.Tensor, labels: torch.Tensor, create_graph: bool) -> list[torch.Tensor]:
+        population = images.shape[0]
+        results: list[torch.Tensor | None] = [None] * len(self.parameter_names)
+        for attributes, module, inputs, grads in self._capture(images, labels, create_graph):
             for attr, value in self._layer_gradients(module, inputs, grads, population).items():
                 if attr in attributes:
                     position = attributes[attr]
                     previous = results[position]
                     results[position] = value if previous is None else previous + value
-        shapes = [p.shape for p in parameters.values()]
-        return [flat.new_zeros(population, *shape) if value is None else value for value, shape in zip(results, shapes)]
+        shapes = [p.shape for p in self.model.parameters()]
+        return [
+            images.new_zeros(population, *shape) if value is None else value for value, shape in zip(results, shapes)
+        ]
 
 
-def choose_engine(model: nn.Module) -> str:
-    """The engine ``auto`` resolves to for ``model``: ``hooks`` where it supports every layer, else ``vmap``."""
-    hooks = ENGINES.get("hooks")
-    if hooks is not None and hooks.supports(model):
-        return "hooks"
-    return "vmap"
+def _patches(module: nn.Conv2d, inputs: torch.Tensor, population: int) -> torch.Tensor:
+    """Input patches of a convolution, (P, B*L, C*kh*kw)."""
+    (kh, kw), (sh, sw), (dh, dw) = module.kernel_size, module.stride, module.dilation
+    ph, pw = module.padding  # type: ignore[misc]
+    padded = F.pad(inputs, (pw, pw, ph, ph))
+    windows = padded.unfold(2, (kh - 1) * dh + 1, sh).unfold(3, (kw - 1) * dw + 1, sw)[..., ::dh, ::dw]
+    return windows.permute(0, 2, 3, 1, 4, 5).reshape(population, -1, windows.shape[1] * kh * kw)
+
+
+def _rows(module: nn.Module, inputs: torch.Tensor, backprops: torch.Tensor, population: int):
+    """A Linear or Conv2d layer as rows: per candidate, its weight gradient is ``grads^T @ features``.
+
+    Returns features (P, R, K) and grads (P, R, O) with R = B * positions, or None when the rows would cost
+    more than materialising the weight gradient (a candidate's R^2 (O + K) Gram entries against O K R products).
+    """
+    out_channels = backprops.shape[1] if isinstance(module, nn.Conv2d) else backprops.shape[-1]
+    in_size = module.weight[0].numel()
+    rows = backprops.numel() // (population * out_channels)
+    if rows * (out_channels + in_size) >= out_channels * in_size:
+        return None
+    if isinstance(module, nn.Conv2d):
+        features = _patches(module, inputs, population)
+        grads = backprops.flatten(2).transpose(1, 2).reshape(population, rows, out_channels)
+    else:
+        features = inputs.reshape(population, rows, in_size)
+        grads = backprops.reshape(population, rows, out_channels)
+    return features, grads
+
+
+@register_engine("inner")
+class InnerProductEngine(HooksEngine):
+    """The hooks engine that never materialises large per-candidate gradients when no simulation is needed.
+
+    For the L2 and cosine distances only ||g_p||^2 and <g_p, t> per tensor are needed
+    (||g - t||^2 = ||g||^2 - 2 <g, t> + ||t||^2). For a layer whose weight gradient is ``grads^T @ features`` over
+    R rows per candidate: <g_p, t> = sum(grads * (features @ t^T)) and ||g_p||^2 = sum((grads grads^T) *
+    (features features^T)) (the Gram identity of ghost clipping, Goodfellow 2015; Li et al. 2022), used where
+    it is cheaper than the product itself (deep layers with small maps); elsewhere the per-candidate gradient is
+    formed and reduced at once. Valid only with ``simulate=None`` and metric ``l2`` or ``cosine``; the expansion
+    loses relative precision as a loss approaches 0 (float32: about 1e-7 of ||t||^2).
+    """
+
+    def statistics(
+        self, images: torch.Tensor, labels: torch.Tensor, target: Sequence[torch.Tensor], create_graph: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Squared norms and inner products with ``target`` of each candidate's gradients: two (P, T) tensors."""
+        population = images.shape[0]
+        norms: list[torch.Tensor | None] = [None] * len(target)
+        dots: list[torch.Tensor | None] = [None] * len(target)
+        captured = self._capture(images, labels, create_graph)
+        positions = [position for attributes, *_ in captured for position in attributes.values()]
+        if len(positions) != len(set(positions)):
+            # A parameter used by several layer calls: norms do not add, so form the gradients.
+            gradients = self.gradients(images, labels, create_graph)
+            return _norms_and_dots(gradients, target)
+        for attributes, module, inputs, grads in captured:
+            rows = _rows(module, inputs, grads, population) if "weight" in attributes else None
+            if isinstance(module, (nn.Linear, nn.Conv2d)) and rows is not None:
+                features, row_grads = rows
+                position = attributes["weight"]
+                weight_target = target[position].reshape(row_grads.shape[-1], -1)
+                dots[position] = (row_grads * (features @ weight_target.T)).sum(dim=(1, 2))
+                gram = torch.bmm(row_grads, row_grads.transpose(1, 2)) * torch.bmm(features, features.transpose(1, 2))
+                norms[position] = gram.sum(dim=(1, 2))
+                layer = {"bias": _channel_sums(grads, population)} if isinstance(module, nn.Conv2d) else {}
+                if isinstance(module, nn.Linear):
+                    layer = {"bias": row_grads.sum(1)}
+            else:
+                layer = self._layer_gradients(module, inputs, grads, population)
+            for attr, value in layer.items():
+                if attr in attributes:
+                    position = attributes[attr]
+                    norm, dot = _norms_and_dots([value], [target[position]])
+                    norms[position], dots[position] = norm[:, 0], dot[:, 0]
+        zero = images.new_zeros(population)
+        return (
+            torch.stack([zero if n is None else n for n in norms], dim=1),
+            torch.stack([zero if d is None else d for d in dots], dim=1),
+        )
+
+
+def _norms_and_dots(
+    gradients: Sequence[torch.Tensor], target: Sequence[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    flat = [g.flatten(1) for g in gradients]
+    norms = torch.stack([(f * f).sum(1) for f in flat], dim=1)
+    dots = torch.stack([f @ t.reshape(-1).to(f) for f, t in zip(flat, target)], dim=1)
+    return norms, dots
+
+
+def _distance_from_statistics(
+    norms: torch.Tensor,
+    dots: torch.Tensor,
+    target: Sequence[torch.Tensor],
+    metric: str,
+    layer_weights: Sequence[float] | None,
+) -> torch.Tensor:
+    """``gradient_distance`` for l2 and cosine from per-tensor squared norms and inner products (P, T)."""
+    weights = norms.new_tensor(layer_weights if layer_weights is not None else [1.0] * len(target))
+    target_norms = torch.stack([g.pow(2).sum() for g in target]).to(norms)
+    if metric == "l2":
+        per_tensor = (norms - 2 * dots + target_norms).clamp_min(0)
+        return (per_tensor * weights).sum(1) / len(target)
+    dot = (dots * weights).sum(1)
+    trial_norm = (norms * weights).sum(1).clamp_min(1e-20).sqrt()
+    target_norm = (target_norms * weights).sum().clamp_min(1e-20).sqrt()
+    return 1 - dot / (trial_norm * target_norm)
+
+
+def choose_engine(model: nn.Module, metric: str = "l2", simulated: bool = False) -> str:
+    """The engine ``auto`` resolves to (measured, see docs/engine.md).
+
+    ``inner`` where it applies (no simulation, L2 or cosine) and supports every layer, else ``hooks`` where it
+    supports every layer, else ``vmap``.
+    """
+    if not HooksEngine.supports(model):
+        return "vmap"
+    if not simulated and metric in ("l2", "cosine"):
+        return "inner"
+    return "hooks"
 
 
 class PopulationObjective:
@@ -375,7 +501,13 @@ class PopulationObjective:
         self.metric = metric
         self.layer_weights = None if layer_weights is None else [float(w) for w in layer_weights]
         self.simulate = simulate
-        self.engine_name = choose_engine(model) if engine == "auto" else engine
+        self.engine_name = choose_engine(model, metric, simulate is not None) if engine == "auto" else engine
+        self._statistics = getattr(ENGINES[self.engine_name], "statistics", None) is not None
+        if self._statistics and (simulate is not None or metric not in ("l2", "cosine")):
+            raise ValueError(
+                f"engine {self.engine_name!r} needs simulate=None and metric 'l2' or 'cosine' "
+                f"(got metric={metric!r}, simulate={'set' if simulate is not None else None}); use engine='hooks'"
+            )
         self.engine = ENGINES[self.engine_name](model)
         self.chunk_size = chunk_size
 
@@ -415,6 +547,10 @@ class PopulationObjective:
         losses = []
         with torch.enable_grad():
             for chunk in self._chunks(images):
+                if self._statistics:
+                    norms, dots = self.engine.statistics(chunk, labels, target, create_graph)  # type: ignore[attr-defined]
+                    losses.append(_distance_from_statistics(norms, dots, target, self.metric, self.layer_weights))
+                    continue
                 trial = self.engine.gradients(chunk, labels, create_graph)
                 if not create_graph:
                     trial = [g.detach() for g in trial]

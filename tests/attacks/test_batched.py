@@ -72,6 +72,8 @@ CASES.append((*VICTIM_SHAPES[2], None))  # ResNet-18 (BatchNorm, residual in-pla
 @pytest.mark.parametrize("engine", BATCHED)
 @pytest.mark.parametrize("name,shape,simulate", CASES, ids=[f"{c[0]}-{'masked' if c[2] else 'plain'}" for c in CASES])
 def test_batched_equals_serial_losses_and_image_gradients(engine, name, shape, simulate):
+    if engine == "inner" and simulate is not None:
+        pytest.skip("the inner-product engine applies without a simulation only (see the refusal test)")
     population, batch = (2, 2) if name == "resnet18" else (3, 2)
     model, update, labels, candidates = _setup(name, shape, population, batch)
     key = (name, simulate is not None)
@@ -96,14 +98,17 @@ def test_float32_population_with_chunks_matches_serial(engine):
     assert _relative(chunked(candidates), serial) < 1e-4
 
 
-def test_true_batch_scores_zero_and_gradients_match_update():
+@pytest.mark.parametrize("engine", BATCHED)
+def test_true_batch_scores_zero_and_gradients_match_update(engine):
     model, update, labels, _ = _setup("lenet", (1, 16, 16))
     generator = torch.Generator().manual_seed(0)
     private = torch.randn(2, 1, 16, 16, generator=generator, dtype=torch.float64)
     population = torch.stack([private, torch.zeros_like(private)])
-    objective = PopulationObjective(model, update.gradients, labels)
+    objective = PopulationObjective(model, update.gradients, labels, engine=engine)
     losses = objective(population)
-    assert losses[0] < 1e-20 < losses[1]
+    # The inner-product engine computes ||g||^2 - 2<g, t> + ||t||^2: zero up to rounding relative to ||t||^2.
+    scale = sum(float(g.pow(2).sum()) for g in update.gradients)
+    assert losses[0] <= 1e-12 * scale and losses[1] > 1e-6 * scale
     gradients = objective.gradients(population)
     assert all(torch.allclose(g[0], t) for g, t in zip(gradients, update.gradients))
 
@@ -150,3 +155,36 @@ def test_hooks_refuses_unsupported_layers_and_auto_falls_back_to_vmap():
     candidates = torch.randn(3, 2, 2, 4, 4)
     serial = PopulationObjective(model, update.gradients, labels, engine="serial")(candidates)
     assert _relative(objective(candidates), serial) < 1e-4
+
+
+def test_inner_engine_refuses_a_simulation_or_l1_and_auto_avoids_it():
+    model, update, labels, candidates = _setup("lenet", (1, 16, 16))
+    with pytest.raises(ValueError, match="engine 'inner' needs simulate=None"):
+        PopulationObjective(model, update.gradients, labels, simulate=_mask, engine="inner")
+    with pytest.raises(ValueError, match="metric"):
+        PopulationObjective(model, update.gradients, labels, metric="l1", engine="inner")
+    assert PopulationObjective(model, update.gradients, labels, simulate=_mask).engine_name == "hooks"
+    assert PopulationObjective(model, update.gradients, labels, metric="l1").engine_name == "hooks"
+
+
+def test_hooks_engines_handle_strided_dilated_and_batched_linear_layers():
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(2, 4, 3, stride=2, padding=2, dilation=2),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(4, 24, 3, stride=1, padding=1, bias=False),
+        torch.nn.AdaptiveAvgPool2d(2),
+        torch.nn.Flatten(),
+        torch.nn.Linear(96, 5),
+    ).double()
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-1, 1)
+        model[1].running_var.uniform_(0.5, 2)
+    model.eval()
+    generator = torch.Generator().manual_seed(3)
+    labels = torch.tensor([4, 0, 1])
+    update = shared_update(model, torch.randn(3, 2, 10, 10, generator=generator, dtype=torch.float64), labels)
+    candidates = torch.randn(4, 3, 2, 10, 10, generator=generator, dtype=torch.float64)
+    serial = PopulationObjective(model, update.gradients, labels, engine="serial")(candidates)
+    for engine in ("hooks", "inner"):
+        assert _relative(PopulationObjective(model, update.gradients, labels, engine=engine)(candidates), serial) < 1e-8

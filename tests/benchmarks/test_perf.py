@@ -25,13 +25,13 @@ def test_perf_cli_tiny_run(tmp_path):
     out = tmp_path / "perf.json"
     argv = [
         "--victim", "lenet", "--image-size", "8", "--channels", "1", "--population", "3", "--repeats", "1",
-        "--engines", "vmap,hooks,auto", "--e2e-victim", "lenet", "--e2e-budget", "6", "--e2e-population", "3",
+        "--engines", "vmap,hooks,inner,auto", "--e2e-victim", "lenet", "--e2e-budget", "6", "--e2e-population", "3",
         "--threads", "1", "--out", str(out),
     ]  # fmt: skip
     assert main(argv) == 0
     rows = json.loads(out.read_text())
     throughput = [row for row in rows if row["measurement"] == "throughput"]
-    assert [row["engine"] for row in throughput] == ["serial", "vmap", "hooks", "auto:hooks"]
+    assert [row["engine"] for row in throughput] == ["serial", "vmap", "hooks", "inner", "auto:inner"]
     for row in throughput:
         assert FIELDS <= set(row)
         assert row["candidates_per_s"] > 0 and row["limit_share"] > 0 and row["flops_per_candidate"] > 0
@@ -40,7 +40,7 @@ def test_perf_cli_tiny_run(tmp_path):
         for loss, reference in zip(row["losses"], row["serial_losses"]):
             assert abs(loss - reference) <= 1e-4 * abs(reference)
     end_to_end = [row for row in rows if row["measurement"] == "end_to_end"]
-    assert [row["budget"] for row in end_to_end] == [6] * 4
+    assert [row["budget"] for row in end_to_end] == [6] * 5
     assert all(row["seconds"] > 0 for row in end_to_end)
     table = out.with_suffix(".md").read_text()
     assert "| lenet | 1x8 | 3 | hooks |" in table and "end-to-end GGL-CMA" in table
