@@ -150,7 +150,7 @@ class Soteria(Defense):
         **_: Any,
     ) -> list[torch.Tensor]:
         assert model is not None and images is not None
-        weight_index, _ = last_linear_indices(model)
+        weight_index = last_linear_indices(model)[0]
         weight_gradient = update.gradients[weight_index]
         if tuple(weight_gradient.shape) != tuple(_last_linear(model).weight.shape):
             raise ValueError("soteria: the update does not match the model (last linear layer shapes differ)")
