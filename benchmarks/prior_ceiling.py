@@ -85,18 +85,22 @@ def main(argv: list[str] | None = None) -> int:
     images, labels = datamodule.victim_batch(indices)
     fits = fit_latents(prior, images, labels, args.steps, args.restarts, args.lr, args.seed)
     references = datamodule.class_means()[labels]
-    per_fit = reconstruction_metrics(fits, images, metrics=("mse", "psnr", "ssim"), per_image=True)
-    per_reference = reconstruction_metrics(references, images, metrics=("mse", "psnr", "ssim"), per_image=True)
+    names = ("mse", "psnr", "ssim")
 
-    def column(values: Any, name: str) -> list[float]:
-        return [float(v) for v in torch.as_tensor(values[name]).reshape(-1)]
+    def per_victim(candidates: Any) -> dict[str, list[float]]:
+        """Metrics of each candidate against its own victim (one call each: no batch matching)."""
+        rows = [reconstruction_metrics(candidates[i : i + 1], images[i : i + 1], metrics=names)
+                for i in range(len(indices))]
+        return {m: [float(row[m]) for row in rows] for m in names}
 
+    fit_values, reference_values = per_victim(fits), per_victim(references)
     result = {
         "prior": args.prior,
         "prior_training": getattr(prior, "training_info", {}),
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "samples", "fits")},
-        "ceiling": {m: _stats(column(per_fit, m)) for m in ("mse", "psnr", "ssim")},
-        "class_mean_reference": {m: _stats(column(per_reference, m)) for m in ("mse", "psnr", "ssim")},
+        "ceiling": {m: _stats(fit_values[m]) for m in names},
+        "class_mean_reference": {m: _stats(reference_values[m]) for m in names},
+        "per_victim": {"ceiling": fit_values, "class_mean_reference": reference_values},
         "victim_indices": indices,
     }
     out = Path(args.out)
