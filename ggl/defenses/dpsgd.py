@@ -4,7 +4,8 @@ The client recomputes its update from the private batch: per-sample gradients (`
 ``torch.func.grad`` of a ``functional_call``), each clipped to L2 norm ``max_grad_norm`` = C, summed, plus
 Gaussian noise N(0, sigma^2 C^2) with sigma = ``noise_multiplier``, divided by the batch size B (as opacus does
 with its expected batch size). ``privacy_guarantee`` gives the (epsilon, delta) of running it for a number of
-steps at a sampling rate, from opacus' RDP accountant (Mironov, "Renyi Differential Privacy", CSF 2017).
+steps at a sampling rate, from the RDP accountant of Google's ``dp-accounting`` package (Mironov, "Renyi
+Differential Privacy", CSF 2017; sampled Gaussian mechanism, Mironov, Talwar, Zhang 2019).
 
 Attacker-side simulation: the noise is zero-mean and its draw unknown, so it is not simulated (identity). With a
 batch of one the per-sample clipping is simulated exactly (each trial is clipped to C, which is what the client
@@ -69,7 +70,7 @@ class PrivacyGuarantee:
 
 
 def privacy_guarantee(noise_multiplier: float, sample_rate: float, steps: int, delta: float = 1e-5) -> PrivacyGuarantee:
-    """Epsilon at ``delta`` of ``steps`` DP-SGD steps with Poisson sampling rate ``sample_rate`` (opacus RDP).
+    """Epsilon at ``delta`` of ``steps`` DP-SGD steps with Poisson sampling rate ``sample_rate`` (RDP accountant).
 
     Args:
         noise_multiplier: sigma, > 0 (sigma = 0 gives epsilon = inf).
@@ -77,7 +78,7 @@ def privacy_guarantee(noise_multiplier: float, sample_rate: float, steps: int, d
         steps: number of noisy steps, >= 0.
         delta: target delta, in (0, 1).
     """
-    from opacus.accountants import RDPAccountant
+    import dp_accounting
 
     sigma = as_float("privacy_guarantee", "noise_multiplier", noise_multiplier, low=0.0)
     rate = as_float("privacy_guarantee", "sample_rate", sample_rate, low=0.0, high=1.0, low_open=True)
@@ -88,9 +89,10 @@ def privacy_guarantee(noise_multiplier: float, sample_rate: float, steps: int, d
         return PrivacyGuarantee(0.0, delta, 0, rate, sigma, math.nan)
     if sigma == 0.0:
         return PrivacyGuarantee(math.inf, delta, int(steps), rate, sigma, math.nan)
-    accountant = RDPAccountant()
-    accountant.history.append((sigma, rate, int(steps)))
-    epsilon, order = accountant.get_privacy_spent(delta=delta)
+    accountant = dp_accounting.rdp.RdpAccountant()
+    sampled = dp_accounting.PoissonSampledDpEvent(rate, dp_accounting.GaussianDpEvent(sigma))
+    accountant.compose(dp_accounting.SelfComposedDpEvent(sampled, int(steps)))
+    epsilon, order = accountant.get_epsilon_and_optimal_order(delta)
     return PrivacyGuarantee(float(epsilon), delta, int(steps), rate, sigma, float(order))
 
 
