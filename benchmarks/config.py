@@ -339,7 +339,7 @@ class _Fields:
     def error(self, key: str, message: str) -> SuiteError:
         return SuiteError(self.source, self.name(key), message)
 
-    def str(self, key: str, default: str | None = None, required: bool = False) -> str | None:
+    def text(self, key: str, default: str | None = None, required: bool = False) -> str | None:
         value = self.data.get(key, default)
         if value is None:
             if required:
@@ -349,7 +349,7 @@ class _Fields:
             raise self.error(key, f"must be a non-empty string, got {value!r}")
         return value
 
-    def int(self, key: str, default: int, minimum: int | None = None) -> int:
+    def integer(self, key: str, default: int, minimum: int | None = None) -> int:
         value = self.data.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.error(key, f"must be an integer, got {value!r}")
@@ -357,7 +357,7 @@ class _Fields:
             raise self.error(key, f"must be >= {minimum}, got {value}")
         return value
 
-    def float(self, key: str, default: float, positive: bool = False) -> float:
+    def number(self, key: str, default: float, positive: bool = False) -> float:
         value = self.data.get(key, default)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self.error(key, f"must be a number, got {value!r}")
@@ -365,7 +365,7 @@ class _Fields:
             raise self.error(key, f"must be > 0, got {value}")
         return float(value)
 
-    def bool(self, key: str, default: bool) -> bool:
+    def flag(self, key: str, default: bool) -> bool:
         value = self.data.get(key, default)
         if not isinstance(value, bool):
             raise self.error(key, f"must be true or false, got {value!r}")
@@ -493,7 +493,7 @@ def _read_defenses(source: str, data: Any) -> tuple[DefenseConfig, ...]:
 def build_suite(data: dict[str, Any], source: str) -> SuiteConfig:
     """Validate a suite mapping (as read from YAML, overrides applied) into a ``SuiteConfig``."""
     top = _Fields(source, "", data, TOP_LEVEL_FIELDS)
-    name = top.str("name", required=True)
+    name = top.text("name", required=True)
     assert name is not None
     description = data.get("description") or ""
     if not isinstance(description, str):
@@ -502,13 +502,13 @@ def build_suite(data: dict[str, Any], source: str) -> SuiteConfig:
     dm = _Fields(source, "datamodule", data.get("datamodule"), ("name", "options"))
     options = dm.mapping("options")
     _check_plain(source, "datamodule.options", options)
-    datamodule = DataModuleConfig(dm.str("name", default="embedded") or "embedded", options)
+    datamodule = DataModuleConfig(dm.text("name", default="embedded") or "embedded", options)
 
     model_fields = _Fields(source, "model", data.get("model"), ("name", "seed", "checkpoint"))
     model = ModelConfig(
-        model_fields.str("name", default="lenet") or "lenet",
-        model_fields.int("seed", 0),
-        model_fields.str("checkpoint"),
+        model_fields.text("name", default="lenet") or "lenet",
+        model_fields.integer("seed", 0),
+        model_fields.text("checkpoint"),
     )
 
     prior = data.get("prior")
@@ -517,9 +517,9 @@ def build_suite(data: dict[str, Any], source: str) -> SuiteConfig:
 
     victims_fields = _Fields(source, "victims", data.get("victims"), ("count", "seed", "batch_size"))
     victims = VictimsConfig(
-        victims_fields.int("count", 8, minimum=1),
-        victims_fields.int("seed", 0),
-        victims_fields.int("batch_size", 1, minimum=1),
+        victims_fields.integer("count", 8, minimum=1),
+        victims_fields.integer("seed", 0),
+        victims_fields.integer("batch_size", 1, minimum=1),
     )
 
     seeds_raw = data.get("seeds", [0])
@@ -554,23 +554,23 @@ def build_suite(data: dict[str, Any], source: str) -> SuiteConfig:
         ("class_mean", "prior_sample", "ceiling_steps", "ceiling_restarts", "ceiling_lr"),
     )
     references = ReferencesConfig(
-        ref.bool("class_mean", True),
-        ref.bool("prior_sample", True),
-        ref.int("ceiling_steps", 200, minimum=0),
-        ref.int("ceiling_restarts", 2, minimum=1),
-        ref.float("ceiling_lr", 0.05, positive=True),
+        ref.flag("class_mean", True),
+        ref.flag("prior_sample", True),
+        ref.integer("ceiling_steps", 200, minimum=0),
+        ref.integer("ceiling_restarts", 2, minimum=1),
+        ref.number("ceiling_lr", 0.05, positive=True),
     )
 
     util = _Fields(source, "utility", data.get("utility"), ("enabled", "seed", "options"))
     util_options = util.mapping("options")
     _check_plain(source, "utility.options", util_options)
-    utility = UtilityConfig(util.bool("enabled", True), util.int("seed", 0), util_options)
+    utility = UtilityConfig(util.flag("enabled", True), util.integer("seed", 0), util_options)
 
     req = _Fields(source, "requires", data.get("requires"), ("gpu", "files"))
     files = data.get("requires", {}).get("files", []) if isinstance(data.get("requires"), dict) else []
     if not isinstance(files, list) or any(not isinstance(f, str) for f in files):
         raise SuiteError(source, "requires.files", f"must be a list of paths, got {files!r}")
-    requires = RequiresConfig(req.bool("gpu", False), tuple(files))
+    requires = RequiresConfig(req.flag("gpu", False), tuple(files))
 
     return SuiteConfig(
         name=name,

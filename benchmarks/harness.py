@@ -457,6 +457,7 @@ class Harness:
 
     def _utility(self, defense: DefenseConfig, summary: RunSummary) -> None:
         options = {"seed": self.suite.utility.seed, **dict(self.suite.utility.options)}
+        assert self.store is not None
         if self.store.utility(defense.spec, options) is not None:
             return
         start = time.perf_counter()

@@ -267,9 +267,9 @@ def build_report(store: ResultsStore, suite: str) -> Report:
         strongest = max(ranked, key=lambda s: (s.psnr_gain, s.attack_label)) if ranked else None
         best: dict[str, float] = {}
         for name in (*IMAGE_METRICS, "label_accuracy"):
-            values = [s.metrics[name] for s in summaries if name in s.metrics and not math.isnan(s.metrics[name])]
-            if values:
-                best[name] = max(values) if HIGHER_IS_BETTER[name] else min(values)
+            candidates = [s.metrics[name] for s in summaries if name in s.metrics and not math.isnan(s.metrics[name])]
+            if candidates:
+                best[name] = max(candidates) if HIGHER_IS_BETTER[name] else min(candidates)
         first = next(iter(pairs.values()))[0]
         defenses.append(
             DefenseSummary(

@@ -56,9 +56,9 @@ def detect_rank() -> RankInfo | None:
         run_id = os.environ.get("TORCHELASTIC_RUN_ID", "") + os.environ.get("MASTER_PORT", "")
         return RankInfo(environment.global_rank(), environment.world_size(), environment.local_rank(), run_id)
     if SLURMEnvironment.detect() and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-        environment = SLURMEnvironment()
+        slurm = SLURMEnvironment()
         run_id = f"slurm-{os.environ.get('SLURM_JOB_ID', '')}-{os.environ.get('SLURM_STEP_ID', '')}"
-        return RankInfo(environment.global_rank(), environment.world_size(), environment.local_rank(), run_id)
+        return RankInfo(slurm.global_rank(), slurm.world_size(), slurm.local_rank(), run_id)
     return None
 
 
