@@ -39,7 +39,7 @@ class GGL(GradientInversionAttack):
         budget: objective evaluations over all restarts (2000). population: P latents a round (50).
         restarts: independent searches, each with budget // restarts evaluations; the lowest loss wins (1).
         sigma: initial scale of the search around z = 0 (0.5; 1.0 is the prior's own N(0, I)); CMA-ES's initial
-            step size, Adam's and BO's initial spread. 0.5 beat 1.0 for CMA on held-out victims (docs/ggl.md).
+            step size, Adam's and BO's initial spread; 0.5 beat 1.0 on prior-generated victims (docs/ggl.md).
         kl_weight: weight of the latent KL term (0.1, as the paper).
         latent_space: "normal" (z as searched, GGL) or "sphere" (z rescaled to norm sqrt(d), the shell where a
             Gaussian latent's mass lies, before the generator).
