@@ -249,14 +249,12 @@ class HooksEngine(PopulationEngine):
                 "bias": _channel_sums(backprops, population),
             }
         assert isinstance(module, nn.modules.batchnorm._BatchNorm)
-        shape = (1, -1) + (1,) * (inputs.ndim - 2)
         assert module.running_mean is not None and module.running_var is not None
-        mean = module.running_mean.detach().reshape(shape)
-        scale = torch.rsqrt(module.running_var.detach().reshape(shape) + module.eps)
-        return {
-            "weight": _channel_sums(backprops * (inputs - mean) * scale, population),
-            "bias": _channel_sums(backprops, population),
-        }
+        # sum g (a - mean) / sqrt(var + eps) = (sum g a - mean sum g) / sqrt(var + eps): one full-size product.
+        bias = _channel_sums(backprops, population)
+        scale = torch.rsqrt(module.running_var.detach() + module.eps)
+        weight = (_channel_sums(backprops * inputs, population) - bias * module.running_mean.detach()) * scale
+        return {"weight": weight, "bias": bias}
 
     def _capture(
         self, images: torch.Tensor, labels: torch.Tensor, create_graph: bool
