@@ -272,8 +272,6 @@ class GradientInversionAttack(pl.LightningModule):
         if self._best is None:
             raise RuntimeError(f"{self.name}: the search ended before any trial finished")
         images, labels, loss, best_trial = self._best
-        if logger is not None:
-            self._log_images(images, self.iterations * self.restarts, logger)
         result = Reconstruction(
             images=images.detach().cpu(),
             labels=labels.detach().cpu(),
@@ -422,6 +420,8 @@ class GradientInversionAttack(pl.LightningModule):
     def on_train_end(self) -> None:
         if self._trial_open:  # stopped early by a callback: the unfinished trial still competes
             self._finish_trial()
+        if self.logger is not None and self._best is not None:  # before Lightning finalises the logger
+            self._log_images(self._best[0], len(self.trace), self.logger)
 
     def _received_update(self) -> SharedUpdate:
         assert self.target is not None
