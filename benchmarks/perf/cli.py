@@ -70,8 +70,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls after one warm-up (median reported)")
     parser.add_argument("--max-seconds", type=float, default=10.0, help="stop repeating a timing past this")
-    parser.add_argument("--engines", default="vmap,hooks", help="batched engines to time (serial always runs)")
-    parser.add_argument("--chunk-size", type=int, default=None, help="candidates per engine pass (default: all)")
+    parser.add_argument("--engines", default="vmap,hooks,inner", help="batched engines to time (serial always runs)")
+    parser.add_argument(
+        "--chunk-size", type=int, default=64, help="candidates per engine pass, bounds memory (0: whole population)"
+    )
     parser.add_argument("--serial-candidates", type=int, default=16, help="candidates the serial loop times")
     parser.add_argument("--e2e-victim", default="resnet18", help="victim of the end-to-end GGL-CMA run")
     parser.add_argument("--e2e-population", type=int, default=32, help="CMA population of the end-to-end run")
@@ -92,8 +94,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         raise BadInput(f"--e2e-budget must be >= 0, got {args.e2e_budget}")
     if args.e2e_budget and args.e2e_victim not in VICTIMS:
         raise BadInput(f"--e2e-victim {args.e2e_victim!r} not allowed; allowed: {', '.join(sorted(VICTIMS))}")
-    if args.chunk_size is not None and args.chunk_size < 1:
-        raise BadInput(f"--chunk-size must be >= 1, got {args.chunk_size}")
+    if args.chunk_size < 0:
+        raise BadInput(f"--chunk-size must be >= 0, got {args.chunk_size}")
+    args.chunk_size = args.chunk_size or None
     try:
         args.torch_device = torch.device(args.device)
     except RuntimeError:
