@@ -13,7 +13,7 @@ from ggl.defenses import make_defense
 
 QUICK = {"iterations": 200, "tv_weight": 0.01}
 # Long schedule stopped early by the budget: the step size stays at 0.1 for the whole run.
-ADAPTIVE = {"iterations": 1000, "tv_weight": 0.0, "budget": 400}
+ADAPTIVE = {"iterations": 1000, "tv_weight": 0.0, "budget": 300}
 
 
 def test_inverting_gradients_recovers_convnet_image(make_case, psnr) -> None:
@@ -43,8 +43,8 @@ def test_adaptive_attack_undoes_sparsification(make_case, psnr) -> None:
     blind = make_attack("inverting_gradients", seed=0, **ADAPTIVE).reconstruct(case.target)
     adaptive = make_attack("inverting_gradients", seed=0, adaptive=True, **ADAPTIVE).reconstruct(case.target)
     blind_psnr, adaptive_psnr = psnr(blind.images, case.images), psnr(adaptive.images, case.images)
-    assert adaptive_psnr >= 40  # measured 46.1 dB (51.8 dB after the full 1,000 steps)
-    assert blind_psnr < 35 and adaptive_psnr - blind_psnr >= 8  # measured 29.0 dB without the mask
+    assert adaptive_psnr >= 35  # measured 39.6 dB (46.1 dB at 400 steps, 51.8 dB after all 1,000)
+    assert blind_psnr < 33 and adaptive_psnr - blind_psnr >= 8  # measured 28.2 dB without the mask
 
 
 @pytest.mark.slow
@@ -58,5 +58,6 @@ def test_inverting_gradients_on_resnet18_five_victims(make_case, psnr) -> None:
         assert rec.labels.tolist() == case.labels.tolist()
         scores.append(psnr(rec.images, case.images))
         similarities.append(reconstruction_metrics(rec.images, case.images, metrics=("ssim",))["ssim"])
-    assert sum(scores) / 5 >= 12.0, scores
-    assert sum(similarities) / 5 >= 0.4, similarities
+    # measured PSNR 12.6, 27.2, 16.6, 18.7, 12.6 dB (mean 17.5); SSIM 0.598, 0.640, 0.686, 0.492, 0.550 (mean 0.593)
+    assert sum(scores) / 5 >= 14.5, scores
+    assert sum(similarities) / 5 >= 0.45 and min(similarities) >= 0.4, similarities
