@@ -272,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.store import StoreError
 
         try:
+            if (out / SHARDS).is_dir():
+                merge_shards(out)
             paths = report(out, report_dir, suite)
         except (StoreError, ValueError) as error:
             return _error(str(error))
@@ -283,6 +285,13 @@ def main(argv: list[str] | None = None) -> int:
             "--num-nodes > 1 needs a cluster launcher: start this command once per GPU with srun "
             "(SLURM) or torchrun --nnodes M --nproc-per-node N; each process runs its share"
         )
+    if info is None and (out / SHARDS).is_dir():
+        from benchmarks.store import StoreError
+
+        try:  # shards left by an interrupted multi-worker run: their cells count as finished
+            merge_shards(out)
+        except StoreError as error:
+            return _error(str(error))
     if info is None and args.devices > 1:
         codes = launch_local(args, argv)
         if any(code == 2 for code in codes):

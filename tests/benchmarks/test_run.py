@@ -266,3 +266,18 @@ def test_shards_merge_without_duplicates(tmp_path: Path) -> None:
         assert sorted(r.victim for r in merged.cells("s")) == [0, 1, 2, 3]
         assert len(merged.utilities()) == 1
     assert not list((tmp_path / "shards").iterdir())
+
+
+def test_single_process_resumes_from_leftover_shards(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    assert main(["--suite", "smoke", "--out", str(out), "--no-progress", "--no-tensorboard", *TINY]) == 0
+    total = len(expand_cells(load_suite("smoke", TINY[1::2])))
+    (out / "shards").mkdir()
+    (out / "results.sqlite").rename(out / "shards" / "rank0.sqlite")  # as an interrupted two-worker run leaves it
+    for suffix in ("-wal", "-shm"):
+        (out / f"results.sqlite{suffix}").unlink(missing_ok=True)
+    capsys.readouterr()
+    assert main(["--suite", "smoke", "--out", str(out), "--no-progress", "--no-tensorboard", *TINY]) == 0
+    assert f"{total} already in the store, 0 computed" in capsys.readouterr().err
+    with ResultsStore(out / "results.sqlite") as store:
+        assert store.count("smoke") == total
