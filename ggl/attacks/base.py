@@ -431,7 +431,7 @@ class GradientInversionAttack(pl.LightningModule):
             return update.with_gradients(gradients)
         return update
 
-    def _log_images(self, images: torch.Tensor, step: int, logger: pl.loggers.Logger) -> None:
+    def _log_images(self, images: torch.Tensor, step: int, logger: Any) -> None:
         experiment = getattr(logger, "experiment", None)
         if experiment is None or not hasattr(experiment, "add_image"):
             return
@@ -532,7 +532,7 @@ class _quiet_lightning:
             self._levels[name] = log.level
             log.setLevel(logging.WARNING)
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: Any) -> None:
         for name, level in self._levels.items():
             logging.getLogger(name).setLevel(level)
         self._warnings.__exit__(*exc)
