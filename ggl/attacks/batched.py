@@ -19,11 +19,12 @@ to the images when ``create_graph=True`` (GGL-Adam backpropagates through genera
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.grad import conv2d_weight
 
 from ggl.attacks.objective import DISTANCES, gradient_distance
 
@@ -123,12 +124,12 @@ def _conv_weight_grouped(
     batch, out_channels = count // population, backprops.shape[1]
     grouped_inputs = inputs.reshape(population, batch, *inputs.shape[1:]).transpose(0, 1).flatten(1, 2)
     grouped_backprops = backprops.reshape(population, batch, *backprops.shape[1:]).transpose(0, 1).flatten(1, 2)
-    weight = torch.nn.grad.conv2d_weight(
+    weight = conv2d_weight(
         grouped_inputs,
         (population * out_channels, channels, *module.kernel_size),
         grouped_backprops,
         stride=module.stride,
-        padding=module.padding,  # type: ignore[arg-type]
+        padding=cast(tuple[int, int], module.padding),
         dilation=module.dilation,
         groups=population,
     )
@@ -140,18 +141,13 @@ def _conv_weight_patches(
 ) -> torch.Tensor:
     """Per-candidate weight gradient as a batched matrix product of backprops and input patches.
 
-    The patches come from ``Tensor.unfold`` views copied once into (P, B*L, C*kh*kw); much faster on CPU than
+    The patches come from ``Tensor.unfold`` views copied once (``_patches``); much faster on CPU than
     ``F.unfold`` (im2col) for many channels, and differentiable.
     """
-    (kh, kw), (sh, sw), (dh, dw) = module.kernel_size, module.stride, module.dilation
-    ph, pw = module.padding  # type: ignore[misc]
-    padded = F.pad(inputs, (pw, pw, ph, ph))
-    windows = padded.unfold(2, (kh - 1) * dh + 1, sh).unfold(3, (kw - 1) * dw + 1, sw)[..., ::dh, ::dw]
-    count, channels, height, width = windows.shape[:4]
-    batch, positions, out_channels = count // population, height * width, backprops.shape[1]
-    patches = windows.permute(0, 2, 3, 1, 4, 5).reshape(population, batch * positions, channels * kh * kw)
-    grads = backprops.reshape(population, batch, out_channels, positions).transpose(1, 2)
-    weight = torch.bmm(grads.reshape(population, out_channels, batch * positions), patches)
+    patches = _patches(module, inputs, population)
+    out_channels = backprops.shape[1]
+    grads = backprops.reshape(population, -1, out_channels, backprops[0, 0].numel()).transpose(1, 2)
+    weight = torch.bmm(grads.reshape(population, out_channels, -1), patches)
     return weight.reshape(population, *module.weight.shape)
 
 
@@ -306,7 +302,7 @@ class HooksEngine(PopulationEngine):
 def _patches(module: nn.Conv2d, inputs: torch.Tensor, population: int) -> torch.Tensor:
     """Input patches of a convolution, (P, B*L, C*kh*kw)."""
     (kh, kw), (sh, sw), (dh, dw) = module.kernel_size, module.stride, module.dilation
-    ph, pw = module.padding  # type: ignore[misc]
+    ph, pw = cast(tuple[int, int], module.padding)
     padded = F.pad(inputs, (pw, pw, ph, ph))
     windows = padded.unfold(2, (kh - 1) * dh + 1, sh).unfold(3, (kw - 1) * dw + 1, sw)[..., ::dh, ::dw]
     return windows.permute(0, 2, 3, 1, 4, 5).reshape(population, -1, windows.shape[1] * kh * kw)
@@ -319,7 +315,7 @@ def _rows(module: nn.Module, inputs: torch.Tensor, backprops: torch.Tensor, popu
     more than materialising the weight gradient (a candidate's R^2 (O + K) Gram entries against O K R products).
     """
     out_channels = backprops.shape[1] if isinstance(module, nn.Conv2d) else backprops.shape[-1]
-    in_size = module.weight[0].numel()
+    in_size = cast(torch.Tensor, module.weight)[0].numel()
     rows = backprops.numel() // (population * out_channels)
     if rows * (out_channels + in_size) >= out_channels * in_size:
         return None
