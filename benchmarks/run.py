@@ -24,8 +24,12 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from benchmarks.config import SuiteConfig, SuiteError, canonical_json, load_suite
+
+if TYPE_CHECKING:
+    from benchmarks.store import ResultsStore
 
 SHARDS = "shards"
 
@@ -150,6 +154,21 @@ def _finished_elsewhere(out: Path, suite: str) -> set[tuple[int, str, str, int]]
     return keys
 
 
+def _copy_cached_utility(out: Path, shard_store: ResultsStore) -> None:
+    """Give a worker's shard the utility costs the main store already holds, so they are not computed again."""
+    from benchmarks.store import STORE_NAME, ResultsStore
+
+    main = out / STORE_NAME
+    if not main.is_file():
+        return
+    with ResultsStore(main) as store:
+        records = store.utility_records()
+    for defense, options, record in records:
+        shard_store.put_utility(
+            defense, options, record["metrics"], record["config_hash"], record["code_version"], record["seconds"]
+        )
+
+
 def run_rank(suite: SuiteConfig, out: Path, info: RankInfo, args: argparse.Namespace) -> int:
     """One worker: compute this rank's cells into its store (the main one, or its shard when world_size > 1)."""
     from benchmarks.harness import Harness, MissingRequirement
@@ -181,7 +200,10 @@ def run_rank(suite: SuiteConfig, out: Path, info: RankInfo, args: argparse.Names
         except StoreError as error:
             return _error(str(error))
         store.set_meta(f"suite:{suite.name}", canonical_json(suite.to_dict()))
-        extra = _finished_elsewhere(out, suite.name) if info.world_size > 1 else set()
+        extra: set[tuple[int, str, str, int]] = set()
+        if info.world_size > 1:
+            extra = _finished_elsewhere(out, suite.name)
+            _copy_cached_utility(out, store)
         summary = harness.run(also_finished=extra)
         if info.world_size > 1:
             store.set_meta(f"finished:{info.run_id}", "1")

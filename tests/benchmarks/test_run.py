@@ -281,3 +281,17 @@ def test_single_process_resumes_from_leftover_shards(tmp_path: Path, capsys: pyt
     assert f"{total} already in the store, 0 computed" in capsys.readouterr().err
     with ResultsStore(out / "results.sqlite") as store:
         assert store.count("smoke") == total
+
+
+def test_workers_reuse_utility_costs_of_the_main_store(tmp_path: Path) -> None:
+    from benchmarks.run import _copy_cached_utility
+    from benchmarks.store import STORE_NAME
+
+    spec, options, metrics = {"name": "gaussian", "sigma": 0.1}, {"seed": 0}, {"update_cosine": 0.79}
+    with ResultsStore(tmp_path / STORE_NAME) as main_store:
+        main_store.put_utility(spec, options, metrics, "hash", "v1", 2.5)
+    with ResultsStore(tmp_path / "rank0.sqlite") as shard_store:
+        assert shard_store.utility(spec, options) is None
+        _copy_cached_utility(tmp_path, shard_store)
+        cached = shard_store.utility(spec, options)
+    assert cached == {"metrics": metrics, "config_hash": "hash", "code_version": "v1"}
