@@ -161,7 +161,12 @@ def _paired(a: dict[str, Any] | None, b: dict[str, Any] | None, metric: str) -> 
     common = sorted(set(a["victims"]) & set(b["victims"]))
     sign = -1 if metric == "mse" else 1
     wins = sum(sign * (a["victims"][v]["metrics"][metric] - b["victims"][v]["metrics"][metric]) > 0 for v in common)
-    return f"{wins}/{len(common)}"
+    if not common:
+        return "-"
+    mean_a = statistics.fmean(a["victims"][v]["metrics"][metric] for v in common)
+    mean_b = statistics.fmean(b["victims"][v]["metrics"][metric] for v in common)
+    digits = 4 if metric == "mse" else 3
+    return f"{wins}/{len(common)} ({mean_a:.{digits}f} vs {mean_b:.{digits}f})"
 
 
 def _fmt(summary: dict[str, Any] | None) -> str:
@@ -178,7 +183,8 @@ def table(results: dict[str, Any]) -> str:
         f"Setting: {config.get('victims')} victims (test slice, victim_indices seed {config.get('victim_seed')}), "
         f"untrained `{config.get('victim')}` (seed {config.get('seed')}), prior `{config.get('prior')}`, "
         f"budget {config.get('budget')} evaluations per attack (population {config.get('population')}). "
-        "Cells: mean MSE / SSIM / PSNR (dB); wins = victims where the first attack is better on that metric.",
+        "Cells: mean MSE / SSIM / PSNR (dB) over the victims the cell finished (n); wins = victims where the first "
+        "attack is better on that metric, with both attacks' means over those common victims in brackets.",
         "",
         "### Claim 1: GGL-CMA vs Inverting Gradients",
         "",
