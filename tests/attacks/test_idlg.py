@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from ggl.attacks import make_attack
@@ -39,8 +41,10 @@ def test_idlg_on_five_victims(make_case, psnr) -> None:
     scores = []
     for index in range(5):
         case = make_case("lenet", index=index, seed=index)
+        cpu_start = time.process_time()
         rec = make_attack("idlg", seed=index).reconstruct(case.target)
+        cpu_seconds = time.process_time() - cpu_start
         assert rec.labels.tolist() == case.labels.tolist()
-        assert rec.seconds < 60
+        assert cpu_seconds < 60  # CPU time, not wall time: the bound must not depend on other load
         scores.append(psnr(rec.images, case.images))
     assert sum(score >= 30 for score in scores) >= 4, scores  # measured 47.6, 71.7, 72.0, 84.3, 88.1 dB
