@@ -226,6 +226,9 @@ def missing_cells(suite: SuiteConfig, out: Path) -> list[str]:
 def launch_local(args: argparse.Namespace, argv: list[str]) -> list[int]:
     """Start ``--devices`` worker processes of this command (RANK/WORLD_SIZE/LOCAL_RANK set) and wait for them."""
     run_id = uuid.uuid4().hex[:12]
+    # Split the CPU cores between the workers: N workers with all cores' threads each oversubscribe the CPU,
+    # and the many small operations of gradient inversion then run several times slower.
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // args.devices))
     processes = []
     for rank in range(args.devices):
         environment = {
@@ -234,6 +237,7 @@ def launch_local(args: argparse.Namespace, argv: list[str]) -> list[int]:
             "WORLD_SIZE": str(args.devices),
             "LOCAL_RANK": str(rank),
             "GGL_RUN_ID": run_id,
+            "OMP_NUM_THREADS": threads,
         }
         processes.append(subprocess.Popen([sys.executable, "-m", "benchmarks.run", *argv], env=environment))
     return [process.wait() for process in processes]
