@@ -36,13 +36,20 @@ DEFENSES: dict[str, dict[str, Any]] = {
 ATTACK_LABELS = {"ggl-cma": "GGL-CMA", "ig": "Inverting Gradients", "ggl-adam": "GGL-Adam", "ggl-bo": "GGL-BO"}
 # (attack, defense, adaptive) in the order they run: claim 1, then claim 2.
 CELLS: list[tuple[str, str, bool]] = [
-    ("ggl-cma", "gaussian-0.01", False), ("ig", "gaussian-0.01", False),
-    ("ggl-cma", "gaussian-0.1", False), ("ig", "gaussian-0.1", False),
-    ("ggl-cma", "sparsification-0.9", False), ("ig", "sparsification-0.9", False),
-    ("ggl-cma", "sparsification-0.9", True), ("ig", "sparsification-0.9", True),
-    ("ggl-adam", "gaussian-0.01", False), ("ggl-bo", "gaussian-0.01", False),
-    ("ggl-adam", "sparsification-0.9", True), ("ggl-bo", "sparsification-0.9", True),
-    ("ggl-adam", "gaussian-0.1", False), ("ggl-bo", "gaussian-0.1", False),
+    ("ggl-cma", "gaussian-0.01", False),
+    ("ig", "gaussian-0.01", False),
+    ("ggl-cma", "gaussian-0.1", False),
+    ("ig", "gaussian-0.1", False),
+    ("ggl-cma", "sparsification-0.9", False),
+    ("ig", "sparsification-0.9", False),
+    ("ggl-cma", "sparsification-0.9", True),
+    ("ig", "sparsification-0.9", True),
+    ("ggl-adam", "gaussian-0.01", False),
+    ("ggl-bo", "gaussian-0.01", False),
+    ("ggl-adam", "sparsification-0.9", True),
+    ("ggl-bo", "sparsification-0.9", True),
+    ("ggl-adam", "gaussian-0.1", False),
+    ("ggl-bo", "gaussian-0.1", False),
 ]
 METRICS = ("mse", "psnr", "ssim")
 
@@ -52,8 +59,11 @@ def cell_key(attack: str, defense: str, adaptive: bool) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.ggl_claims", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.ggl_claims",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--out", default="docs/ggl_claims.json", help="results JSON (resumed when it exists)")
     parser.add_argument("--table", default="docs/ggl_claims.md", help="Markdown tables written from the results")
     parser.add_argument("--prior", default="fashion-mnist-wgan", help="prior name or checkpoint path")
@@ -74,8 +84,15 @@ def make_attack_for(attack: str, adaptive: bool, args: argparse.Namespace) -> An
     if attack == "ig":
         return make_attack("inverting_gradients", iterations=args.budget, adaptive=adaptive, seed=args.seed)
     search = {"ggl-cma": "cma", "ggl-adam": "adam", "ggl-bo": "bo"}[attack]
-    return make_attack("ggl", prior=args.prior, search=search, budget=args.budget, population=args.population,
-                       adaptive=adaptive, seed=args.seed)
+    return make_attack(
+        "ggl",
+        prior=args.prior,
+        search=search,
+        budget=args.budget,
+        population=args.population,
+        adaptive=adaptive,
+        seed=args.seed,
+    )
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -122,8 +139,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             _, update = defended(defense_key, victim)
             label = infer_labels(update, model)
             metrics = reconstruction_metrics(class_means[label], images[victim : victim + 1], metrics=METRICS)
-            results["runs"][run_key] = {"metrics": {k: float(metrics[k]) for k in METRICS},
-                                        "label_correct": bool(label[0] == labels[victim])}
+            results["runs"][run_key] = {
+                "metrics": {k: float(metrics[k]) for k in METRICS},
+                "label_correct": bool(label[0] == labels[victim]),
+            }
     write_json(out, results)
     for attack, defense_key, adaptive in cells:
         key = cell_key(attack, defense_key, adaptive)
@@ -138,12 +157,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             metrics = reconstruction_metrics(reconstruction.images, images[victim : victim + 1], metrics=METRICS)
             results["runs"][run_key] = {
                 "metrics": {k: float(metrics[k]) for k in METRICS},
-                "evaluations": reconstruction.evaluations, "seconds": time.perf_counter() - started,
-                "loss": reconstruction.loss, "label_correct": bool(reconstruction.labels[0] == labels[victim]),
+                "evaluations": reconstruction.evaluations,
+                "seconds": time.perf_counter() - started,
+                "loss": reconstruction.loss,
+                "label_correct": bool(reconstruction.labels[0] == labels[victim]),
             }
             write_json(out, results)
-            print(f"{run_key}: psnr {metrics['psnr']:.2f} ssim {metrics['ssim']:.3f} "
-                  f"({time.perf_counter() - started:.0f} s)", flush=True)
+            print(
+                f"{run_key}: psnr {metrics['psnr']:.2f} ssim {metrics['ssim']:.3f} "
+                f"({time.perf_counter() - started:.0f} s)",
+                flush=True,
+            )
     return results
 
 
@@ -199,18 +223,27 @@ def table(results: dict[str, Any]) -> str:
             ggl = _summary(runs, cell_key("ggl-cma", defense_key, source))
             ig = _summary(runs, cell_key("ig", defense_key, source))
             note = " (identity simulation: same as not adaptive)" if noise and adaptive else ""
-            lines.append(f"| {defense_key} | {'yes' if adaptive else 'no'}{note} | {_fmt(reference)} | {_fmt(ggl)} | "
-                         f"{_fmt(ig)} | {_paired(ggl, ig, 'mse')}, {_paired(ggl, ig, 'ssim')} |")
-    lines += ["", "### Claim 2: GGL-CMA vs GGL-Adam vs GGL-BO", "",
-              "| defense | adaptive | prior-only reference | GGL-CMA | GGL-Adam | GGL-BO | CMA wins vs Adam (MSE) | "
-              "CMA wins vs BO (MSE) |", "|---|---|---|---|---|---|---|---|"]
+            lines.append(
+                f"| {defense_key} | {'yes' if adaptive else 'no'}{note} | {_fmt(reference)} | {_fmt(ggl)} | "
+                f"{_fmt(ig)} | {_paired(ggl, ig, 'mse')}, {_paired(ggl, ig, 'ssim')} |"
+            )
+    lines += [
+        "",
+        "### Claim 2: GGL-CMA vs GGL-Adam vs GGL-BO",
+        "",
+        "| defense | adaptive | prior-only reference | GGL-CMA | GGL-Adam | GGL-BO | CMA wins vs Adam (MSE) | "
+        "CMA wins vs BO (MSE) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for defense_key, adaptive in (("gaussian-0.01", False), ("gaussian-0.1", False), ("sparsification-0.9", True)):
         reference = _summary(runs, cell_key("reference", defense_key, False))
         cma = _summary(runs, cell_key("ggl-cma", defense_key, adaptive))
         adam = _summary(runs, cell_key("ggl-adam", defense_key, adaptive))
         bo = _summary(runs, cell_key("ggl-bo", defense_key, adaptive))
-        lines.append(f"| {defense_key} | {'yes' if adaptive else 'no'} | {_fmt(reference)} | {_fmt(cma)} | "
-                     f"{_fmt(adam)} | {_fmt(bo)} | {_paired(cma, adam, 'mse')} | {_paired(cma, bo, 'mse')} |")
+        lines.append(
+            f"| {defense_key} | {'yes' if adaptive else 'no'} | {_fmt(reference)} | {_fmt(cma)} | "
+            f"{_fmt(adam)} | {_fmt(bo)} | {_paired(cma, adam, 'mse')} | {_paired(cma, bo, 'mse')} |"
+        )
     seconds = [v["seconds"] for v in runs.values() if "seconds" in v]
     by_attack: dict[str, list[float]] = {}
     for key, value in runs.items():

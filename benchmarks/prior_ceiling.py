@@ -20,8 +20,11 @@ from typing import Any
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.prior_ceiling", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.prior_ceiling",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--prior", default="fashion-mnist-wgan", help="prior name or checkpoint path")
     parser.add_argument("--victims", type=int, default=64)
     parser.add_argument("--victim-seed", type=int, default=0)
@@ -36,8 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _stats(values: list[float]) -> dict[str, float]:
-    return {"mean": statistics.fmean(values), "median": statistics.median(values), "min": min(values),
-            "max": max(values)}
+    return {
+        "mean": statistics.fmean(values),
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+    }
 
 
 def fit_latents(prior: Any, images: Any, labels: Any, steps: int, restarts: int, lr: float, seed: int) -> Any:
@@ -89,8 +96,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def per_victim(candidates: Any) -> dict[str, list[float]]:
         """Metrics of each candidate against its own victim (one call each: no batch matching)."""
-        rows = [reconstruction_metrics(candidates[i : i + 1], images[i : i + 1], metrics=names)
-                for i in range(len(indices))]
+        rows = [
+            reconstruction_metrics(candidates[i : i + 1], images[i : i + 1], metrics=names) for i in range(len(indices))
+        ]
         return {m: [float(row[m]) for row in rows] for m in names}
 
     fit_values, reference_values = per_victim(fits), per_victim(references)
@@ -117,11 +125,13 @@ def main(argv: list[str] | None = None) -> int:
     shown = min(16, args.victims)
     save_image(torch.cat([images[:shown], fits[:shown]]), args.fits, nrow=shown, padding=1, pad_value=1.0)
     ceiling, reference = result["ceiling"], result["class_mean_reference"]
-    print(f"ceiling over {args.victims} victims: PSNR {ceiling['psnr']['mean']:.2f} dB "
-          f"(median {ceiling['psnr']['median']:.2f}, min {ceiling['psnr']['min']:.2f}, "
-          f"max {ceiling['psnr']['max']:.2f}), "
-          f"SSIM {ceiling['ssim']['mean']:.3f}; class-mean reference PSNR {reference['psnr']['mean']:.2f} dB, "
-          f"SSIM {reference['ssim']['mean']:.3f}")
+    print(
+        f"ceiling over {args.victims} victims: PSNR {ceiling['psnr']['mean']:.2f} dB "
+        f"(median {ceiling['psnr']['median']:.2f}, min {ceiling['psnr']['min']:.2f}, "
+        f"max {ceiling['psnr']['max']:.2f}), "
+        f"SSIM {ceiling['ssim']['mean']:.3f}; class-mean reference PSNR {reference['psnr']['mean']:.2f} dB, "
+        f"SSIM {reference['ssim']['mean']:.3f}"
+    )
     return 0
 
 

@@ -522,12 +522,22 @@ class _quiet_lightning:
 
     def __enter__(self) -> None:
         self._warnings.__enter__()
-        for message in (".*does not have many workers.*", ".*returned `None`.*", ".*no optimizer.*",
-                        ".*number of training batches.*", ".*smaller than the logging interval.*",
-                        ".*module\\(s\\) in eval mode.*", ".*LeafSpec.*"):
+        for message in (
+            ".*does not have many workers.*",
+            ".*returned `None`.*",
+            ".*no optimizer.*",
+            ".*number of training batches.*",
+            ".*smaller than the logging interval.*",
+            ".*module\\(s\\) in eval mode.*",
+            ".*LeafSpec.*",
+        ):
             warnings.filterwarnings("ignore", message=message)
-        for name in ("pytorch_lightning.utilities.rank_zero", "pytorch_lightning.accelerators.cuda",
-                     "lightning.pytorch.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
+        for name in (
+            "pytorch_lightning.utilities.rank_zero",
+            "pytorch_lightning.accelerators.cuda",
+            "lightning.pytorch.utilities.rank_zero",
+            "lightning_fabric.utilities.rank_zero",
+        ):
             log = logging.getLogger(name)
             self._levels[name] = log.level
             log.setLevel(logging.WARNING)
@@ -536,4 +546,3 @@ class _quiet_lightning:
         for name, level in self._levels.items():
             logging.getLogger(name).setLevel(level)
         self._warnings.__exit__(*exc)
-

@@ -88,9 +88,18 @@ class GGL(GradientInversionAttack):
         if search not in SEARCHES or search == "ng":
             make_search(search, 1, 1, 1)  # validates the name (ng:NAME / nevergrad names) with a clear error
         rounds = math.ceil((budget // restarts) / population)
-        super().__init__(iterations=rounds if iterations is None else iterations, restarts=restarts, budget=budget,
-                         seed=seed, adaptive=adaptive, metric=metric, accelerator=accelerator,
-                         progress_bar=progress_bar, log_dir=log_dir, log_every=log_every)
+        super().__init__(
+            iterations=rounds if iterations is None else iterations,
+            restarts=restarts,
+            budget=budget,
+            seed=seed,
+            adaptive=adaptive,
+            metric=metric,
+            accelerator=accelerator,
+            progress_bar=progress_bar,
+            log_dir=log_dir,
+            log_every=log_every,
+        )
         self.prior = str(prior)
         self.search = search
         self.population = int(population)
@@ -107,21 +116,31 @@ class GGL(GradientInversionAttack):
         labels = self.resolve_labels()
         generator = adapt_prior(self.prior_model, target.image_shape)
         if generator.num_classes and int(labels.max()) >= generator.num_classes:
-            raise ValueError(f"prior {self.prior!r} has {generator.num_classes} classes but label "
-                             f"{int(labels.max())} was inferred/given")
+            raise ValueError(
+                f"prior {self.prior!r} has {generator.num_classes} classes but label "
+                f"{int(labels.max())} was inferred/given"
+            )
         simulate = None
         if self.adaptive and target.defense is not None:
             simulate = functools.partial(target.defense.simulate, received=self._received_update())
-        objective = PopulationObjective(self.victim, self.target_gradients, labels, metric=self.metric,
-                                        simulate=simulate, engine=self.engine)
+        objective = PopulationObjective(
+            self.victim, self.target_gradients, labels, metric=self.metric, simulate=simulate, engine=self.engine
+        )
         self._ggl = {"labels": labels, "generator": generator, "objective": objective, "trial_latents": []}
 
     def start_trial(self, trial: int) -> None:
         labels = self._ggl["labels"]
         dim = labels.numel() * self._ggl["generator"].latent_dim
         trial_budget = self.budget // self.restarts  # type: ignore[operator]
-        self._ggl["search"] = make_search(self.search, dim, self.population, trial_budget,
-                                            seed=self.seed * 1000 + trial, sigma=self.sigma, **self.search_options)
+        self._ggl["search"] = make_search(
+            self.search,
+            dim,
+            self.population,
+            trial_budget,
+            seed=self.seed * 1000 + trial,
+            sigma=self.sigma,
+            **self.search_options,
+        )
 
     def latents_to_inputs(self, latents: torch.Tensor) -> torch.Tensor:
         """Candidates (P, B * d) -> normalised victim inputs (P, B, C, H, W)."""
@@ -175,7 +194,8 @@ class GGL(GradientInversionAttack):
         result = super().reconstruct(target, *args, **kwargs)
         latent, description = self._ggl["trial_latents"][result.extras["best_trial"]]
         codes = self._shape_latents(latent.unsqueeze(0))[0]
-        result.extras.update({"latent": codes.tolist(), "search": description,
-                              "labels_inferred": target.labels is None})
+        result.extras.update(
+            {"latent": codes.tolist(), "search": description, "labels_inferred": target.labels is None}
+        )
         self._ggl = {}
         return result

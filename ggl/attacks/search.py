@@ -72,8 +72,10 @@ class SearchStrategy:
     def tell(self, latents: torch.Tensor, losses: torch.Tensor) -> None:
         """Report the losses (p,) of the latents (p, d) returned by the last ``ask``."""
         if latents.ndim != 2 or losses.shape != latents.shape[:1]:
-            raise ValueError(f"tell expects latents (p, {self.dim}) and losses (p,), got {tuple(latents.shape)} "
-                             f"and {tuple(losses.shape)}")
+            raise ValueError(
+                f"tell expects latents (p, {self.dim}) and losses (p,), got {tuple(latents.shape)} "
+                f"and {tuple(losses.shape)}"
+            )
         values = losses.detach().double().cpu()
         self.evaluations += int(values.numel())
         finite = torch.where(torch.isfinite(values), values, torch.full_like(values, math.inf))
@@ -114,15 +116,18 @@ def _nevergrad_names() -> list[str]:
     return sorted(ng.optimizers.registry)
 
 
-def make_search(name: str, dim: int, population: int, budget: int, seed: int = 0, sigma: float = 1.0,
-                **options: Any) -> SearchStrategy:
+def make_search(
+    name: str, dim: int, population: int, budget: int, seed: int = 0, sigma: float = 1.0, **options: Any
+) -> SearchStrategy:
     """A strategy by name: one of ``SEARCHES``, ``ng:NAME`` or a plain nevergrad registry name (e.g. ``TBPSA``)."""
     if name in SEARCHES and name != "ng":
         return SEARCHES[name](dim, population, budget, seed, sigma, **options)
     optimizer = name[3:] if name.startswith("ng:") else name
     if optimizer not in _nevergrad_names():
-        raise ValueError(f"unknown search {name!r}; allowed: {', '.join(sorted(s for s in SEARCHES if s != 'ng'))}, "
-                         "or ng:NAME / NAME for any optimizer in nevergrad.optimizers.registry")
+        raise ValueError(
+            f"unknown search {name!r}; allowed: {', '.join(sorted(s for s in SEARCHES if s != 'ng'))}, "
+            "or ng:NAME / NAME for any optimizer in nevergrad.optimizers.registry"
+        )
     return NevergradSearch(dim, population, budget, seed, sigma, optimizer=optimizer, **options)
 
 
@@ -149,8 +154,9 @@ class NevergradSearch(SearchStrategy):
     Created with ``budget`` and ``num_workers = population``; seeded through ``parametrization.random_state``.
     """
 
-    def __init__(self, dim: int, population: int, budget: int, seed: int = 0, sigma: float = 1.0,
-                 optimizer: Any = "CMA") -> None:
+    def __init__(
+        self, dim: int, population: int, budget: int, seed: int = 0, sigma: float = 1.0, optimizer: Any = "CMA"
+    ) -> None:
         super().__init__(dim, population, budget, seed, sigma)
         import nevergrad as ng
 
@@ -193,8 +199,9 @@ class CMASearch(NevergradSearch):
     Args (beyond ``SearchStrategy``): diagonal: diagonal covariance (cheaper, sep-CMA) instead of full.
     """
 
-    def __init__(self, dim: int, population: int, budget: int, seed: int = 0, sigma: float = 1.0,
-                 diagonal: bool = False) -> None:
+    def __init__(
+        self, dim: int, population: int, budget: int, seed: int = 0, sigma: float = 1.0, diagonal: bool = False
+    ) -> None:
         import nevergrad as ng
 
         family = ng.optimizers.ParametrizedCMA(popsize=population, elitist=False, scale=1.0, diagonal=diagonal)
@@ -219,8 +226,16 @@ class AdamSearch(SearchStrategy):
 
     uses_gradients = True
 
-    def __init__(self, dim: int, population: int, budget: int, seed: int = 0, sigma: float = 1.0,
-                 lr: float = 0.1, warmup: float = 0.05) -> None:
+    def __init__(
+        self,
+        dim: int,
+        population: int,
+        budget: int,
+        seed: int = 0,
+        sigma: float = 1.0,
+        lr: float = 0.1,
+        warmup: float = 0.05,
+    ) -> None:
         super().__init__(dim, population, budget, seed, sigma)
         if not lr > 0:
             raise ValueError(f"lr must be positive, got {lr!r}")
@@ -275,9 +290,20 @@ class BayesianSearch(SearchStrategy):
     The first batch (and the first after a trust-region restart) is uniform random in the box.
     """
 
-    def __init__(self, dim: int, population: int, budget: int, seed: int = 0, sigma: float = 1.0,
-                 embedding_dim: int = 16, bound: float = 2.0, kappa: float = 2.576, max_points: int = 64,
-                 candidates: int = 10_000, polish: int = 0) -> None:
+    def __init__(
+        self,
+        dim: int,
+        population: int,
+        budget: int,
+        seed: int = 0,
+        sigma: float = 1.0,
+        embedding_dim: int = 16,
+        bound: float = 2.0,
+        kappa: float = 2.576,
+        max_points: int = 64,
+        candidates: int = 10_000,
+        polish: int = 0,
+    ) -> None:
         super().__init__(dim, population, budget, seed, sigma)
         if embedding_dim < 1 or max_points < 2 or not bound > 0:
             raise ValueError("bo: embedding_dim must be >= 1, max_points >= 2 and bound > 0")
@@ -312,8 +338,12 @@ class BayesianSearch(SearchStrategy):
         nearest = np.argsort(np.abs(ys - centre).max(1))[: self.max_points]
         names = [f"y{i:03d}" for i in range(self.k)]
         optimizer = _candidate_set_bo(self.candidates, self.polish)(
-            f=None, pbounds={n: (lo, hi) for n, lo, hi in zip(names, low, high)}, random_state=self.rng, verbose=0,
-            allow_duplicate_points=True)
+            f=None,
+            pbounds={n: (lo, hi) for n, lo, hi in zip(names, low, high)},
+            random_state=self.rng,
+            verbose=0,
+            allow_duplicate_points=True,
+        )
         optimizer.set_gp_params(n_restarts_optimizer=0)
         targets = -losses[nearest]
         for point, target in zip(ys[nearest], targets):
@@ -361,9 +391,16 @@ class BayesianSearch(SearchStrategy):
             self._fresh = True
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "embedding_dim": self.k, "candidates": self.candidates, "polish": self.polish,
-                "bound": self.bound, "kappa": self.kappa,
-                "max_points": self.max_points, "trust_region_restarts": self.restarts}
+        return {
+            **super().describe(),
+            "embedding_dim": self.k,
+            "candidates": self.candidates,
+            "polish": self.polish,
+            "bound": self.bound,
+            "kappa": self.kappa,
+            "max_points": self.max_points,
+            "trust_region_restarts": self.restarts,
+        }
 
 
 @functools.cache
@@ -380,9 +417,15 @@ def _candidate_set_bo(candidates: int, polish: int) -> type:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 self._gp.fit(self.space.params, self.space.target)
-            suggestion = acq_max(ac=utility_function.utility, gp=self._gp, y_max=self.space.target.max(),
-                                 bounds=self.space.bounds, random_state=self._random_state, n_warmup=candidates,
-                                 n_iter=polish)
+            suggestion = acq_max(
+                ac=utility_function.utility,
+                gp=self._gp,
+                y_max=self.space.target.max(),
+                bounds=self.space.bounds,
+                random_state=self._random_state,
+                n_warmup=candidates,
+                n_iter=polish,
+            )
             return self.space.array_to_params(suggestion)
 
     return CandidateSetBayesianOptimization

@@ -60,8 +60,10 @@ def biggan_classes() -> tuple[type, type]:
 def _offline_cached_path(url_or_filename: str, cache_dir: str | None = None) -> str:
     if os.path.exists(url_or_filename):
         return url_or_filename
-    raise PriorNotFoundError(f"{url_or_filename!r} is not a local file and ggl-bench never downloads weights; "
-                             "see ggl.priors.biggan.locate_biggan for where to put them")
+    raise PriorNotFoundError(
+        f"{url_or_filename!r} is not a local file and ggl-bench never downloads weights; "
+        "see ggl.priors.biggan.locate_biggan for where to put them"
+    )
 
 
 def _ggl_cache_root() -> Path:
@@ -80,8 +82,9 @@ def _package_cache_files(name: str, cache_dir: Path) -> tuple[Path, Path] | None
     return found[0], found[1]
 
 
-def locate_biggan(name: str = "biggan-deep-256", path: str | Path | None = None,
-                  cache_dir: str | Path | None = None) -> tuple[Path, Path]:
+def locate_biggan(
+    name: str = "biggan-deep-256", path: str | Path | None = None, cache_dir: str | Path | None = None
+) -> tuple[Path, Path]:
     """(weights, config) files of a BigGAN, searched as the module docstring says; a clear error if absent."""
     looked: list[str] = []
     folders = [Path(path)] if path is not None else [_ggl_cache_root() / "biggan" / name]
@@ -91,8 +94,11 @@ def locate_biggan(name: str = "biggan-deep-256", path: str | Path | None = None,
             return weights, config
         looked.append(f"{folder}/{{{WEIGHTS_NAME},{CONFIG_NAME}}}")
     if path is None:
-        package_cache = Path(cache_dir) if cache_dir is not None else Path(
-            os.environ.get("PYTORCH_PRETRAINED_BIGGAN_CACHE", Path.home() / ".pytorch_pretrained_biggan"))
+        package_cache = (
+            Path(cache_dir)
+            if cache_dir is not None
+            else Path(os.environ.get("PYTORCH_PRETRAINED_BIGGAN_CACHE", Path.home() / ".pytorch_pretrained_biggan"))
+        )
         files = _package_cache_files(name, package_cache)
         if files is not None:
             return files
@@ -151,9 +157,14 @@ class BigGANPrior(nn.Module):
         return (latents * self.truncation).to(device)
 
 
-def load_biggan(name: str = "biggan-deep-256", path: str | Path | None = None, cache_dir: str | Path | None = None,
-                truncation: float = 0.4, image_size: int = 224,
-                map_location: str | torch.device = "cpu") -> BigGANPrior:
+def load_biggan(
+    name: str = "biggan-deep-256",
+    path: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    truncation: float = 0.4,
+    image_size: int = 224,
+    map_location: str | torch.device = "cpu",
+) -> BigGANPrior:
     """A ``BigGANPrior`` (eval mode, frozen) from local files; see the module docstring for where it looks."""
     if name not in MODEL_NAMES:
         raise ValueError(f"unknown BigGAN {name!r}; allowed: {', '.join(MODEL_NAMES)}")
@@ -167,6 +178,9 @@ def load_biggan(name: str = "biggan-deep-256", path: str | Path | None = None, c
         raise ValueError(f"BigGAN weights {str(weights)!r} could not be read as a torch file: {error}") from None
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys:
-        warnings.warn(f"BigGAN weights {weights} lack {len(result.missing_keys)} entries "
-                      f"(e.g. {result.missing_keys[:3]}); they keep their initial values", stacklevel=2)
+        warnings.warn(
+            f"BigGAN weights {weights} lack {len(result.missing_keys)} entries "
+            f"(e.g. {result.missing_keys[:3]}); they keep their initial values",
+            stacklevel=2,
+        )
     return freeze(BigGANPrior(model, truncation, image_size))  # type: ignore[return-value]

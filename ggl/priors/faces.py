@@ -44,7 +44,9 @@ class FaceDCGAN(nn.Module):
         self.image_shape = (channels, image_size, image_size)
         widths = [features * 8, features * 4, features * 2, features]
         layers: list[nn.Module] = [
-            nn.ConvTranspose2d(latent_dim, widths[0], 4, 1, 0, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()
+            nn.ConvTranspose2d(latent_dim, widths[0], 4, 1, 0, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(),
         ]
         for wide, narrow in zip(widths[:-1], widths[1:]):
             layers += [nn.ConvTranspose2d(wide, narrow, 4, 2, 1, bias=False), nn.BatchNorm2d(narrow), nn.ReLU()]
@@ -84,8 +86,9 @@ def face_weights_path() -> Path:
     )
 
 
-def load_face_dcgan(path: str | Path | None = None, image_size: int = 64,
-                    map_location: str | torch.device = "cpu") -> FaceDCGAN:
+def load_face_dcgan(
+    path: str | Path | None = None, image_size: int = 64, map_location: str | torch.device = "cpu"
+) -> FaceDCGAN:
     """The pretrained face DCGAN (eval mode, frozen), 64 px native or ``image_size`` px by area resizing.
 
     Args:
@@ -94,8 +97,9 @@ def load_face_dcgan(path: str | Path | None = None, image_size: int = 64,
     """
     weights = Path(path) if path is not None else face_weights_path()
     if not weights.is_file():
-        raise PriorNotFoundError(f"face prior weights {str(weights)!r} do not exist; "
-                                 f"`pip install --no-deps {PACKAGE}` ships them")
+        raise PriorNotFoundError(
+            f"face prior weights {str(weights)!r} do not exist; `pip install --no-deps {PACKAGE}` ships them"
+        )
     try:
         checkpoint = torch.load(weights, map_location=map_location, weights_only=True)
     except Exception as error:  # unpickling errors come in many types; report them as bad input

@@ -153,8 +153,10 @@ def adapt_images(images: torch.Tensor, image_shape: tuple[int, int, int] | torch
         return (images * luma.view(1, 3, 1, 1)).sum(1, keepdim=True)
     if source == 1:
         return images.expand(-1, channels, -1, -1)
-    raise ValueError(f"cannot convert {source}-channel prior images to image_shape channels={channels}; "
-                     "allowed: equal channels, 3 -> 1, 1 -> any")
+    raise ValueError(
+        f"cannot convert {source}-channel prior images to image_shape channels={channels}; "
+        "allowed: equal channels, 3 -> 1, 1 -> any"
+    )
 
 
 class AdaptedPrior(nn.Module):

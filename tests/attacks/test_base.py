@@ -13,8 +13,11 @@ from ggl.attacks import ATTACKS, AttackTarget, GradientInversionAttack, Reconstr
 from ggl.defenses import make_defense
 from ggl.fl import Normalization, shared_update
 
-QUICK = {"dlg": {"iterations": 3, "max_iter": 2}, "idlg": {"iterations": 3, "max_iter": 2},
-         "inverting_gradients": {"iterations": 6}}
+QUICK = {
+    "dlg": {"iterations": 3, "max_iter": 2},
+    "idlg": {"iterations": 3, "max_iter": 2},
+    "inverting_gradients": {"iterations": 6},
+}
 
 
 def test_target_has_no_field_for_private_images() -> None:

@@ -39,14 +39,21 @@ def case() -> dict:
     image = prior(prior.sample(1, torch.Generator().manual_seed(100)), label)
     update = shared_update(model, norm.normalize(image), label)
     random_samples = [prior(prior.sample(1, torch.Generator().manual_seed(900 + k)), label) for k in range(5)]
-    return {"norm": norm, "model": model, "image": image, "label": label, "update": update,
-            "random_best": max(psnr(sample, image) for sample in random_samples)}
+    return {
+        "norm": norm,
+        "model": model,
+        "image": image,
+        "label": label,
+        "update": update,
+        "random_best": max(psnr(sample, image) for sample in random_samples),
+    }
 
 
 def attack(case: dict, update=None, defense=None, **options):  # type: ignore[no-untyped-def]
     params = {"search": "cma", "budget": BUDGET, "population": POPULATION, "seed": 0, **options}
-    target = AttackTarget(case["model"], update or case["update"], defense=defense, image_shape=(1, 32, 32),
-                          normalization=case["norm"])
+    target = AttackTarget(
+        case["model"], update or case["update"], defense=defense, image_shape=(1, 32, 32), normalization=case["norm"]
+    )
     return make_attack("ggl", **params).reconstruct(target)
 
 

@@ -17,8 +17,13 @@ def quadratic(latents: torch.Tensor) -> torch.Tensor:
 
 START = float(quadratic(torch.zeros(1, DIM)))  # the loss at z = 0, where every strategy is centred
 
-CASES = [("cma", 10, 200, {}), ("adam", 10, 200, {}), ("bo", 5, 40, {}), ("ng:TwoPointsDE", 10, 200, {}),
-         ("DiagonalCMA", 10, 200, {})]
+CASES = [
+    ("cma", 10, 200, {}),
+    ("adam", 10, 200, {}),
+    ("bo", 5, 40, {}),
+    ("ng:TwoPointsDE", 10, 200, {}),
+    ("DiagonalCMA", 10, 200, {}),
+]
 
 
 @pytest.mark.parametrize(("name", "population", "budget", "options"), CASES)

@@ -11,12 +11,22 @@ import torch
 
 from ggl.priors import PriorNotFoundError, load_prior
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("pytorch_pretrained_biggan") is None,
-                                reason="pytorch-pretrained-biggan not installed (pip install --no-deps ...)")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("pytorch_pretrained_biggan") is None,
+    reason="pytorch-pretrained-biggan not installed (pip install --no-deps ...)",
+)
 
-TINY = {"output_dim": 16, "z_dim": 8, "class_embed_dim": 8, "channel_width": 4, "num_classes": 5,
-        "layers": [[True, 16, 8], [False, 8, 4], [True, 4, 2], [False, 2, 1]], "attention_layer_position": 2,
-        "eps": 1e-4, "n_stats": 51}
+TINY = {
+    "output_dim": 16,
+    "z_dim": 8,
+    "class_embed_dim": 8,
+    "channel_width": 4,
+    "num_classes": 5,
+    "layers": [[True, 16, 8], [False, 8, 4], [True, 4, 2], [False, 2, 1]],
+    "attention_layer_position": 2,
+    "eps": 1e-4,
+    "n_stats": 51,
+}
 
 
 def _tiny_model():  # type: ignore[no-untyped-def]

@@ -12,8 +12,10 @@ import torch.nn.functional as F
 from ggl.priors import PriorNotFoundError, load_prior
 from ggl.priors.faces import FaceDCGAN, load_face_dcgan
 
-needs_package = pytest.mark.skipif(importlib.util.find_spec("gan_face_generate") is None,
-                                   reason="gan-face-generate not installed (pip install --no-deps gan-face-generate)")
+needs_package = pytest.mark.skipif(
+    importlib.util.find_spec("gan_face_generate") is None,
+    reason="gan-face-generate not installed (pip install --no-deps gan-face-generate)",
+)
 
 
 def test_architecture_sizes() -> None:

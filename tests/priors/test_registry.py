@@ -44,8 +44,12 @@ def _tiny_checkpoint(tmp_path, seed: int = 0):  # type: ignore[no-untyped-def]
     torch.manual_seed(seed)
     config = DCGANConfig(latent_dim=8, num_classes=3, channels=1, image_size=8, width=8, embedding_dim=4)
     generator = DCGANGenerator(config).eval()
-    checkpoint = {"format": "ggl-dcgan-v1", "config": config.to_dict(),
-                  "state_dict": generator.state_dict(), "training": {"seed": seed}}
+    checkpoint = {
+        "format": "ggl-dcgan-v1",
+        "config": config.to_dict(),
+        "state_dict": generator.state_dict(),
+        "training": {"seed": seed},
+    }
     return generator, save_prior(checkpoint, tmp_path / "tiny.pt")
 
 
