@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -23,7 +24,20 @@ from ggl.attacks.base import AttackTarget, GradientInversionAttack, Reconstructi
 from ggl.attacks.batched import PopulationObjective
 from ggl.attacks.objective import latent_kl
 from ggl.attacks.search import SEARCHES, SearchStrategy, make_search
+from ggl.priors.base import Generator
 from ggl.priors.registry import adapt_prior, load_prior
+
+
+@dataclass
+class _SearchState:
+    """What one ``reconstruct`` call searches with: labels, the adapted prior, the objective, trial results."""
+
+    labels: torch.Tensor
+    generator: Generator
+    objective: PopulationObjective
+    search: SearchStrategy | None = None
+    trial_latents: dict[int, tuple[torch.Tensor, dict[str, Any]]] = field(default_factory=dict)
+
 
 LATENT_SPACES = ("normal", "sphere")
 
@@ -109,6 +123,7 @@ class GGL(GradientInversionAttack):
         self.search_options = dict(search_options or {})
         self.engine = engine
         self.prior_model = load_prior(self.prior)
+        self._state: _SearchState | None = None
 
     # ------------------------------------------------------------------------------------------------ search
 
@@ -126,13 +141,13 @@ class GGL(GradientInversionAttack):
         objective = PopulationObjective(
             self.victim, self.target_gradients, labels, metric=self.metric, simulate=simulate, engine=self.engine
         )
-        self._ggl = {"labels": labels, "generator": generator, "objective": objective, "trial_latents": []}
+        self._state = _SearchState(labels, generator, objective)
 
     def start_trial(self, trial: int) -> None:
-        labels = self._ggl["labels"]
-        dim = labels.numel() * self._ggl["generator"].latent_dim
+        state = self._search_state()
+        dim = state.labels.numel() * state.generator.latent_dim
         trial_budget = self.budget // self.restarts  # type: ignore[operator]
-        self._ggl["search"] = make_search(
+        state.search = make_search(
             self.search,
             dim,
             self.population,
@@ -144,7 +159,8 @@ class GGL(GradientInversionAttack):
 
     def latents_to_inputs(self, latents: torch.Tensor) -> torch.Tensor:
         """Candidates (P, B * d) -> normalised victim inputs (P, B, C, H, W)."""
-        generator, labels = self._ggl["generator"], self._ggl["labels"]
+        state = self._search_state()
+        generator, labels = state.generator, state.labels
         count, batch = latents.shape[0], labels.numel()
         codes = self._shape_latents(latents).reshape(count * batch, -1)
         images = generator(codes, labels.repeat(count) if generator.num_classes else None)
@@ -152,7 +168,7 @@ class GGL(GradientInversionAttack):
         return normalized.reshape(count, batch, *normalized.shape[1:])
 
     def _shape_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        batch = self._ggl["labels"].numel()
+        batch = self._search_state().labels.numel()
         codes = latents.reshape(latents.shape[0], batch, -1)
         if self.latent_space == "sphere":
             codes = codes * math.sqrt(codes.shape[-1]) / codes.norm(dim=-1, keepdim=True).clamp_min(1e-12)
@@ -163,12 +179,24 @@ class GGL(GradientInversionAttack):
         latents = latents.to(self.device)
         with torch.set_grad_enabled(create_graph):
             inputs = self.latents_to_inputs(latents)
-        distance = self._ggl["objective"](inputs, create_graph=create_graph)
-        codes = latents.reshape(latents.shape[0], self._ggl["labels"].numel(), -1)
+        state = self._search_state()
+        distance = state.objective(inputs, create_graph=create_graph)
+        codes = latents.reshape(latents.shape[0], state.labels.numel(), -1)
         return distance + self.kl_weight * latent_kl(codes).mean(1)
 
+    def _search_state(self) -> _SearchState:
+        if self._state is None:
+            raise RuntimeError("GGL's search state exists only inside reconstruct()")
+        return self._state
+
+    def _strategy(self) -> SearchStrategy:
+        search = self._search_state().search
+        if search is None:
+            raise RuntimeError("GGL's search strategy is made in start_trial()")
+        return search
+
     def search_step(self, step: int) -> float:
-        search: SearchStrategy = self._ggl["search"]
+        search = self._strategy()
         if search.done:  # more rounds than the trial's budget allows (an explicit ``iterations``)
             return search.best_loss
         latents = search.ask()
@@ -178,24 +206,23 @@ class GGL(GradientInversionAttack):
         return search.best_loss
 
     def trial_result(self) -> tuple[torch.Tensor, torch.Tensor, float]:
-        search: SearchStrategy = self._ggl["search"]
+        search = self._strategy()
         latent = search.best_latent.unsqueeze(0)
         with torch.no_grad():
             inputs = self.latents_to_inputs(latent.to(self.device))[0]
-        if len(self._ggl["trial_latents"]) <= self._trial:
-            self._ggl["trial_latents"].append(None)
-        self._ggl["trial_latents"][self._trial] = (search.best_latent.clone(), search.describe())
-        return self.to_pixels(inputs), self._ggl["labels"], search.best_loss
+        state = self._search_state()
+        state.trial_latents[self._trial] = (search.best_latent.clone(), search.describe())
+        return self.to_pixels(inputs), state.labels, search.best_loss
 
     def reconstruct(self, target: AttackTarget, *args: Any, **kwargs: Any) -> Reconstruction:
         """See ``GradientInversionAttack.reconstruct``; ``extras`` adds the best ``latent`` (B, d) as lists,
         ``search`` (the strategy's description) and ``labels_inferred``."""
-        self._ggl = {}
+        self._state = None
         result = super().reconstruct(target, *args, **kwargs)
-        latent, description = self._ggl["trial_latents"][result.extras["best_trial"]]
+        latent, description = self._search_state().trial_latents[result.extras["best_trial"]]
         codes = self._shape_latents(latent.unsqueeze(0))[0]
         result.extras.update(
             {"latent": codes.tolist(), "search": description, "labels_inferred": target.labels is None}
         )
-        self._ggl = {}
+        self._state = None
         return result

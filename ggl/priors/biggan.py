@@ -19,6 +19,7 @@ import types
 import warnings
 from hashlib import sha256
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -129,8 +130,9 @@ class BigGANPrior(nn.Module):
             raise ValueError(f"image_size must be positive, got {image_size}")
         self.model = model
         self.truncation = float(truncation)
-        self.latent_dim = int(model.config.z_dim)
-        self.num_classes = int(model.config.num_classes)
+        config: Any = model.config
+        self.latent_dim = int(config.z_dim)
+        self.num_classes = int(config.num_classes)
         self.image_shape = (3, int(image_size), int(image_size))
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -170,7 +172,7 @@ def load_biggan(
         raise ValueError(f"unknown BigGAN {name!r}; allowed: {', '.join(MODEL_NAMES)}")
     biggan, biggan_config = biggan_classes()
     weights, config_file = locate_biggan(name, path, cache_dir)
-    config = biggan_config.from_json_file(str(config_file))
+    config = biggan_config.from_json_file(str(config_file))  # type: ignore[attr-defined]
     model = biggan(config)
     try:
         state = torch.load(weights, map_location=map_location, weights_only=True)

@@ -171,7 +171,8 @@ class AdaptedPrior(nn.Module):
         self.prior = prior
         self.latent_dim = prior.latent_dim
         self.num_classes = prior.num_classes
-        self.image_shape = tuple(int(s) for s in image_shape)
+        channels, height, width = (int(s) for s in image_shape)
+        self.image_shape = (channels, height, width)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         return adapt_images(self.prior(z, y), self.image_shape)

@@ -32,6 +32,8 @@ class WGANGP(pl.LightningModule):
         generator_steps: stop after this many generator steps. sample_every: generator steps between image grids.
     """
 
+    completed_generator_steps: torch.Tensor
+
     def __init__(
         self,
         config: DCGANConfig,
@@ -87,7 +89,7 @@ class WGANGP(pl.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_index: int) -> None:
         real, real_labels = batch
         labels = self._labels(real_labels)
-        generator_optimizer, critic_optimizer = self.optimizers()  # type: ignore[misc]
+        generator_optimizer, critic_optimizer = self.optimizers()  # type: ignore[misc, attr-defined]
         latents = torch.randn(real.shape[0], self.config.latent_dim, device=real.device)
         with torch.no_grad():
             fake = self.generator(latents, labels)
@@ -106,7 +108,7 @@ class WGANGP(pl.LightningModule):
         self.manual_backward(generator_loss)
         generator_optimizer.step()
         self._update_ema()
-        self.completed_generator_steps += 1
+        self.completed_generator_steps.add_(1)
         steps = int(self.completed_generator_steps)
         self.log("generator/loss", generator_loss.detach(), prog_bar=True)
         if steps % self.sample_every == 0:
@@ -119,8 +121,8 @@ class WGANGP(pl.LightningModule):
         decay = self.ema_decay if self.ema_decay > 0 else 0.0
         for averaged, current in zip(self.ema_generator.parameters(), self.generator.parameters()):
             averaged.lerp_(current, 1 - decay)
-        for averaged, current in zip(self.ema_generator.buffers(), self.generator.buffers()):
-            averaged.copy_(current)
+        for averaged_buffer, current_buffer in zip(self.ema_generator.buffers(), self.generator.buffers()):
+            averaged_buffer.copy_(current_buffer)
 
     @torch.no_grad()
     def sample_grid(self) -> torch.Tensor:
