@@ -16,13 +16,16 @@ import copy
 import hashlib
 import itertools
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from ggl.checks import non_negative_int, positive_int, positive_number
+from ggl.io import canonical_json
 
 SUITES_PACKAGE = "benchmarks"
 REFERENCE_PREFIX = "reference:"
@@ -51,11 +54,6 @@ class SuiteError(ValueError):
         self.source = source
         self.field = field_name
         super().__init__(f"{source}: field '{field_name}': {message}")
-
-
-def canonical_json(value: Any) -> str:
-    """JSON with sorted keys and no spaces: the text cell keys and hashes are made of."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 def short_hash(value: Any) -> str:
@@ -349,21 +347,19 @@ class _Fields:
             raise self.error(key, f"must be a non-empty string, got {value!r}")
         return value
 
-    def integer(self, key: str, default: int, minimum: int | None = None) -> int:
+    def integer(self, key: str, default: int) -> int:
         value = self.data.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.error(key, f"must be an integer, got {value!r}")
-        if minimum is not None and value < minimum:
-            raise self.error(key, f"must be >= {minimum}, got {value}")
         return value
 
-    def number(self, key: str, default: float, positive: bool = False) -> float:
+    def checked(self, key: str, default: Any, check: Callable[[str, Any], Any]) -> Any:
+        """``check(field, value)`` from ``ggl.checks`` on one field; its error becomes a ``SuiteError``."""
         value = self.data.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self.error(key, f"must be a number, got {value!r}")
-        if positive and value <= 0:
-            raise self.error(key, f"must be > 0, got {value}")
-        return float(value)
+        try:
+            return check(self.name(key), value)
+        except ValueError as error:
+            raise self.error(key, str(error).removeprefix(f"{self.name(key)} ")) from None
 
     def flag(self, key: str, default: bool) -> bool:
         value = self.data.get(key, default)
@@ -490,6 +486,89 @@ def _read_defenses(source: str, data: Any) -> tuple[DefenseConfig, ...]:
     return tuple(defenses)
 
 
+def _read_datamodule(source: str, data: Any) -> DataModuleConfig:
+    fields = _Fields(source, "datamodule", data, ("name", "options"))
+    options = fields.mapping("options")
+    _check_plain(source, "datamodule.options", options)
+    return DataModuleConfig(fields.text("name", default="embedded") or "embedded", options)
+
+
+def _read_model(source: str, data: Any) -> ModelConfig:
+    fields = _Fields(source, "model", data, ("name", "seed", "checkpoint"))
+    name = fields.text("name", default="lenet") or "lenet"
+    return ModelConfig(name, fields.integer("seed", 0), fields.text("checkpoint"))
+
+
+def _read_prior(source: str, prior: Any) -> str | None:
+    if prior is not None and (not isinstance(prior, str) or not prior):
+        raise SuiteError(source, "prior", f"must be a prior name or checkpoint path, or null; got {prior!r}")
+    return prior
+
+
+def _read_victims(source: str, data: Any) -> VictimsConfig:
+    fields = _Fields(source, "victims", data, ("count", "seed", "batch_size"))
+    return VictimsConfig(
+        fields.checked("count", 8, positive_int),
+        fields.integer("seed", 0),
+        fields.checked("batch_size", 1, positive_int),
+    )
+
+
+def _read_seeds(source: str, seeds: Any) -> tuple[int, ...]:
+    """A seed or a non-empty list of distinct seeds >= 0."""
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        seeds = [seeds]
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds)
+        or len(set(seeds)) != len(seeds)
+    ):
+        raise SuiteError(source, "seeds", f"must be a non-empty list of distinct integers >= 0, got {seeds!r}")
+    return tuple(seeds)
+
+
+def _read_adaptive(source: str, adaptive: Any) -> tuple[bool, ...]:
+    """``true``, ``false`` or ``[true, false]``: whether attacks simulate the defense (both gives two rows)."""
+    if isinstance(adaptive, bool):
+        adaptive = [adaptive]
+    if (
+        not isinstance(adaptive, list)
+        or not adaptive
+        or any(not isinstance(a, bool) for a in adaptive)
+        or len(set(adaptive)) != len(adaptive)
+    ):
+        raise SuiteError(source, "adaptive", f"must be true, false or [true, false]; got {adaptive!r}")
+    return tuple(adaptive)
+
+
+def _read_references(source: str, data: Any) -> ReferencesConfig:
+    allowed = ("class_mean", "prior_sample", "ceiling_steps", "ceiling_restarts", "ceiling_lr")
+    fields = _Fields(source, "references", data, allowed)
+    return ReferencesConfig(
+        fields.flag("class_mean", True),
+        fields.flag("prior_sample", True),
+        fields.checked("ceiling_steps", 200, non_negative_int),
+        fields.checked("ceiling_restarts", 2, positive_int),
+        fields.checked("ceiling_lr", 0.05, positive_number),
+    )
+
+
+def _read_utility(source: str, data: Any) -> UtilityConfig:
+    fields = _Fields(source, "utility", data, ("enabled", "seed", "options"))
+    options = fields.mapping("options")
+    _check_plain(source, "utility.options", options)
+    return UtilityConfig(fields.flag("enabled", True), fields.integer("seed", 0), options)
+
+
+def _read_requires(source: str, data: Any) -> RequiresConfig:
+    fields = _Fields(source, "requires", data, ("gpu", "files"))
+    files = fields.data.get("files", [])
+    if not isinstance(files, list) or any(not isinstance(f, str) for f in files):
+        raise SuiteError(source, "requires.files", f"must be a list of paths, got {files!r}")
+    return RequiresConfig(fields.flag("gpu", False), tuple(files))
+
+
 def build_suite(data: dict[str, Any], source: str) -> SuiteConfig:
     """Validate a suite mapping (as read from YAML, overrides applied) into a ``SuiteConfig``."""
     top = _Fields(source, "", data, TOP_LEVEL_FIELDS)
@@ -498,80 +577,12 @@ def build_suite(data: dict[str, Any], source: str) -> SuiteConfig:
     description = data.get("description") or ""
     if not isinstance(description, str):
         raise SuiteError(source, "description", f"must be a string, got {description!r}")
-
-    dm = _Fields(source, "datamodule", data.get("datamodule"), ("name", "options"))
-    options = dm.mapping("options")
-    _check_plain(source, "datamodule.options", options)
-    datamodule = DataModuleConfig(dm.text("name", default="embedded") or "embedded", options)
-
-    model_fields = _Fields(source, "model", data.get("model"), ("name", "seed", "checkpoint"))
-    model = ModelConfig(
-        model_fields.text("name", default="lenet") or "lenet",
-        model_fields.integer("seed", 0),
-        model_fields.text("checkpoint"),
-    )
-
-    prior = data.get("prior")
-    if prior is not None and (not isinstance(prior, str) or not prior):
-        raise SuiteError(source, "prior", f"must be a prior name or checkpoint path, or null; got {prior!r}")
-
-    victims_fields = _Fields(source, "victims", data.get("victims"), ("count", "seed", "batch_size"))
-    victims = VictimsConfig(
-        victims_fields.integer("count", 8, minimum=1),
-        victims_fields.integer("seed", 0),
-        victims_fields.integer("batch_size", 1, minimum=1),
-    )
-
-    seeds_raw = data.get("seeds", [0])
-    if isinstance(seeds_raw, int) and not isinstance(seeds_raw, bool):
-        seeds_raw = [seeds_raw]
-    if (
-        not isinstance(seeds_raw, list)
-        or not seeds_raw
-        or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds_raw)
-        or len(set(seeds_raw)) != len(seeds_raw)
-    ):
-        raise SuiteError(source, "seeds", f"must be a non-empty list of distinct integers >= 0, got {seeds_raw!r}")
-
-    adaptive_raw = data.get("adaptive", [True])
-    if isinstance(adaptive_raw, bool):
-        adaptive_raw = [adaptive_raw]
-    if (
-        not isinstance(adaptive_raw, list)
-        or not adaptive_raw
-        or any(not isinstance(a, bool) for a in adaptive_raw)
-        or len(set(adaptive_raw)) != len(adaptive_raw)
-    ):
-        raise SuiteError(source, "adaptive", f"must be true, false or [true, false]; got {adaptive_raw!r}")
-
-    attacks = _read_attacks(source, data.get("attacks"), tuple(adaptive_raw))
-    defenses = _read_defenses(source, data.get("defenses"))
-
-    ref = _Fields(
-        source,
-        "references",
-        data.get("references"),
-        ("class_mean", "prior_sample", "ceiling_steps", "ceiling_restarts", "ceiling_lr"),
-    )
-    references = ReferencesConfig(
-        ref.flag("class_mean", True),
-        ref.flag("prior_sample", True),
-        ref.integer("ceiling_steps", 200, minimum=0),
-        ref.integer("ceiling_restarts", 2, minimum=1),
-        ref.number("ceiling_lr", 0.05, positive=True),
-    )
-
-    util = _Fields(source, "utility", data.get("utility"), ("enabled", "seed", "options"))
-    util_options = util.mapping("options")
-    _check_plain(source, "utility.options", util_options)
-    utility = UtilityConfig(util.flag("enabled", True), util.integer("seed", 0), util_options)
-
-    req = _Fields(source, "requires", data.get("requires"), ("gpu", "files"))
-    files = data.get("requires", {}).get("files", []) if isinstance(data.get("requires"), dict) else []
-    if not isinstance(files, list) or any(not isinstance(f, str) for f in files):
-        raise SuiteError(source, "requires.files", f"must be a list of paths, got {files!r}")
-    requires = RequiresConfig(req.flag("gpu", False), tuple(files))
-
+    datamodule = _read_datamodule(source, data.get("datamodule"))
+    model = _read_model(source, data.get("model"))
+    prior = _read_prior(source, data.get("prior"))
+    victims = _read_victims(source, data.get("victims"))
+    seeds = _read_seeds(source, data.get("seeds", [0]))
+    attacks = _read_attacks(source, data.get("attacks"), _read_adaptive(source, data.get("adaptive", [True])))
     return SuiteConfig(
         name=name,
         description=description,
@@ -579,12 +590,12 @@ def build_suite(data: dict[str, Any], source: str) -> SuiteConfig:
         model=model,
         prior=prior,
         victims=victims,
-        seeds=tuple(seeds_raw),
+        seeds=seeds,
         attacks=attacks,
-        defenses=defenses,
-        references=references,
-        utility=utility,
-        requires=requires,
+        defenses=_read_defenses(source, data.get("defenses")),
+        references=_read_references(source, data.get("references")),
+        utility=_read_utility(source, data.get("utility")),
+        requires=_read_requires(source, data.get("requires")),
         source=source,
     )
 

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from ggl.io import canonical_json
+
 SCHEMA_VERSION = "1"
 STORE_NAME = "results.sqlite"
 
@@ -81,11 +83,13 @@ class CellRow:
 
     @property
     def defense_json(self) -> str:
-        return json.dumps(self.defense, sort_keys=True, separators=(",", ":"))
+        """The defense spec as stored in the cell key (canonical JSON; ``null`` for references)."""
+        return canonical_json(self.defense)
 
     @property
     def attack_json(self) -> str:
-        return json.dumps(self.attack, sort_keys=True, separators=(",", ":"))
+        """The attack spec as stored in the cell key (canonical JSON)."""
+        return canonical_json(self.attack)
 
 
 @dataclass(frozen=True)
@@ -97,10 +101,6 @@ class VictimRow:
     indices: list[int]
     labels: list[int]
     images: np.ndarray = field(repr=False)
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 class ResultsStore:
@@ -186,7 +186,7 @@ class ResultsStore:
     def claim_context(self, suite: str, context: Mapping[str, Any]) -> None:
         """Record the setup every row of ``suite`` depends on; refuse a store made with a different one."""
         key = f"context:{suite}"
-        text = _json(dict(context))
+        text = canonical_json(dict(context))
         with self._transaction() as connection:
             row = connection.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
             if row is None:
@@ -195,10 +195,11 @@ class ResultsStore:
         if row[0] != text:
             old, new = json.loads(row[0]), dict(context)
             changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            stored = canonical_json({k: old.get(k) for k in changed})
+            now = canonical_json({k: new.get(k) for k in changed})
             raise StoreError(
                 f"results store {self.path} holds suite {suite!r} run with a different {', '.join(changed)} "
-                f"(stored {_json({k: old.get(k) for k in changed})}, now {_json({k: new.get(k) for k in changed})}); "
-                "give another --out"
+                f"(stored {stored}, now {now}); give another --out"
             )
 
     # --------------------------------------------------------------------------------------------------------
@@ -206,7 +207,13 @@ class ResultsStore:
         with self._transaction() as connection:
             connection.execute(
                 "INSERT OR IGNORE INTO victims (suite, victim, indices, labels, images) VALUES (?, ?, ?, ?, ?)",
-                (row.suite, row.victim, _json(row.indices), _json(row.labels), encode_array(row.images)),
+                (
+                    row.suite,
+                    row.victim,
+                    canonical_json(row.indices),
+                    canonical_json(row.labels),
+                    encode_array(row.images),
+                ),
             )
 
     def victims(self, suite: str | None = None) -> list[VictimRow]:
@@ -236,8 +243,8 @@ class ResultsStore:
                     row.code_version,
                     float(row.seconds),
                     int(row.evaluations),
-                    _json(row.metrics),
-                    _json(row.labels),
+                    canonical_json(row.metrics),
+                    canonical_json(row.labels),
                     encode_array(row.images),
                     time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 ),
@@ -305,9 +312,9 @@ class ResultsStore:
                 "INSERT OR IGNORE INTO utility (defense, options, metrics, config_hash, code_version, seconds)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 (
-                    _json(dict(defense)),
-                    _json(dict(options)),
-                    _json(dict(metrics)),
+                    canonical_json(dict(defense)),
+                    canonical_json(dict(options)),
+                    canonical_json(dict(metrics)),
                     config_hash,
                     code_version,
                     float(seconds),
@@ -318,7 +325,7 @@ class ResultsStore:
         """The cached utility cost of a defense setting, with its provenance; None when not computed yet."""
         row = self._connection.execute(
             "SELECT metrics, config_hash, code_version FROM utility WHERE defense = ? AND options = ?",
-            (_json(dict(defense)), _json(dict(options))),
+            (canonical_json(dict(defense)), canonical_json(dict(options))),
         ).fetchone()
         if row is None:
             return None

@@ -13,11 +13,13 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 DATA_CHOICES = ("fashion-mnist", "celeba")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line (every WGAN-GP setting has a flag; defaults are GGL's)."""
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.train_prior",
         description=__doc__,
@@ -48,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _datamodule(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _datamodule(args: argparse.Namespace) -> Any:
+    """The datamodule whose public split the prior learns."""
     from ggl.data import make_datamodule
 
     name = "embedded" if args.data == "fashion-mnist" else "celeba"
@@ -63,16 +66,76 @@ def _datamodule(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return make_datamodule(name, **options)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _module(args: argparse.Namespace, datamodule: Any) -> Any:
+    """The WGAN-GP LightningModule for the datamodule's image shape and classes."""
+    from ggl.priors.dcgan import DCGANConfig
+    from ggl.priors.training import WGANGP
+
+    config = DCGANConfig(
+        latent_dim=args.latent_dim,
+        num_classes=0 if args.unconditional else datamodule.num_classes,
+        channels=datamodule.image_shape[0],
+        image_size=args.image_size,
+        width=args.width,
+    )
+    return WGANGP(
+        config,
+        lr=args.lr,
+        betas=(args.beta1, args.beta2),
+        critic_steps=args.critic_steps,
+        penalty=args.penalty,
+        ema_decay=args.ema_decay,
+        generator_steps=args.generator_steps,
+        sample_every=args.save_every,
+    )
+
+
+def _provenance(args: argparse.Namespace, argv: list[str] | None, datamodule: Any) -> dict[str, Any]:
+    """What the saved prior records about how it was made (the exact command included)."""
+    command = "python -m benchmarks.train_prior " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    return {
+        "command": command,
+        "data": args.data,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "normalization": {
+            "mean": list(datamodule.normalization.mean),
+            "std": list(datamodule.normalization.std),
+        },
+    }
+
+
+def _trainer(args: argparse.Namespace, out: Path, log_dir: Path, extra: dict[str, Any]) -> Any:
+    """A one-device Lightning trainer that saves the prior and a resumable checkpoint every ``--save-every``."""
     import pytorch_lightning as pl
-    import torch
     from pytorch_lightning.callbacks import ModelCheckpoint
     from pytorch_lightning.loggers import TensorBoardLogger
 
+    from ggl.priors.training import SavePrior
+
+    checkpoints = ModelCheckpoint(
+        dirpath=log_dir, filename="last", every_n_train_steps=args.save_every * args.critic_steps
+    )
+    return pl.Trainer(
+        accelerator=args.accelerator,
+        devices=1,
+        max_epochs=-1,
+        max_time={"minutes": args.max_minutes} if args.max_minutes else None,
+        logger=TensorBoardLogger(str(log_dir), name="", version=""),
+        callbacks=[SavePrior(out, every=args.save_every, extra=extra), checkpoints],
+        enable_model_summary=False,
+        enable_progress_bar=sys.stderr.isatty(),
+        log_every_n_steps=50,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train and save a prior; 2 when the data is missing or the options are invalid."""
+    args = build_parser().parse_args(argv)
+    import pytorch_lightning as pl
+    import torch
+
     from ggl.data import DataNotFoundError
-    from ggl.priors.dcgan import DCGANConfig
-    from ggl.priors.training import WGANGP, SavePrior
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -85,48 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out)
     log_dir = Path(args.log_dir) if args.log_dir else out.parent / f"{out.stem}_logs"
-    config = DCGANConfig(
-        latent_dim=args.latent_dim,
-        num_classes=0 if args.unconditional else datamodule.num_classes,
-        channels=datamodule.image_shape[0],
-        image_size=args.image_size,
-        width=args.width,
-    )
-    module = WGANGP(
-        config,
-        lr=args.lr,
-        betas=(args.beta1, args.beta2),
-        critic_steps=args.critic_steps,
-        penalty=args.penalty,
-        ema_decay=args.ema_decay,
-        generator_steps=args.generator_steps,
-        sample_every=args.save_every,
-    )
-    command = "python -m benchmarks.train_prior " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    extra = {
-        "command": command,
-        "data": args.data,
-        "seed": args.seed,
-        "batch_size": args.batch_size,
-        "normalization": {
-            "mean": list(datamodule.normalization.mean),
-            "std": list(datamodule.normalization.std),
-        },
-    }
-    checkpoints = ModelCheckpoint(
-        dirpath=log_dir, filename="last", every_n_train_steps=args.save_every * args.critic_steps
-    )
-    trainer = pl.Trainer(
-        accelerator=args.accelerator,
-        devices=1,
-        max_epochs=-1,
-        max_time={"minutes": args.max_minutes} if args.max_minutes else None,
-        logger=TensorBoardLogger(str(log_dir), name="", version=""),
-        callbacks=[SavePrior(out, every=args.save_every, extra=extra), checkpoints],
-        enable_model_summary=False,
-        enable_progress_bar=sys.stderr.isatty(),
-        log_every_n_steps=50,
-    )
+    module = _module(args, datamodule)
+    trainer = _trainer(args, out, log_dir, _provenance(args, argv, datamodule))
     resume = log_dir / "last.ckpt"
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if args.resume and resume.is_file() else None)
     print(f"saved {out} after {int(module.completed_generator_steps)} generator steps")

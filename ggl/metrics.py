@@ -9,7 +9,10 @@ Functional core in the torchmetrics manner, on pixel images in [0, 1] (both inpu
 Metrics: ``mse``, ``psnr`` (dB, data range 1: ``10 log10(1 / mse)``, at most 100), ``ssim`` (torchmetrics;
 Gaussian window 11, sigma 1.5, K1 0.01, K2 0.03, data range 1, border of half a window left out as skimage does),
 ``lpips`` (Zhang et al. 2018, arXiv 1801.03924, via torchmetrics) and ``label_accuracy``.
-``HIGHER_IS_BETTER`` says in which direction each one improves *for the attacker*.
+
+``METRIC_TABLE`` is the one list of them: each ``Metric`` holds its function, the direction in which it improves
+*for the attacker* and how reports print it. Adding a metric is one function and one ``METRIC_TABLE.add``; the
+functions below, ``HIGHER_IS_BETTER`` and the benchmark reports all read the table.
 
 LPIPS needs ImageNet-pretrained backbone weights. They are used only when already in the torch hub cache
 (``torch.hub.get_dir()/checkpoints``); nothing is ever downloaded here. Without them the ``lpips`` key is absent
@@ -25,23 +28,15 @@ from __future__ import annotations
 import math
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 import torch
 
-METRICS: tuple[str, ...] = ("mse", "psnr", "ssim", "lpips")
-"""Image metrics ``per_image_metrics`` can compute (``lpips`` only when its weights are cached)."""
-
-HIGHER_IS_BETTER: dict[str, bool] = {
-    "mse": False,
-    "psnr": True,
-    "ssim": True,
-    "lpips": False,
-    "label_accuracy": True,
-}
-"""Direction of each metric: True when a larger value means a closer reconstruction (more leakage)."""
+from ggl.checks import one_of
+from ggl.registry import Registry
 
 LPIPS_NETS: dict[str, str] = {
     "alex": "AlexNet_Weights",
@@ -62,7 +57,7 @@ _LPIPS_WARNED: set[str] = set()
 
 def lpips_weights_path(net: str = "alex") -> Path:
     """Where torchvision keeps the backbone weights LPIPS ``net`` needs (the torch hub cache)."""
-    _check_choice("lpips_net", net, LPIPS_NETS)
+    one_of("lpips_net", net, LPIPS_NETS)
     import torchvision.models
 
     url = getattr(torchvision.models, LPIPS_NETS[net]).DEFAULT.url
@@ -85,11 +80,6 @@ def lpips_available(net: str = "alex") -> bool:
             stacklevel=3,
         )
     return False
-
-
-def _check_choice(field: str, value: Any, allowed: Sequence[str] | dict[str, Any]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{field} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
 
 
 def _check_images(reconstructed: torch.Tensor, original: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,7 +122,17 @@ def match_reconstructions(reconstructed: torch.Tensor, original: torch.Tensor) -
     return assignment
 
 
-def _ssim(reconstructed: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+def _mse(reconstructed: torch.Tensor, original: torch.Tensor, lpips_net: str) -> torch.Tensor:
+    """Mean squared pixel error per image (float64)."""
+    return (reconstructed.double() - original.double()).pow(2).flatten(1).mean(1)
+
+
+def _psnr(reconstructed: torch.Tensor, original: torch.Tensor, lpips_net: str) -> torch.Tensor:
+    """``10 log10(1 / mse)`` per image, the MSE floored at ``PSNR_MSE_FLOOR``."""
+    return 10 * torch.log10(1.0 / _mse(reconstructed, original, lpips_net).clamp_min(PSNR_MSE_FLOOR))
+
+
+def _ssim(reconstructed: torch.Tensor, original: torch.Tensor, lpips_net: str) -> torch.Tensor:
     """Mean SSIM map per image without the border half a window wide (as Wang et al. and skimage do)."""
     from torchmetrics.functional.image import structural_similarity_index_measure
 
@@ -145,15 +145,81 @@ def _ssim(reconstructed: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
     return ssim_map[..., pad:-pad, pad:-pad].flatten(1).mean(1)
 
 
-def _lpips(reconstructed: torch.Tensor, original: torch.Tensor, net: str) -> torch.Tensor:
-    if net not in _LPIPS_MODULES:
+def _lpips(reconstructed: torch.Tensor, original: torch.Tensor, lpips_net: str) -> torch.Tensor | None:
+    """LPIPS distance per image; ``None`` (the key is left out) when the backbone weights are not cached."""
+    if not lpips_available(lpips_net):
+        return None
+    if lpips_net not in _LPIPS_MODULES:
         from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
 
-        _LPIPS_MODULES[net] = LearnedPerceptualImagePatchSimilarity(net_type=cast(Any, net), normalize=True).net.eval()
+        module = LearnedPerceptualImagePatchSimilarity(net_type=cast(Any, lpips_net), normalize=True).net.eval()
+        _LPIPS_MODULES[lpips_net] = module
     if reconstructed.shape[1] == 1:
         reconstructed, original = reconstructed.repeat(1, 3, 1, 1), original.repeat(1, 3, 1, 1)
     with torch.no_grad():
-        return _LPIPS_MODULES[net](reconstructed, original, normalize=True).reshape(-1)
+        return _LPIPS_MODULES[lpips_net](reconstructed, original, normalize=True).reshape(-1).double()
+
+
+def label_accuracy(labels_hat: torch.Tensor | Sequence[int], labels: torch.Tensor | Sequence[int]) -> float:
+    """Fraction of the true labels recovered, as multisets (the order of a batch's labels is not recoverable).
+
+    For B = 1 this is 1.0 when the label is right and 0.0 otherwise.
+    """
+    predicted = [int(v) for v in torch.as_tensor(labels_hat).reshape(-1)]
+    truth = [int(v) for v in torch.as_tensor(labels).reshape(-1)]
+    if len(predicted) != len(truth) or not truth:
+        raise ValueError(f"labels_hat ({len(predicted)}) and labels ({len(truth)}) must have the same length >= 1")
+    overlap = sum((Counter(predicted) & Counter(truth)).values())
+    return overlap / len(truth)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One reconstruction metric: how it is computed, which way means more leakage, how reports print it.
+
+    Attributes:
+        name: the key in results, stores and reports (``psnr``).
+        title: the column title in reports (``PSNR``).
+        higher_is_better: True when a larger value means a closer reconstruction (more leakage).
+        format: ``str.format`` pattern of a value in report tables (``{:.2f}``).
+        compute: for an image metric, ``compute(reconstructed, original, lpips_net) -> float64 tensor (B,)``
+            on matched, clamped pixel images (``None`` when it cannot run here); for a label metric,
+            ``compute(labels_hat, labels) -> float``, a fraction of the batch's labels.
+        per_image: True for an image metric, False for a label metric.
+    """
+
+    name: str
+    title: str
+    higher_is_better: bool
+    format: str
+    compute: Callable[..., Any]
+    per_image: bool = True
+
+
+def _table(*metrics: Metric) -> Registry[Metric]:
+    table: Registry[Metric] = Registry("metric")
+    for metric in metrics:
+        table.add(metric.name, metric)
+    return table
+
+
+METRIC_TABLE = _table(
+    Metric("mse", "MSE", False, "{:.4f}", _mse),
+    Metric("psnr", "PSNR", True, "{:.2f}", _psnr),
+    Metric("ssim", "SSIM", True, "{:.3f}", _ssim),
+    Metric("lpips", "LPIPS", False, "{:.3f}", _lpips),
+    Metric("label_accuracy", "Label accuracy", True, "{:.2f}", label_accuracy, per_image=False),
+)
+"""Every reconstruction metric by name, in the order results and report columns list them."""
+
+METRICS: tuple[str, ...] = tuple(m.name for m in METRIC_TABLE.values() if m.per_image)
+"""Image metrics ``per_image_metrics`` can compute (``lpips`` only when its weights are cached)."""
+
+LABEL_METRICS: tuple[str, ...] = tuple(m.name for m in METRIC_TABLE.values() if not m.per_image)
+"""Metrics computed from the inferred and the true labels."""
+
+HIGHER_IS_BETTER: dict[str, bool] = {m.name: m.higher_is_better for m in METRIC_TABLE.values()}
+"""Direction of each metric: True when a larger value means a closer reconstruction (more leakage)."""
 
 
 def per_image_metrics(
@@ -171,12 +237,12 @@ def per_image_metrics(
         match: for B > 1, pair images by ``match_reconstructions`` first; otherwise pair by position.
         lpips_net: LPIPS backbone, one of ``LPIPS_NETS`` (alex, vgg, squeeze).
     Returns:
-        ``{metric: float64 tensor (B,)}`` in the order of ``original``, plus ``assignment`` (LongTensor (B,), the
-        reconstruction index paired with each original).
+        ``{metric: float64 tensor (B,)}`` in the order of ``METRIC_TABLE``, plus ``assignment`` (LongTensor
+        (B,), the reconstruction index paired with each original).
     """
     for name in metrics:
-        _check_choice("metrics", name, METRICS)
-    _check_choice("lpips_net", lpips_net, LPIPS_NETS)
+        one_of("metrics", name, METRICS)
+    one_of("lpips_net", lpips_net, LPIPS_NETS)
     reconstructed, original = _check_images(reconstructed, original)
     batch = original.shape[0]
     if match and batch > 1:
@@ -185,30 +251,13 @@ def per_image_metrics(
         assignment = torch.arange(batch)
     paired = reconstructed[assignment]
     results: dict[str, torch.Tensor] = {}
-    squared_error = (paired.double() - original.double()).pow(2).flatten(1).mean(1)
-    if "mse" in metrics:
-        results["mse"] = squared_error
-    if "psnr" in metrics:
-        results["psnr"] = 10 * torch.log10(1.0 / squared_error.clamp_min(PSNR_MSE_FLOOR))
-    if "ssim" in metrics:
-        results["ssim"] = _ssim(paired, original)
-    if "lpips" in metrics and lpips_available(lpips_net):
-        results["lpips"] = _lpips(paired, original, lpips_net).double()
+    for name in METRICS:
+        if name in metrics:
+            value = METRIC_TABLE[name].compute(paired, original, lpips_net)
+            if value is not None:
+                results[name] = value
     results["assignment"] = assignment
     return results
-
-
-def label_accuracy(labels_hat: torch.Tensor | Sequence[int], labels: torch.Tensor | Sequence[int]) -> float:
-    """Fraction of the true labels recovered, as multisets (the order of a batch's labels is not recoverable).
-
-    For B = 1 this is 1.0 when the label is right and 0.0 otherwise.
-    """
-    predicted = [int(v) for v in torch.as_tensor(labels_hat).reshape(-1)]
-    truth = [int(v) for v in torch.as_tensor(labels).reshape(-1)]
-    if len(predicted) != len(truth) or not truth:
-        raise ValueError(f"labels_hat ({len(predicted)}) and labels ({len(truth)}) must have the same length >= 1")
-    overlap = sum((Counter(predicted) & Counter(truth)).values())
-    return overlap / len(truth)
 
 
 def reconstruction_metrics(
@@ -220,8 +269,8 @@ def reconstruction_metrics(
     lpips_net: str = "alex",
     per_image: bool = False,
 ) -> dict[str, Any]:
-    """Batch means of ``per_image_metrics`` (after Hungarian matching), plus ``label_accuracy`` when both label
-    vectors are given.
+    """Batch means of ``per_image_metrics`` (after Hungarian matching), plus the label metrics
+    (``label_accuracy``) when both label vectors are given.
 
     Returns:
         ``{"mse": float, "psnr": float, "ssim": float, ["lpips": float], ["label_accuracy": float]}``; with
@@ -234,7 +283,8 @@ def reconstruction_metrics(
     assignment = values.pop("assignment")
     results: dict[str, Any] = {name: float(value.mean()) for name, value in values.items()}
     if labels_hat is not None and labels is not None:
-        results["label_accuracy"] = label_accuracy(labels_hat, labels)
+        for name in LABEL_METRICS:
+            results[name] = METRIC_TABLE[name].compute(labels_hat, labels)
     if per_image:
         results["per_image"] = {name: [float(v) for v in value] for name, value in values.items()}
         results["assignment"] = assignment.tolist()
@@ -243,6 +293,8 @@ def reconstruction_metrics(
 
 class ReconstructionMetrics:
     """Accumulates per-image metrics over many attacked batches; ``compute`` gives the means over all images.
+
+    Label metrics are fractions of a batch's labels, so they are pooled over all labels seen.
 
     Args:
         metrics: any of ``METRICS``. lpips_net: LPIPS backbone (alex, vgg, squeeze).
@@ -258,13 +310,11 @@ class ReconstructionMetrics:
 
     def __init__(self, metrics: Sequence[str] = METRICS, lpips_net: str = "alex") -> None:
         for name in metrics:
-            _check_choice("metrics", name, METRICS)
-        _check_choice("lpips_net", lpips_net, LPIPS_NETS)
+            one_of("metrics", name, METRICS)
+        one_of("lpips_net", lpips_net, LPIPS_NETS)
         self.metrics = tuple(metrics)
         self.lpips_net = lpips_net
-        self.values: dict[str, list[float]] = {}
-        self.labels_right = 0
-        self.labels_total = 0
+        self.reset()
 
     def update(
         self,
@@ -280,29 +330,34 @@ class ReconstructionMetrics:
             self.values.setdefault(name, []).extend(float(v) for v in value)
         if labels_hat is not None and labels is not None:
             count = len(torch.as_tensor(labels).reshape(-1))
-            self.labels_right += round(label_accuracy(labels_hat, labels) * count)
+            for name in LABEL_METRICS:
+                share = METRIC_TABLE[name].compute(labels_hat, labels)
+                self.label_counts[name] = self.label_counts.get(name, 0) + round(share * count)
             self.labels_total += count
 
     def compute(self) -> dict[str, float]:
-        """Mean of every metric over all images seen (``label_accuracy`` over all labels seen)."""
+        """Mean of every metric over all images seen (label metrics over all labels seen)."""
         results = {name: math.fsum(values) / len(values) for name, values in self.values.items() if values}
         if self.labels_total:
-            results["label_accuracy"] = self.labels_right / self.labels_total
+            results.update({name: count / self.labels_total for name, count in self.label_counts.items()})
         return results
 
     def reset(self) -> None:
         """Forget everything seen."""
-        self.values = {}
-        self.labels_right = 0
+        self.values: dict[str, list[float]] = {}
+        self.label_counts: dict[str, int] = {}
         self.labels_total = 0
 
 
 __all__ = [
     "HIGHER_IS_BETTER",
+    "LABEL_METRICS",
     "LPIPS_NETS",
     "METRICS",
+    "METRIC_TABLE",
     "PSNR_MSE_FLOOR",
     "SSIM_SETTINGS",
+    "Metric",
     "ReconstructionMetrics",
     "label_accuracy",
     "lpips_available",

@@ -12,7 +12,10 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from ggl import metrics
 from ggl.metrics import (
     HIGHER_IS_BETTER,
+    LABEL_METRICS,
+    METRIC_TABLE,
     METRICS,
+    Metric,
     ReconstructionMetrics,
     label_accuracy,
     lpips_weights_path,
@@ -150,8 +153,8 @@ def test_lpips_runs_from_cached_weights_on_rgb_and_grayscale(tmp_path, monkeypat
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda x: per_image_metrics(x, x, metrics=("psnr", "fid")), "metrics must be one of 'mse', 'psnr'"),
-        (lambda x: per_image_metrics(x, x, lpips_net="resnet"), "lpips_net must be one of 'alex', 'vgg', 'squeeze'"),
+        (lambda x: per_image_metrics(x, x, metrics=("psnr", "fid")), "metrics must be one of mse, psnr, ssim, lpips, got 'fid'"),
+        (lambda x: per_image_metrics(x, x, lpips_net="resnet"), "lpips_net must be one of alex, vgg, squeeze"),
         (lambda x: reconstruction_metrics(x, x[:1]), "must have the same shape"),
         (lambda x: reconstruction_metrics(x[0], x[0]), r"shape \(B, C, H, W\)"),
         (lambda x: reconstruction_metrics(x[:, :2], x[:, :2]), "1 or 3 channels"),
@@ -170,6 +173,32 @@ def test_higher_is_better_covers_every_metric() -> None:
     assert set(HIGHER_IS_BETTER) == {*METRICS, "label_accuracy"}
     assert not HIGHER_IS_BETTER["mse"] and HIGHER_IS_BETTER["psnr"] and HIGHER_IS_BETTER["ssim"]
     assert not HIGHER_IS_BETTER["lpips"] and ReconstructionMetrics.higher_is_better is HIGHER_IS_BETTER
+
+
+def test_metric_table_is_the_one_list_of_metrics() -> None:
+    assert tuple(METRIC_TABLE) == ("mse", "psnr", "ssim", "lpips", "label_accuracy")
+    assert METRICS == ("mse", "psnr", "ssim", "lpips") and LABEL_METRICS == ("label_accuracy",)
+    for name, metric in METRIC_TABLE.items():
+        assert isinstance(metric, Metric) and metric.name == name and metric.title
+        assert isinstance(metric.higher_is_better, bool) and HIGHER_IS_BETTER[name] is metric.higher_is_better
+        assert metric.format.format(1.5) and callable(metric.compute)
+    with pytest.raises(ValueError, match="already registered"):
+        METRIC_TABLE.add("psnr", METRIC_TABLE["psnr"])
+    with pytest.raises(ValueError, match="did you mean 'psnr'"):
+        METRIC_TABLE.lookup("pnsr")
+
+
+def test_an_added_table_entry_is_computed_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    def l1(reconstructed: torch.Tensor, original: torch.Tensor, lpips_net: str) -> torch.Tensor:
+        return (reconstructed.double() - original.double()).abs().flatten(1).mean(1)
+
+    monkeypatch.setitem(METRIC_TABLE, "l1", Metric("l1", "L1", False, "{:.4f}", l1))
+    monkeypatch.setattr(metrics, "METRICS", (*METRICS, "l1"))
+    reconstructed, original = _pair(2, 1, noise=0.05)
+    values = reconstruction_metrics(reconstructed, original, metrics=("mse", "l1"), per_image=True)
+    assert list(values["per_image"]) == ["mse", "l1"]
+    expected = (reconstructed.clamp(0, 1)[values["assignment"]] - original).abs().double().mean()
+    assert values["l1"] == pytest.approx(float(expected), rel=1e-9)
 
 
 def test_accumulated_metrics_are_means_over_all_images() -> None:

@@ -9,21 +9,20 @@ from ggl.data.base import DataNotFoundError, VictimDataModule
 from ggl.data.celeba import CelebADataModule
 from ggl.data.embedded import EmbeddedFashionMNIST
 from ggl.data.imagenet import ImageNetDataModule
+from ggl.registry import Registry
 
-DATAMODULES: dict[str, Callable[..., VictimDataModule]] = {
-    "embedded": EmbeddedFashionMNIST,
-    "fashion-mnist": EmbeddedFashionMNIST,
-    "celeba": CelebADataModule,
-    "imagenet": ImageNetDataModule,
-}
-"""Datamodule classes by the name a suite uses."""
+DATAMODULES: Registry[Callable[..., VictimDataModule]] = Registry("datamodule")
+"""Datamodule classes by the name a suite uses (``fashion-mnist`` is another name for ``embedded``)."""
+DATAMODULES.add("embedded", EmbeddedFashionMNIST)
+DATAMODULES.add("fashion-mnist", EmbeddedFashionMNIST)
+DATAMODULES.add("celeba", CelebADataModule)
+DATAMODULES.add("imagenet", ImageNetDataModule)
 
 
 def make_datamodule(name: str, **options: Any) -> VictimDataModule:
-    """Build a datamodule by name (see ``DATAMODULES``); unknown names raise ``ValueError`` listing the allowed."""
-    if name not in DATAMODULES:
-        raise ValueError(f"unknown datamodule {name!r}; allowed: {', '.join(sorted(DATAMODULES))}")
-    return DATAMODULES[name](**options)
+    """Build a datamodule by name (see ``DATAMODULES``); an unknown name raises ``ValueError`` with the allowed
+    names and the closest ones."""
+    return DATAMODULES.lookup(name)(**options)
 
 
 __all__ = [

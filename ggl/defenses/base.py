@@ -19,12 +19,14 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import nn
 
+from ggl.checks import one_of
 from ggl.fl.client import SharedUpdate
+from ggl.registry import Registry
 
 DEFAULT_SEED = 0
 """Seed of the fresh generator a defense uses when it is called with ``generator=None``."""
 
-DEFENSES: dict[str, type[Defense]] = {}
+DEFENSES: Registry[type[Defense]] = Registry("defense")
 """Defense classes by registry name (``none``, ``gaussian``, ``clipping``, ...)."""
 
 DefenseType = TypeVar("DefenseType", bound="type[Defense]")
@@ -120,9 +122,7 @@ def register_defense(cls: DefenseType) -> DefenseType:
         raise TypeError(f"register_defense expects a Defense subclass, got {cls!r}")
     if not cls.name:
         raise ValueError(f"{cls.__name__} has no registry name (set the class attribute `name`)")
-    if cls.name in DEFENSES:
-        raise ValueError(f"a defense named {cls.name!r} is already registered ({DEFENSES[cls.name].__name__})")
-    DEFENSES[cls.name] = cls
+    DEFENSES.add(cls.name, cls)
     return cls
 
 
@@ -130,12 +130,10 @@ def make_defense(name: str, **params: Any) -> Defense:
     """Build a registered defense from its name and parameters (``make_defense(**defense.spec)`` round-trips).
 
     Raises:
-        ValueError: unknown name, unknown parameter, or a parameter outside its allowed values (the message
+        ValueError: unknown name (the message suggests the closest registered ones), unknown parameter, or a parameter outside its allowed values (the message
             names the parameter and what is allowed).
     """
-    if name not in DEFENSES:
-        raise ValueError(f"unknown defense name {name!r}; allowed: {', '.join(sorted(DEFENSES))}")
-    cls = DEFENSES[name]
+    cls = DEFENSES.lookup(name)
     unknown = sorted(set(params) - set(cls.parameters))
     if unknown:
         allowed = ", ".join(cls.parameters) or "none"
@@ -200,9 +198,7 @@ def as_int(defense: str, parameter: str, value: Any, *, low: int, high: int) -> 
 
 def as_choice(defense: str, parameter: str, value: Any, allowed: Sequence[str]) -> str:
     """``value`` if it is one of ``allowed``, else a ValueError naming ``parameter`` and the allowed values."""
-    if value not in allowed:
-        raise ValueError(f"{defense}: {parameter} must be one of {', '.join(allowed)}; got {value!r}")
-    return str(value)
+    return str(one_of(f"{defense}: {parameter}", value, allowed))
 
 
 def sample_like(tensor: torch.Tensor, generator: torch.Generator, draw: Callable[..., torch.Tensor]) -> torch.Tensor:

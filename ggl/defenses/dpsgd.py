@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ggl.checks import non_negative_int
 from ggl.defenses.base import Defense, as_float, check_trials, group_norms, register_defense, sample_like
 from ggl.defenses.clipping import clip_factors
 from ggl.fl.client import SharedUpdate
@@ -83,17 +84,16 @@ def privacy_guarantee(noise_multiplier: float, sample_rate: float, steps: int, d
     sigma = as_float("privacy_guarantee", "noise_multiplier", noise_multiplier, low=0.0)
     rate = as_float("privacy_guarantee", "sample_rate", sample_rate, low=0.0, high=1.0, low_open=True)
     delta = as_float("privacy_guarantee", "delta", delta, low=0.0, high=1.0, low_open=True, high_open=True)
-    if isinstance(steps, bool) or int(steps) != steps or steps < 0:
-        raise ValueError(f"privacy_guarantee: steps must be an integer >= 0, got {steps!r}")
+    steps = non_negative_int("privacy_guarantee: steps", steps)
     if steps == 0:
         return PrivacyGuarantee(0.0, delta, 0, rate, sigma, math.nan)
     if sigma == 0.0:
-        return PrivacyGuarantee(math.inf, delta, int(steps), rate, sigma, math.nan)
+        return PrivacyGuarantee(math.inf, delta, steps, rate, sigma, math.nan)
     accountant = dp_accounting.rdp.RdpAccountant()
     sampled = dp_accounting.PoissonSampledDpEvent(rate, dp_accounting.GaussianDpEvent(sigma))
-    accountant.compose(dp_accounting.SelfComposedDpEvent(sampled, int(steps)))
+    accountant.compose(dp_accounting.SelfComposedDpEvent(sampled, steps))
     epsilon, order = accountant.get_epsilon_and_optimal_order(delta)
-    return PrivacyGuarantee(float(epsilon), delta, int(steps), rate, sigma, float(order))
+    return PrivacyGuarantee(float(epsilon), delta, steps, rate, sigma, float(order))
 
 
 @register_defense

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ggl.checks import positive_int, positive_number
+
 
 @dataclass(frozen=True)
 class SharedUpdate:
@@ -77,10 +79,8 @@ def fedavg_update(
     With one step this is ``lr`` times the FedSGD gradient. The caller's model is not modified.
     """
     _check_batch(model, images, labels)
-    if local_steps < 1:
-        raise ValueError(f"local_steps must be >= 1, got {local_steps}")
-    if lr <= 0:
-        raise ValueError(f"lr must be positive, got {lr}")
+    positive_int("local_steps", local_steps)
+    positive_number("lr", lr)
     before = [p.detach().clone() for p in model.parameters()]
     after = [p.clone() for p in before]
     names = [name for name, _ in model.named_parameters()]

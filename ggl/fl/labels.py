@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ggl.checks import positive_int
 from ggl.fl.client import SharedUpdate
 
 
@@ -43,8 +44,7 @@ def infer_labels(update: SharedUpdate, model: nn.Module) -> torch.Tensor:
     weight_grad = update.gradients[weight_index].detach().double()
     if weight_grad.ndim != 2:
         raise ValueError(f"the last linear layer's gradient must be 2-D, got shape {tuple(weight_grad.shape)}")
-    if update.num_samples < 1:
-        raise ValueError(f"update.num_samples must be >= 1, got {update.num_samples}")
+    positive_int("update.num_samples", update.num_samples)
     row_sums = weight_grad.sum(dim=1)
     if update.num_samples == 1:
         return row_sums.argmin().reshape(1).long().cpu()

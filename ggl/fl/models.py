@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ggl.registry import Registry
+
 
 class LeNet(nn.Module):
     """DLG's LeNet (Zhu et al., "Deep Leakage from Gradients", NeurIPS 2019, arXiv 1906.08935).
@@ -85,33 +87,32 @@ def _resnet18(in_channels: int, num_classes: int, small_images: bool) -> nn.Modu
     return model
 
 
-def _build_lenet(channels: int, classes: int, size: int) -> nn.Module:
-    return LeNet(channels, classes, size)
-
-
-def _build_convnet(channels: int, classes: int, size: int) -> nn.Module:
-    return ConvNet(channels, classes, size)
-
-
-def _build_resnet18(channels: int, classes: int, size: int) -> nn.Module:
-    return _resnet18(channels, classes, small_images=size <= 64)
-
-
-def _build_resnet18_224(channels: int, classes: int, size: int) -> nn.Module:
-    return _resnet18(channels, classes, small_images=False)
-
-
-VICTIMS: dict[str, Callable[[int, int, int], nn.Module]] = {
-    "lenet": _build_lenet,
-    "convnet": _build_convnet,
-    "resnet18": _build_resnet18,
-    "resnet18-224": _build_resnet18_224,
-}
+VICTIMS: Registry[Callable[[int, int, int], nn.Module]] = Registry("victim")
 """Victim builders by name: ``builder(in_channels, num_classes, image_size) -> nn.Module``.
 
 ``resnet18`` uses the CIFAR stem (3x3 convolution, no max-pool) for images of 64 px or less and torchvision's
 ImageNet stem above; ``resnet18-224`` always uses torchvision's stem.
 """
+
+
+@VICTIMS.register("lenet")
+def _build_lenet(channels: int, classes: int, size: int) -> nn.Module:
+    return LeNet(channels, classes, size)
+
+
+@VICTIMS.register("convnet")
+def _build_convnet(channels: int, classes: int, size: int) -> nn.Module:
+    return ConvNet(channels, classes, size)
+
+
+@VICTIMS.register("resnet18")
+def _build_resnet18(channels: int, classes: int, size: int) -> nn.Module:
+    return _resnet18(channels, classes, small_images=size <= 64)
+
+
+@VICTIMS.register("resnet18-224")
+def _build_resnet18_224(channels: int, classes: int, size: int) -> nn.Module:
+    return _resnet18(channels, classes, small_images=False)
 
 
 def make_victim(
@@ -130,8 +131,7 @@ def make_victim(
         seed: initialisation seed; the global RNG is left untouched.
         checkpoint: optional path to a trained ``state_dict`` (``torch.save``), loaded with ``weights_only``.
     """
-    if name not in VICTIMS:
-        raise ValueError(f"unknown victim {name!r}; allowed: {', '.join(sorted(VICTIMS))}")
+    build = VICTIMS.lookup(name)
     if len(image_shape) != 3 or image_shape[1] != image_shape[2]:
         raise ValueError(f"image_shape must be (channels, size, size), got {tuple(image_shape)}")
     if num_classes < 2:
@@ -139,7 +139,7 @@ def make_victim(
     channels, size, _ = image_shape
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = VICTIMS[name](channels, num_classes, size)
+        model = build(channels, num_classes, size)
     if checkpoint is not None:
         load_victim_checkpoint(model, checkpoint)
     return model.eval()

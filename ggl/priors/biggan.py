@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ggl.checks import positive_int
 from ggl.priors.registry import PriorNotFoundError, freeze
 
 WEIGHTS_NAME = "pytorch_model.bin"
@@ -126,8 +127,7 @@ class BigGANPrior(nn.Module):
         super().__init__()
         if not 0 < truncation <= 1:
             raise ValueError(f"truncation must be in (0, 1], got {truncation}")
-        if image_size < 1:
-            raise ValueError(f"image_size must be positive, got {image_size}")
+        positive_int("image_size", image_size)
         self.model = model
         self.truncation = float(truncation)
         config: Any = model.config

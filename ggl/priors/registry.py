@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ggl.priors.base import Generator
+from ggl.registry import Registry
 from ggl.priors.dcgan import DCGANConfig, DCGANGenerator
 from ggl.priors.training import CHECKPOINT_FORMAT
 
@@ -30,20 +31,13 @@ class PriorNotFoundError(FileNotFoundError):
     """A prior's weights are not where they were looked for; the message says where to put them."""
 
 
-PRIORS: dict[str, PriorFactory] = {}
+PRIORS: Registry[PriorFactory] = Registry("prior")
 """Prior factories by registry name; ``load_prior`` calls them with its keyword arguments."""
 
 
 def register_prior(name: str) -> Callable[[PriorFactory], PriorFactory]:
     """Decorator adding a factory to ``PRIORS`` under ``name``; refuses a name that is already taken."""
-
-    def decorate(factory: PriorFactory) -> PriorFactory:
-        if name in PRIORS:
-            raise ValueError(f"a prior named {name!r} is already registered")
-        PRIORS[name] = factory
-        return factory
-
-    return decorate
+    return PRIORS.register(name)
 
 
 def freeze(generator: nn.Module) -> nn.Module:
@@ -127,8 +121,7 @@ def load_prior(name_or_path: str | Path, **options: Any) -> Generator:
     looks_like_path = path.suffix in {".pt", ".pth", ".ckpt"} or len(path.parts) > 1 or path.exists()
     if not looks_like_path:
         raise ValueError(
-            f"unknown prior {str(name_or_path)!r}; allowed: {', '.join(sorted(PRIORS))} "
-            "or a path to a checkpoint written by `python -m benchmarks.train_prior`"
+            f"{PRIORS.unknown(name_or_path)}, or a path to a checkpoint written by `python -m benchmarks.train_prior`"
         )
     return load_dcgan_checkpoint(path, **options)  # type: ignore[return-value]
 

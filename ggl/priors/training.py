@@ -9,14 +9,13 @@ moving average of the generator's weights is kept and is what gets saved (it giv
 from __future__ import annotations
 
 import copy
-import json
-import os
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 
+from ggl.io import atomic_write, atomic_write_with, pretty_json
 from ggl.priors.dcgan import DCGANConfig, DCGANCritic, DCGANGenerator
 
 CHECKPOINT_FORMAT = "ggl-dcgan-v1"
@@ -159,14 +158,9 @@ class WGANGP(pl.LightningModule):
 def save_prior(checkpoint: dict[str, Any], path: str | Path) -> Path:
     """Write a prior checkpoint atomically (temporary file + rename) and a readable ``.json`` of its metadata."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    torch.save(checkpoint, partial)
-    os.replace(partial, path)
+    atomic_write_with(path, lambda partial: torch.save(checkpoint, partial))
     meta = {k: v for k, v in checkpoint.items() if k != "state_dict"}
-    meta_partial = path.with_suffix(".json.partial")
-    meta_partial.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    os.replace(meta_partial, path.with_suffix(".json"))
+    atomic_write(path.with_suffix(".json"), pretty_json(meta))
     return path
 
 

@@ -1,0 +1,112 @@
+"""Reports from the results store alone: leaderboard tables (Markdown, CSV, JSON), plots, reconstruction grids.
+
+``write_report(store, folder, suite)`` reads only the store and writes deterministic files (regenerating them from
+the same store gives byte-identical output):
+
+* ``leaderboard.{md,csv,json}``: one row per defense setting, ranked by the **leakage above the prior**: the mean
+  over victims of ``PSNR(strongest attack) - PSNR(best prior-only reference)``, where the prior-only reference of a
+  victim is the better of the class-mean image and a random prior sample of the inferred class (what the
+  attacker has without any gradient information beyond the label). The strongest attack of a setting is the one
+  with the largest such gain; the best value of every metric over attacks (lowest MSE and LPIPS, highest PSNR and
+  SSIM: the directions of ``ggl.metrics.METRIC_TABLE``) and the utility cost (update cosine, accuracy drop) are
+  shown beside it. Lower leakage ranks first.
+* ``attacks.{md,csv}``: every (defense, attack) pair with its metrics, plus the prior-only reference rows.
+* ``rows.csv``: every stored cell with its key, config hash, code version and metrics.
+* ``privacy_utility.png``: leakage above the prior against utility cost; ``grids/*.png``: originals vs every
+  attack and reference, one image per defense setting.
+
+Every number in ``leaderboard.json`` lists the rows (victim, seed, config hash, code version) it comes from.
+
+Modules: ``aggregate`` (rows -> ``Report``), ``tables`` (Markdown, CSV, JSON), ``figures`` (PNGs).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from benchmarks.report.aggregate import (
+    ATTAINABLE_REFERENCES,
+    DefenseSummary,
+    PairSummary,
+    Report,
+    best_values,
+    build_report,
+    plain,
+)
+from benchmarks.report.figures import privacy_utility_plot, reconstruction_grids, slug
+from benchmarks.report.tables import (
+    SCHEMA,
+    attack_columns,
+    attack_rows,
+    attacks_markdown,
+    csv_text,
+    fmt,
+    leaderboard_columns,
+    leaderboard_json,
+    leaderboard_markdown,
+    leaderboard_rows,
+    markdown_table,
+    rows_csv,
+)
+from benchmarks.store import ResultsStore
+from ggl.io import atomic_write, pretty_json
+
+REPORT_FILES = (
+    "leaderboard.md",
+    "leaderboard.csv",
+    "leaderboard.json",
+    "attacks.md",
+    "attacks.csv",
+    "rows.csv",
+    "privacy_utility.png",
+)
+"""The files every report has (besides ``grids/*.png``, one per defense setting)."""
+
+
+def write_report(store: ResultsStore, folder: str | Path, suite: str) -> list[Path]:
+    """Write every report file of ``suite`` into ``folder``; returns their paths."""
+    folder = Path(folder)
+    report = build_report(store, suite)
+    outputs = {
+        "leaderboard.md": leaderboard_markdown(report),
+        "leaderboard.csv": csv_text(leaderboard_rows(report), leaderboard_columns()),
+        "leaderboard.json": pretty_json(leaderboard_json(report)),
+        "attacks.md": attacks_markdown(report),
+        "attacks.csv": csv_text(attack_rows(report), attack_columns()),
+        "rows.csv": rows_csv(store, suite),
+    }
+    written = [atomic_write(folder / name, text) for name, text in outputs.items()]
+    privacy_utility_plot(report, folder / "privacy_utility.png")
+    written.append(folder / "privacy_utility.png")
+    grids = folder / "grids"
+    if grids.is_dir():
+        for old in grids.glob("*.png"):
+            old.unlink()
+    written += reconstruction_grids(store, report, grids)
+    return written
+
+
+__all__ = [
+    "ATTAINABLE_REFERENCES",
+    "REPORT_FILES",
+    "SCHEMA",
+    "DefenseSummary",
+    "PairSummary",
+    "Report",
+    "attack_rows",
+    "attacks_markdown",
+    "best_values",
+    "build_report",
+    "csv_text",
+    "fmt",
+    "leaderboard_json",
+    "leaderboard_markdown",
+    "leaderboard_rows",
+    "markdown_table",
+    "plain",
+    "privacy_utility_plot",
+    "reconstruction_grids",
+    "rows_csv",
+    "slug",
+    "write_report",
+]

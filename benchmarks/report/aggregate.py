@@ -1,0 +1,264 @@
+"""Aggregation: the rows of one suite become per-pair and per-defense summaries, ranked by leakage above the prior.
+
+The leakage of a defense setting is the mean over victims of ``PSNR(strongest attack) - PSNR(best prior-only
+reference)``, where the prior-only reference of a victim is the better of the class-mean image and a random prior
+sample of the inferred class (what the attacker has without any gradient information beyond the label). The
+strongest attack of a setting is the one with the largest such gain; ``best`` holds the best value of every metric
+of ``ggl.metrics.METRIC_TABLE`` over attacks (in the direction the table gives). Lower leakage ranks first.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from benchmarks.config import REFERENCE_KINDS, REFERENCE_PREFIX
+from benchmarks.store import CellRow, ResultsStore
+from ggl.io import canonical_json
+from ggl.metrics import METRIC_TABLE
+
+ATTAINABLE_REFERENCES = (REFERENCE_PREFIX + "class-mean", REFERENCE_PREFIX + "prior-sample")
+"""References an attacker can produce from the label alone; the leakage baseline is the best of them."""
+
+
+def plain(value: Any) -> Any:
+    """JSON-safe data: non-finite floats become strings, numbers are rounded to 10 significant digits."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        return float(f"{value:.10g}")
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+def _mean(values: Iterable[float]) -> float:
+    """Exact mean; NaN when empty; an infinity when every infinite value has the same sign, else NaN."""
+    items = list(values)
+    if not items:
+        return math.nan
+    infinite = {v for v in items if math.isinf(v)}
+    if infinite:
+        return infinite.pop() if len(infinite) == 1 else math.nan
+    return math.fsum(items) / len(items)
+
+
+@dataclass
+class PairSummary:
+    """One (defense, attack) pair over victims and seeds."""
+
+    attack_label: str
+    attack: dict[str, Any]
+    kind: str
+    metrics: dict[str, float]
+    psnr_gain: float
+    victims: int
+    seconds: float
+    evaluations: float
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """The pair as ``leaderboard.json`` lists it, with the rows every number comes from."""
+        return plain(
+            {
+                "attack": self.attack_label,
+                "spec": self.attack,
+                "kind": self.kind,
+                "metrics": self.metrics,
+                "psnr_gain_over_prior": self.psnr_gain,
+                "victims": self.victims,
+                "mean_seconds": self.seconds,
+                "mean_evaluations": self.evaluations,
+                "rows": self.rows,
+            }
+        )
+
+
+@dataclass
+class DefenseSummary:
+    """One defense setting: its pairs, its strongest attack, its utility."""
+
+    label: str
+    spec: dict[str, Any]
+    pairs: list[PairSummary]
+    utility: dict[str, Any] | None
+    strongest: PairSummary | None
+    best: dict[str, float]
+    rank: int = 0
+
+    @property
+    def leakage(self) -> float:
+        """PSNR above the prior of the strongest attack (NaN when no attack has one)."""
+        return self.strongest.psnr_gain if self.strongest is not None else math.nan
+
+    def utility_value(self, name: str) -> float | None:
+        """One utility metric (``update_cosine``, ``accuracy_drop``), or None when not computed."""
+        if self.utility is None:
+            return None
+        value = self.utility["metrics"].get(name)
+        return None if value is None else float(value)
+
+
+@dataclass
+class Report:
+    """Everything the report files show, computed from the rows of one suite."""
+
+    suite: str
+    description: str
+    defenses: list[DefenseSummary]
+    references: list[PairSummary]
+    victims: int
+    seeds: list[int]
+    config_hashes: list[str]
+    code_versions: list[str]
+
+
+def _row_ref(row: CellRow) -> dict[str, Any]:
+    return {"victim": row.victim, "seed": row.seed, "config_hash": row.config_hash, "code_version": row.code_version}
+
+
+def _per_victim(rows: Sequence[CellRow]) -> dict[int, dict[str, float]]:
+    """Mean over seeds of each metric, per victim."""
+    grouped: dict[int, list[CellRow]] = defaultdict(list)
+    for row in rows:
+        grouped[row.victim].append(row)
+    result = {}
+    for victim, items in sorted(grouped.items()):
+        names = sorted({name for item in items for name in item.metrics})
+        result[victim] = {name: _mean(item.metrics[name] for item in items if name in item.metrics) for name in names}
+    return result
+
+
+def _summarise(rows: Sequence[CellRow], reference_psnr: dict[int, float]) -> PairSummary:
+    """Means over victims of the per-victim means, and the PSNR gain over each victim's reference."""
+    victims = _per_victim(rows)
+    names = sorted({name for values in victims.values() for name in values})
+    metrics = {name: _mean(values[name] for values in victims.values() if name in values) for name in names}
+    gains = [
+        values["psnr"] - reference_psnr[v] for v, values in victims.items() if "psnr" in values and v in reference_psnr
+    ]
+    first = rows[0]
+    return PairSummary(
+        attack_label=first.attack_label,
+        attack=first.attack,
+        kind=first.kind,
+        metrics=metrics,
+        psnr_gain=_mean(gains),
+        victims=len(victims),
+        seconds=_mean(r.seconds for r in rows),
+        evaluations=_mean(float(r.evaluations) for r in rows),
+        rows=[_row_ref(r) for r in sorted(rows, key=lambda r: (r.victim, r.seed))],
+    )
+
+
+def _attack_order(suite_config: dict[str, Any] | None) -> dict[str, int]:
+    """Position of each attack key in the suite file, so tables list attacks as the suite does."""
+    order: dict[str, int] = {}
+    if suite_config:
+        for index, attack in enumerate(suite_config.get("attacks", [])):
+            key = canonical_json({**attack["spec"], "adaptive": attack["adaptive"]})
+            order.setdefault(key, index)
+    return order
+
+
+def _attainable_psnr(by_reference: dict[str, list[CellRow]]) -> dict[int, float]:
+    """Per victim, the best PSNR of the references an attacker can produce from the label alone."""
+    attainable: dict[int, float] = {}
+    for rows_of_kind in by_reference.values():
+        if rows_of_kind[0].attack["name"] not in ATTAINABLE_REFERENCES:
+            continue
+        for victim, values in _per_victim(rows_of_kind).items():
+            if "psnr" in values:
+                attainable[victim] = max(attainable.get(victim, -math.inf), values["psnr"])
+    return attainable
+
+
+def _reference_summaries(
+    by_reference: dict[str, list[CellRow]], attainable: dict[int, float]
+) -> list[PairSummary]:
+    """One summary per reference kind, in the order of ``REFERENCE_KINDS``."""
+    kind_order = {REFERENCE_PREFIX + kind: index for index, kind in enumerate(REFERENCE_KINDS)}
+    ordered = sorted(by_reference.items(), key=lambda item: (kind_order.get(item[1][0].attack["name"], 99), item[0]))
+    return [_summarise(items, attainable) for _, items in ordered]
+
+
+def best_values(summaries: Sequence[PairSummary]) -> dict[str, float]:
+    """The best value of every table metric over ``summaries`` (highest or lowest, as ``METRIC_TABLE`` says)."""
+    best: dict[str, float] = {}
+    for name, metric in METRIC_TABLE.items():
+        candidates = [s.metrics[name] for s in summaries if name in s.metrics and not math.isnan(s.metrics[name])]
+        if candidates:
+            best[name] = max(candidates) if metric.higher_is_better else min(candidates)
+    return best
+
+
+def _defense_summary(
+    pairs: dict[str, list[CellRow]],
+    order: dict[str, int],
+    attainable: dict[int, float],
+    utility: dict[str, Any] | None,
+) -> DefenseSummary:
+    """Summarise one defense setting's pairs (in suite order) and pick its strongest attack."""
+    ordered = sorted(pairs.items(), key=lambda item: (order.get(item[0], len(order)), item[1][0].attack_label, item[0]))
+    summaries = [_summarise(items, attainable) for _, items in ordered]
+    ranked = [s for s in summaries if not math.isnan(s.psnr_gain)]
+    strongest = max(ranked, key=lambda s: (s.psnr_gain, s.attack_label)) if ranked else None
+    first = next(iter(pairs.values()))[0]
+    return DefenseSummary(first.defense_label, first.defense or {}, summaries, utility, strongest, best_values(summaries))
+
+
+def _rank_key(summary: DefenseSummary) -> tuple[Any, ...]:
+    """Known leakage first, lower leakage first, then smaller accuracy drop, then label."""
+    leakage = summary.leakage
+    drop = summary.utility_value("accuracy_drop")
+    return (
+        math.isnan(leakage),
+        leakage if not math.isnan(leakage) else 0.0,
+        drop if drop is not None else math.inf,
+        summary.label,
+    )
+
+
+def build_report(store: ResultsStore, suite: str) -> Report:
+    """Aggregate the rows of ``suite`` (see the module docstring for the definitions)."""
+    rows = store.cells(suite)
+    if not rows:
+        raise ValueError(
+            f"the results store {store.path} has no rows for suite {suite!r}; "
+            f"suites stored: {', '.join(store.suites()) or 'none'}"
+        )
+    meta = store.get_meta(f"suite:{suite}")
+    suite_config = json.loads(meta) if meta else None
+    by_reference: dict[str, list[CellRow]] = defaultdict(list)
+    by_defense: dict[str, dict[str, list[CellRow]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        if row.kind == "reference":
+            by_reference[row.attack_json].append(row)
+        else:
+            by_defense[row.defense_json][row.attack_json].append(row)
+    attainable = _attainable_psnr(by_reference)
+    order = _attack_order(suite_config)
+    utilities = store.utilities()
+    defenses = [
+        _defense_summary(pairs, order, attainable, utilities.get(defense_json))
+        for defense_json, pairs in by_defense.items()
+    ]
+    defenses.sort(key=_rank_key)
+    for index, summary in enumerate(defenses, start=1):
+        summary.rank = index
+    return Report(
+        suite=suite,
+        description=str((suite_config or {}).get("description", "")),
+        defenses=defenses,
+        references=_reference_summaries(by_reference, attainable),
+        victims=len({r.victim for r in rows}),
+        seeds=sorted({r.seed for r in rows}),
+        config_hashes=sorted({r.config_hash for r in rows}),
+        code_versions=sorted({r.code_version for r in rows}),
+    )

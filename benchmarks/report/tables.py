@@ -1,0 +1,291 @@
+"""Tables: the leaderboard and the per-attack breakdown as Markdown, CSV and JSON, and every stored row as CSV.
+
+Metric columns, their titles, directions and number formats come from ``ggl.metrics.METRIC_TABLE``: a metric
+added there appears in every table. The leaderboard lists the best value over attacks of each image metric (the
+higher-is-better ones first: ``Best PSNR``, then the lower-is-better ones: ``Lowest MSE``), then the label metrics.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from benchmarks.report.aggregate import PairSummary, Report, plain
+from benchmarks.store import ResultsStore
+from ggl.metrics import METRIC_TABLE
+
+SCHEMA = "ggl-bench-leaderboard-v1"
+PRIOR_ONLY = "(any: prior only)"
+REPORT_FORMATS = {
+    "psnr_gain": "{:+.2f}",
+    "update_cosine": "{:.3f}",
+    "accuracy_drop": "{:+.3f}",
+    "seconds": "{:.1f}",
+    "evaluations": "{:.0f}",
+    "reference_psnr": "{:.2f}",
+}
+"""Number formats of the report's own columns; the metrics' formats are in ``METRIC_TABLE``."""
+HEADERS = {
+    "rank": "Rank",
+    "defense": "Defense",
+    "update_cosine": "Update cosine",
+    "accuracy_drop": "Accuracy drop",
+    "strongest_attack": "Strongest attack",
+    "psnr_gain": "PSNR above prior (dB)",
+    "victims": "Victims",
+    "attack": "Attack",
+    "evaluations": "Evaluations",
+    "seconds": "Seconds",
+    "reference_psnr": "Prior-only PSNR",
+}
+"""Titles of the report's own columns; metric titles come from ``METRIC_TABLE``."""
+TEXT_COLUMNS = ("defense", "attack", "strongest_attack")
+
+
+def fmt(name: str, value: float | None) -> str:
+    """A number as the tables show it (``-`` when absent, ``inf`` when infinite)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    metric = METRIC_TABLE.get(name)
+    pattern = metric.format if metric is not None else REPORT_FORMATS.get(name, "{:.4g}")
+    return pattern.format(value)
+
+
+def pair_metric_columns() -> tuple[str, ...]:
+    """Metric columns of the per-attack table: every table metric, in table order."""
+    return tuple(METRIC_TABLE)
+
+
+def best_metric_columns() -> tuple[str, ...]:
+    """Metric columns of the leaderboard: image metrics, higher-is-better first, then the label metrics."""
+    image = [m for m in METRIC_TABLE.values() if m.per_image]
+    labels = [m.name for m in METRIC_TABLE.values() if not m.per_image]
+    return (*(m.name for m in image if m.higher_is_better), *(m.name for m in image if not m.higher_is_better), *labels)
+
+
+def leaderboard_columns() -> tuple[str, ...]:
+    """Columns of ``leaderboard.{md,csv}``."""
+    return (
+        "rank",
+        "defense",
+        "update_cosine",
+        "accuracy_drop",
+        "strongest_attack",
+        "psnr_gain",
+        *best_metric_columns(),
+        "victims",
+    )
+
+
+def attack_columns() -> tuple[str, ...]:
+    """Columns of ``attacks.{md,csv}``."""
+    return ("defense", "attack", "psnr_gain", *pair_metric_columns(), "evaluations", "seconds", "victims")
+
+
+def leaderboard_headers() -> dict[str, str]:
+    """Leaderboard titles: an image metric is ``Best X`` or ``Lowest X`` by its direction."""
+    titles = {
+        m.name: (m.title if not m.per_image else f"{'Best' if m.higher_is_better else 'Lowest'} {m.title}")
+        for m in METRIC_TABLE.values()
+    }
+    return {**HEADERS, **titles}
+
+
+def pair_headers() -> dict[str, str]:
+    """Per-attack titles: a metric's own title."""
+    return {**HEADERS, **{m.name: m.title for m in METRIC_TABLE.values()}}
+
+
+def leaderboard_rows(report: Report) -> list[dict[str, str]]:
+    """The leaderboard as formatted strings, reference rows last."""
+    metrics = best_metric_columns()
+    table = []
+    for summary in report.defenses:
+        strongest = summary.strongest
+        table.append(
+            {
+                "rank": str(summary.rank),
+                "defense": summary.label,
+                "update_cosine": fmt("update_cosine", summary.utility_value("update_cosine")),
+                "accuracy_drop": fmt("accuracy_drop", summary.utility_value("accuracy_drop")),
+                "strongest_attack": strongest.attack_label if strongest else "-",
+                "psnr_gain": fmt("psnr_gain", summary.leakage),
+                **{name: fmt(name, summary.best.get(name)) for name in metrics},
+                "victims": str(max((p.victims for p in summary.pairs), default=0)),
+            }
+        )
+    for reference in report.references:
+        table.append(
+            {
+                "rank": "ref",
+                "defense": PRIOR_ONLY,
+                "update_cosine": "-",
+                "accuracy_drop": "-",
+                "strongest_attack": reference.attack_label,
+                "psnr_gain": fmt("psnr_gain", reference.psnr_gain),
+                **{name: fmt(name, reference.metrics.get(name)) for name in metrics},
+                "victims": str(reference.victims),
+            }
+        )
+    return table
+
+
+def _pair_row(defense: str, pair: PairSummary) -> dict[str, str]:
+    return {
+        "defense": defense,
+        "attack": pair.attack_label,
+        "psnr_gain": fmt("psnr_gain", pair.psnr_gain),
+        **{name: fmt(name, pair.metrics.get(name)) for name in pair_metric_columns()},
+        "evaluations": fmt("evaluations", pair.evaluations),
+        "seconds": fmt("seconds", pair.seconds),
+        "victims": str(pair.victims),
+    }
+
+
+def attack_rows(report: Report) -> list[dict[str, str]]:
+    """Per-attack breakdown: every (defense, attack) pair, then the prior-only references."""
+    table = [_pair_row(summary.label, pair) for summary in report.defenses for pair in summary.pairs]
+    return table + [_pair_row(PRIOR_ONLY, reference) for reference in report.references]
+
+
+def markdown_table(
+    rows: Sequence[dict[str, str]], columns: Sequence[str], headers: dict[str, str] | None = None
+) -> str:
+    """A Markdown table: text columns left-aligned, numbers right-aligned, ``|`` in cells escaped.
+
+    ``headers`` maps columns to titles (default: the leaderboard's)."""
+    headers = leaderboard_headers() if headers is None else headers
+    lines = [
+        "| " + " | ".join(headers.get(c, c) for c in columns) + " |",
+        "|" + "|".join("---" if c in TEXT_COLUMNS else "---:" for c in columns) + "|",
+    ]
+    for row in rows:
+        lines.append("| " + " | ".join(row[c].replace("|", "\\|") for c in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """CSV with a header row and ``\\n`` line ends; keys outside ``columns`` are left out."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(row)
+    return buffer.getvalue()
+
+
+def leaderboard_markdown(report: Report) -> str:
+    """The leaderboard page: provenance, the ranked table, the definition of the ranking."""
+    headers = leaderboard_headers()
+    best = "/".join(METRIC_TABLE[name].title for name in best_metric_columns() if METRIC_TABLE[name].per_image)
+    lines = [f"# Leaderboard: suite `{report.suite}`", ""]
+    if report.description:
+        lines += [report.description.strip(), ""]
+    lines += [
+        f"Victims: {report.victims}; seeds: {', '.join(map(str, report.seeds))}; "
+        f"config hash: {', '.join(report.config_hashes)}; code: {', '.join(report.code_versions)}.",
+        "",
+        "Ranked by **PSNR above prior**: the mean over victims of the strongest attack's PSNR minus the best "
+        "prior-only reference PSNR of that victim (class-mean image or random prior sample of the inferred class). "
+        "Lower is more private; near or below 0 dB the attack recovers no more than the prior alone. "
+        f"Best {best} are the best values over attacks (worst case for the defense). "
+        "Rows marked `ref` are the prior-only references (no gradient used beyond the label).",
+        "",
+        markdown_table(leaderboard_rows(report), leaderboard_columns(), headers),
+        "Per-attack breakdown: [attacks.md](attacks.md). Every number's rows: [leaderboard.json](leaderboard.json), "
+        "[rows.csv](rows.csv).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def attacks_markdown(report: Report) -> str:
+    """The per-attack page."""
+    return "\n".join(
+        [
+            f"# Per-attack breakdown: suite `{report.suite}`",
+            "",
+            "Means over victims (and seeds). `PSNR above prior` as in the leaderboard.",
+            "",
+            markdown_table(attack_rows(report), attack_columns(), pair_headers()),
+        ]
+    )
+
+
+def leaderboard_json(report: Report) -> dict[str, Any]:
+    """``leaderboard.json``: the ranking with every number's spec, utility and source rows."""
+    entries = [
+        {
+            "rank": summary.rank,
+            "defense": summary.label,
+            "spec": summary.spec,
+            "utility": summary.utility,
+            "strongest_attack": summary.strongest.attack_label if summary.strongest else None,
+            "psnr_gain_over_prior": summary.leakage,
+            "best": summary.best,
+            "attacks": [pair.to_json() for pair in summary.pairs],
+        }
+        for summary in report.defenses
+    ]
+    return plain(
+        {
+            "schema": SCHEMA,
+            "suite": report.suite,
+            "victims": report.victims,
+            "seeds": report.seeds,
+            "config_hashes": report.config_hashes,
+            "code_versions": report.code_versions,
+            "ranking": "psnr_gain_over_prior of the strongest attack, ascending (lower = more private)",
+            "references": [reference.to_json() for reference in report.references],
+            "leaderboard": entries,
+        }
+    )
+
+
+ROW_COLUMNS = (
+    "suite",
+    "victim",
+    "defense",
+    "attack",
+    "seed",
+    "kind",
+    "defense_label",
+    "attack_label",
+    "config_hash",
+    "code_version",
+    "seconds",
+    "evaluations",
+    "labels",
+)
+"""Columns of ``rows.csv`` before the metrics (every metric stored, sorted by name)."""
+
+
+def rows_csv(store: ResultsStore, suite: str) -> str:
+    """``rows.csv``: every stored cell of ``suite`` with its key, provenance and metrics."""
+    rows = store.cells(suite)
+    names = sorted({name for row in rows for name in row.metrics})
+    records = [
+        {
+            "suite": row.suite,
+            "victim": row.victim,
+            "defense": row.defense_json,
+            "attack": row.attack_json,
+            "seed": row.seed,
+            "kind": row.kind,
+            "defense_label": row.defense_label,
+            "attack_label": row.attack_label,
+            "config_hash": row.config_hash,
+            "code_version": row.code_version,
+            "seconds": f"{row.seconds:.3f}",
+            "evaluations": row.evaluations,
+            "labels": " ".join(map(str, row.labels)),
+            **{name: f"{row.metrics[name]:.6g}" if name in row.metrics else "" for name in names},
+        }
+        for row in rows
+    ]
+    return csv_text(records, [*ROW_COLUMNS, *names])
