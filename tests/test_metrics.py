@@ -153,7 +153,10 @@ def test_lpips_runs_from_cached_weights_on_rgb_and_grayscale(tmp_path, monkeypat
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda x: per_image_metrics(x, x, metrics=("psnr", "fid")), "metrics must be one of mse, psnr, ssim, lpips, got 'fid'"),
+        (
+            lambda x: per_image_metrics(x, x, metrics=("psnr", "fid")),
+            "metrics must be one of mse, psnr, ssim, lpips, got 'fid'",
+        ),
         (lambda x: per_image_metrics(x, x, lpips_net="resnet"), "lpips_net must be one of alex, vgg, squeeze"),
         (lambda x: reconstruction_metrics(x, x[:1]), "must have the same shape"),
         (lambda x: reconstruction_metrics(x[0], x[0]), r"shape \(B, C, H, W\)"),

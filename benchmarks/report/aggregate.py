@@ -179,9 +179,7 @@ def _attainable_psnr(by_reference: dict[str, list[CellRow]]) -> dict[int, float]
     return attainable
 
 
-def _reference_summaries(
-    by_reference: dict[str, list[CellRow]], attainable: dict[int, float]
-) -> list[PairSummary]:
+def _reference_summaries(by_reference: dict[str, list[CellRow]], attainable: dict[int, float]) -> list[PairSummary]:
     """One summary per reference kind, in the order of ``REFERENCE_KINDS``."""
     kind_order = {REFERENCE_PREFIX + kind: index for index, kind in enumerate(REFERENCE_KINDS)}
     ordered = sorted(by_reference.items(), key=lambda item: (kind_order.get(item[1][0].attack["name"], 99), item[0]))
@@ -210,7 +208,9 @@ def _defense_summary(
     ranked = [s for s in summaries if not math.isnan(s.psnr_gain)]
     strongest = max(ranked, key=lambda s: (s.psnr_gain, s.attack_label)) if ranked else None
     first = next(iter(pairs.values()))[0]
-    return DefenseSummary(first.defense_label, first.defense or {}, summaries, utility, strongest, best_values(summaries))
+    return DefenseSummary(
+        first.defense_label, first.defense or {}, summaries, utility, strongest, best_values(summaries)
+    )
 
 
 def _rank_key(summary: DefenseSummary) -> tuple[Any, ...]:

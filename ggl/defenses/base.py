@@ -130,8 +130,8 @@ def make_defense(name: str, **params: Any) -> Defense:
     """Build a registered defense from its name and parameters (``make_defense(**defense.spec)`` round-trips).
 
     Raises:
-        ValueError: unknown name (the message suggests the closest registered ones), unknown parameter, or a parameter outside its allowed values (the message
-            names the parameter and what is allowed).
+        ValueError: unknown name (the message suggests the closest registered ones), unknown parameter, or a
+            parameter outside its allowed values (the message names the parameter and what is allowed).
     """
     cls = DEFENSES.lookup(name)
     unknown = sorted(set(params) - set(cls.parameters))

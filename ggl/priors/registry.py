@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ggl.priors.base import Generator
-from ggl.registry import Registry
 from ggl.priors.dcgan import DCGANConfig, DCGANGenerator
 from ggl.priors.training import CHECKPOINT_FORMAT
+from ggl.registry import Registry
 
 PriorFactory = Callable[..., Generator]
 

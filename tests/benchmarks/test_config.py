@@ -123,3 +123,27 @@ def test_bad_overrides_and_files(tmp_path: Path) -> None:
     broken.write_text("name: [unclosed\n")
     with pytest.raises(SuiteError, match="not valid YAML"):
         load_suite(broken)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"victims": {"count": 0}}, "field 'victims.count': must be a positive integer, got 0"),
+        ({"victims": {"batch_size": True}}, "field 'victims.batch_size': must be a positive integer, got True"),
+        ({"references": {"ceiling_steps": -1}}, "field 'references.ceiling_steps': must be a non-negative integer"),
+        ({"references": {"ceiling_lr": 0}}, "field 'references.ceiling_lr': must be a positive number, got 0"),
+        ({"references": {"ceiling_lr": float("nan")}}, "field 'references.ceiling_lr': must be a positive number"),
+    ],
+)
+def test_value_checks_name_the_field_once(change: dict, message: str) -> None:
+    with pytest.raises(SuiteError) as caught:
+        build_suite({**MINIMAL, **change}, "bad.yaml")
+    assert str(caught.value).startswith(f"bad.yaml: {message}")
+
+
+def test_defaults_and_types_of_checked_fields() -> None:
+    suite = build_suite(MINIMAL, "x.yaml")
+    assert (suite.victims.count, suite.victims.batch_size) == (8, 1)
+    assert (suite.references.ceiling_steps, suite.references.ceiling_restarts) == (200, 2)
+    assert suite.references.ceiling_lr == 0.05 and isinstance(suite.references.ceiling_lr, float)
+    assert isinstance(build_suite({**MINIMAL, "references": {"ceiling_lr": 1}}, "x.yaml").references.ceiling_lr, float)

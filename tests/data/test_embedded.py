@@ -99,8 +99,11 @@ def test_malformed_train_files(no_fashion_mnist) -> None:
 
 
 def test_bad_arguments() -> None:
-    with pytest.raises(ValueError, match="allowed: celeba, embedded, fashion-mnist, imagenet"):
+    allowed = "allowed: celeba, embedded, fashion-mnist, imagenet"
+    with pytest.raises(ValueError, match=f"unknown datamodule 'cifar10'; {allowed}"):
         make_datamodule("cifar10")
+    with pytest.raises(ValueError, match="did you mean 'celeba'"):
+        make_datamodule("celebA")
     with pytest.raises(ValueError, match="image_size must be >= 8"):
         EmbeddedFashionMNIST(image_size=4)
 

@@ -78,15 +78,17 @@ def test_bad_choice_lists_the_allowed_values():
 
 
 def test_unknown_name_lists_registered_names():
-    with pytest.raises(ValueError, match="allowed: .*gaussian"):
+    with pytest.raises(ValueError, match="unknown defense 'dropout'; allowed: .*gaussian"):
         make_defense("dropout")
+    with pytest.raises(ValueError, match="unknown defense 'gausian' \\(did you mean 'gaussian'\\?\\)"):
+        make_defense("gausian")
 
 
 def test_register_refuses_duplicates():
     class AnotherGaussian(Defense):
         name = "gaussian"
 
-    with pytest.raises(ValueError, match="already registered"):
+    with pytest.raises(ValueError, match="defense 'gaussian' is already registered by GaussianNoise"):
         register_defense(AnotherGaussian)
     assert DEFENSES["gaussian"].__name__ == "GaussianNoise"
 

@@ -82,9 +82,11 @@ def test_updates_reject_bad_batches(images: torch.Tensor, labels: torch.Tensor, 
 def test_fedavg_rejects_bad_schedule() -> None:
     model = make_victim("lenet", seed=0)
     images, labels = _batch(1, (3, 32, 32), 10, seed=0)
-    with pytest.raises(ValueError, match="local_steps"):
+    with pytest.raises(ValueError, match="local_steps must be a positive integer, got 0"):
         fedavg_update(model, images, labels, local_steps=0)
-    with pytest.raises(ValueError, match="lr"):
+    with pytest.raises(ValueError, match="local_steps must be a positive integer"):
+        fedavg_update(model, images, labels, local_steps=True)
+    with pytest.raises(ValueError, match="lr must be a positive number, got 0.0"):
         fedavg_update(model, images, labels, lr=0.0)
 
 

@@ -82,5 +82,5 @@ def test_last_linear_indices_and_errors() -> None:
     with pytest.raises(ValueError, match="no nn.Linear"):
         last_linear_indices(torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1)))
     update = shared_update(model, torch.rand(1, 3, 32, 32), torch.tensor([0]))
-    with pytest.raises(ValueError, match="num_samples"):
+    with pytest.raises(ValueError, match="update.num_samples must be a positive integer, got 0"):
         infer_labels(SharedUpdate(update.gradients, 0), model)

@@ -58,7 +58,8 @@ def test_lenet_follows_dlg_init() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"name": "vgg"}, "allowed: convnet, lenet, resnet18, resnet18-224"),
+        ({"name": "vgg"}, "unknown victim 'vgg'; allowed: convnet, lenet, resnet18, resnet18-224"),
+        ({"name": "resnet"}, r"did you mean 'resnet18'"),
         ({"name": "lenet", "image_shape": (3, 32, 28)}, "image_shape"),
         ({"name": "lenet", "image_shape": (32, 32)}, "image_shape"),
         ({"name": "lenet", "num_classes": 1}, "num_classes"),

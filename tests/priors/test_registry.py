@@ -62,8 +62,10 @@ def test_checkpoint_path_round_trip(tmp_path) -> None:  # type: ignore[no-untype
 
 
 def test_errors_name_what_is_allowed(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(ValueError, match="fashion-mnist-wgan"):
+    with pytest.raises(ValueError, match="unknown prior 'no-such-prior'; allowed: .*fashion-mnist-wgan.*or a path"):
         load_prior("no-such-prior")
+    with pytest.raises(ValueError, match="did you mean 'face-dcgan'"):
+        load_prior("face-dcgen")
     with pytest.raises(PriorNotFoundError, match="train_prior"):
         load_prior(str(tmp_path / "missing.pt"))
     torch.save({"format": "something-else"}, tmp_path / "other.pt")

@@ -1,0 +1,86 @@
+"""Tables: formats and titles from the metric table, traceable JSON, a new metric appearing everywhere."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.report.aggregate import build_report
+from benchmarks.report.tables import (
+    attack_columns,
+    attacks_markdown,
+    csv_text,
+    fmt,
+    leaderboard_columns,
+    leaderboard_json,
+    leaderboard_markdown,
+    leaderboard_rows,
+    markdown_table,
+    rows_csv,
+)
+from benchmarks.store import ResultsStore
+from ggl.metrics import METRIC_TABLE, Metric
+
+
+def test_formatting_of_missing_and_infinite_values() -> None:
+    assert fmt("psnr", None) == "-"
+    assert fmt("psnr", float("nan")) == "-"
+    assert fmt("psnr", float("inf")) == "inf" and fmt("psnr", float("-inf")) == "-inf"
+    assert fmt("psnr_gain", 1.234) == "+1.23"
+    assert fmt("mse", 0.123456) == "0.1235" and fmt("something_else", 123456.0) == "1.235e+05"
+
+
+def test_columns_and_titles_come_from_the_metric_table() -> None:
+    assert leaderboard_columns() == (
+        "rank", "defense", "update_cosine", "accuracy_drop", "strongest_attack", "psnr_gain",
+        "psnr", "ssim", "mse", "lpips", "label_accuracy", "victims",
+    )  # fmt: skip
+    assert attack_columns() == (
+        "defense", "attack", "psnr_gain", "mse", "psnr", "ssim", "lpips", "label_accuracy",
+        "evaluations", "seconds", "victims",
+    )  # fmt: skip
+    header = markdown_table([], leaderboard_columns()).splitlines()[0]
+    assert "| Best PSNR | Best SSIM | Lowest MSE | Lowest LPIPS | Label accuracy |" in header
+
+
+def test_markdown_and_csv_tables(store: ResultsStore) -> None:
+    report = build_report(store, "s")
+    markdown = leaderboard_markdown(report)
+    assert "| 1 | gaussian | 0.700 | +0.050 | ggl | +1.50 |" in markdown
+    assert "| ref | (any: prior only) | - | - | prior-ceiling | +14.00 |" in markdown
+    assert "Best PSNR/SSIM/MSE/LPIPS are the best values over attacks" in markdown
+    assert "| Defense | Attack | PSNR above prior (dB) | MSE | PSNR | SSIM | LPIPS |" in attacks_markdown(report)
+    lines = csv_text(leaderboard_rows(report), leaderboard_columns()).splitlines()
+    assert lines[0].startswith("rank,defense,update_cosine") and len(lines) == 1 + 2 + 3
+    assert markdown_table([{"defense": "a|b"}], ["defense"]).splitlines()[-1] == "| a\\|b |"
+
+
+def test_every_number_is_traceable(store: ResultsStore) -> None:
+    document = leaderboard_json(build_report(store, "s"))
+    assert document["config_hashes"] == ["cfg1"] and document["code_versions"] == ["v1"]
+    noise = document["leaderboard"][0]
+    ggl = next(pair for pair in noise["attacks"] if pair["attack"] == "ggl")
+    assert [(r["victim"], r["seed"]) for r in ggl["rows"]] == [(0, 0), (0, 1), (1, 0)]
+    assert all(r["config_hash"] == "cfg1" and r["code_version"] == "v1" for r in ggl["rows"])
+    assert noise["utility"]["config_hash"] == "cfg1"
+
+
+def test_rows_csv_lists_every_cell_and_metric(store: ResultsStore) -> None:
+    lines = rows_csv(store, "s").splitlines()
+    assert len(lines) == 1 + 15
+    assert lines[0].endswith(",labels,label_accuracy,mse,psnr,ssim")
+
+
+def test_a_metric_added_to_the_table_appears_in_every_table(
+    store: ResultsStore, put_cell, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(METRIC_TABLE, "l1", Metric("l1", "L1", False, "{:.5f}", lambda *args: None))
+    put_cell(store, 0, {"name": "sign"}, "dlg", 20.0, 0.2, l1=0.25)
+    put_cell(store, 1, {"name": "sign"}, "dlg", 22.0, 0.2, l1=0.5)
+    report = build_report(store, "s")
+    sign = next(d for d in report.defenses if d.label == "sign")
+    assert sign.best["l1"] == pytest.approx(0.375)
+    assert "l1" in leaderboard_columns() and "l1" in attack_columns()
+    assert "| Lowest LPIPS | Lowest L1 | Label accuracy |" in leaderboard_markdown(report)
+    assert "| sign | dlg | " in attacks_markdown(report) and "| 0.37500 |" in attacks_markdown(report)
+    entry = next(e for e in leaderboard_json(report)["leaderboard"] if e["defense"] == "sign")
+    assert entry["best"]["l1"] == 0.375
