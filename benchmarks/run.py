@@ -2,11 +2,13 @@
 
     python -m benchmarks.run --suite smoke|all|paper-celeba|paper-imagenet|PATH.yaml [--out DIR]
                              [--set key=value ...] [--report-only] [--report-dir DIR] [--devices N --num-nodes M]
+                             [--references-only]
 
 The suite expands into cells (victim x defense x attack x seed) plus prior-only reference rows; each finished cell
 is committed to ``DIR/results.sqlite`` (default ``results/SUITE``), so a stopped run resumes where it stopped.
 At the end the report (leaderboard tables, plots, grids) is written to ``--report-dir`` (default ``DIR``);
-``--report-only`` rewrites it from the store alone.
+``--report-only`` rewrites it from the store alone. ``--references-only`` computes only the prior-only reference
+rows and writes no report (``python -m benchmarks.references --compute`` uses it).
 
 Scale-out: ``--devices N`` runs N worker processes on this machine (one GPU each when GPUs exist); under torchrun
 or SLURM (detected with Lightning's cluster environments) every launched process runs its share of the cells.
@@ -26,9 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from benchmarks.config import SuiteConfig, SuiteError, canonical_json, load_suite
+from benchmarks.config import SuiteConfig, SuiteError, load_suite
+from benchmarks.cells import expand_cells
+from ggl.io import canonical_json
 
 if TYPE_CHECKING:
+    from benchmarks.harness import RunSummary
     from benchmarks.store import ResultsStore
 
 SHARDS = "shards"
@@ -97,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-nodes", type=int, default=1, help="nodes (launch with srun or torchrun on each)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard event files")
+    parser.add_argument(
+        "--references-only", action="store_true", help="compute only the prior-only reference rows; no report"
+    )
     return parser
 
 
@@ -181,6 +189,7 @@ def run_rank(suite: SuiteConfig, out: Path, info: RankInfo, args: argparse.Names
         world_size=info.world_size,
         progress=not args.no_progress and info.rank == 0,
         tensorboard_dir=None if args.no_tensorboard else out / "tensorboard",
+        references_only=args.references_only,
     )
     try:
         harness.preflight()
@@ -213,14 +222,34 @@ def run_rank(suite: SuiteConfig, out: Path, info: RankInfo, args: argparse.Names
     return 1 if summary.failed else 0
 
 
-def missing_cells(suite: SuiteConfig, out: Path) -> list[str]:
+def evaluate(
+    suite: SuiteConfig, store: ResultsStore, *, progress: bool = True, tensorboard_dir: Path | None = None
+) -> RunSummary | None:
+    """Check the suite, claim the store and compute every missing cell (``benchmarks.submit``'s road).
+
+    Returns the run's summary, or None after printing why the suite cannot run here (the caller exits with 2).
+    """
+    from benchmarks.harness import Harness, MissingRequirement
+    from benchmarks.store import StoreError
+
+    harness = Harness(suite, store, progress=progress, tensorboard_dir=tensorboard_dir)
+    try:
+        harness.preflight()
+        store.claim_context(suite.name, suite.context())
+    except (SuiteError, MissingRequirement, StoreError) as error:
+        _error(str(error))
+        return None
+    return harness.run()
+
+
+def missing_cells(suite: SuiteConfig, out: Path, references_only: bool = False) -> list[str]:
     """Cells of ``suite`` not in the main store (after a multi-process run: the failed ones)."""
-    from benchmarks.harness import expand_cells
     from benchmarks.store import open_store
 
     with open_store(out) as store:
         finished = store.finished_keys(suite.name)
-    return [cell.describe() for cell in expand_cells(suite) if cell.key() not in finished]
+    cells = [c for c in expand_cells(suite) if c.kind == "reference" or not references_only]
+    return [cell.describe() for cell in cells if cell.key() not in finished]
 
 
 def launch_local(args: argparse.Namespace, argv: list[str]) -> list[int]:
@@ -261,51 +290,43 @@ def _wait_for_ranks(out: Path, info: RankInfo, timeout: float = 3600.0) -> None:
     print(f"warning: not every rank finished within {timeout:.0f} s; reporting what is stored", file=sys.stderr)
 
 
-def finish(suite: SuiteConfig, out: Path, report_dir: Path, failed_before: int) -> int:
-    """Merge shards, write the report, list missing cells; the exit status of the whole run."""
+def finish(suite: SuiteConfig, out: Path, report_dir: Path, failed_before: int, references_only: bool = False) -> int:
+    """Merge shards, write the report (not for ``--references-only``), list missing cells; the run's exit status."""
     from benchmarks.store import StoreError
 
     try:
         merge_shards(out)
-        missing = missing_cells(suite, out)
-        paths = report(out, report_dir, suite)
+        missing = missing_cells(suite, out, references_only)
+        paths = [] if references_only else report(out, report_dir, suite)
     except StoreError as error:
         return _error(str(error))
     if missing:
         print(f"{len(missing)} cells are not in the store (failed):", file=sys.stderr)
         for line in missing:
             print(f"  {line}", file=sys.stderr)
-    print(f"report: {len(paths)} files in {report_dir}", file=sys.stderr)
+    if not references_only:
+        print(f"report: {len(paths)} files in {report_dir}", file=sys.stderr)
     return 1 if (missing or failed_before) else 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    info = detect_rank()
-    if info is not None and info.world_size > 1:
-        pin_gpu(info.local_rank)
+def report_only(suite: SuiteConfig, out: Path, report_dir: Path) -> int:
+    """``--report-only``: merge shards left by an interrupted run, then rewrite the report from the store."""
+    from benchmarks.store import StoreError
+
     try:
-        suite = load_suite(args.suite, args.overrides)
-    except SuiteError as error:
+        if (out / SHARDS).is_dir():
+            merge_shards(out)
+        paths = report(out, report_dir, suite)
+    except (StoreError, ValueError) as error:
         return _error(str(error))
-    if args.devices < 1 or args.num_nodes < 1:
-        return _error("--devices and --num-nodes must be >= 1")
-    out = Path(args.out) if args.out else Path("results") / suite.name
-    report_dir = Path(args.report_dir) if args.report_dir else out
+    print(f"report: {len(paths)} files in {report_dir}", file=sys.stderr)
+    return 0
 
-    if args.report_only:
-        from benchmarks.store import StoreError
 
-        try:
-            if (out / SHARDS).is_dir():
-                merge_shards(out)
-            paths = report(out, report_dir, suite)
-        except (StoreError, ValueError) as error:
-            return _error(str(error))
-        print(f"report: {len(paths)} files in {report_dir}", file=sys.stderr)
-        return 0
-
+def run_suite(
+    suite: SuiteConfig, out: Path, report_dir: Path, info: RankInfo | None, args: argparse.Namespace, argv: list[str]
+) -> int:
+    """Compute the suite's cells (here, in ``--devices`` local workers, or as ``info``'s rank), then report."""
     if info is None and args.num_nodes > 1:
         return _error(
             "--num-nodes > 1 needs a cluster launcher: start this command once per GPU with srun "
@@ -322,8 +343,8 @@ def main(argv: list[str] | None = None) -> int:
         codes = launch_local(args, argv)
         if any(code == 2 for code in codes):
             return 2
-        return finish(suite, out, report_dir, failed_before=sum(code != 0 for code in codes))
-
+        failed = sum(code != 0 for code in codes)
+        return finish(suite, out, report_dir, failed, args.references_only)
     info = info or RankInfo()
     status = run_rank(suite, out, info, args)
     if status == 2:
@@ -332,7 +353,9 @@ def main(argv: list[str] | None = None) -> int:
         if info.rank != 0 or "GGL_RUN_ID" in os.environ:
             return status  # the local launcher (or rank 0) reports
         _wait_for_ranks(out, info)
-        return finish(suite, out, report_dir, failed_before=status)
+        return finish(suite, out, report_dir, status, args.references_only)
+    if args.references_only:
+        return status
     from benchmarks.store import StoreError
 
     try:
@@ -341,6 +364,25 @@ def main(argv: list[str] | None = None) -> int:
         return _error(str(error))
     print(f"report: {len(paths)} files in {report_dir}", file=sys.stderr)
     return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    info = detect_rank()
+    if info is not None and info.world_size > 1:
+        pin_gpu(info.local_rank)
+    try:
+        suite = load_suite(args.suite, args.overrides)
+    except SuiteError as error:
+        return _error(str(error))
+    if args.devices < 1 or args.num_nodes < 1:
+        return _error("--devices and --num-nodes must be >= 1")
+    out = Path(args.out) if args.out else Path("results") / suite.name
+    report_dir = Path(args.report_dir) if args.report_dir else out
+    if args.report_only:
+        return report_only(suite, out, report_dir)
+    return run_suite(suite, out, report_dir, info, args, argv)
 
 
 if __name__ == "__main__":

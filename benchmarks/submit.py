@@ -32,7 +32,9 @@ from typing import Any
 
 import yaml
 
-from benchmarks.config import DefenseConfig, SuiteError, canonical_json, load_suite
+from benchmarks.config import DefenseConfig, SuiteError, load_suite
+from ggl.defenses import build_defense
+from ggl.io import atomic_write, canonical_json, pretty_json
 
 ENTRY_FIELDS = ("name", "authors", "paper", "defense", "claimed_utility", "notes")
 UTILITY_FIELDS = ("update_cosine", "accuracy", "clean_accuracy", "accuracy_drop")
@@ -62,11 +64,38 @@ class Submission:
     source: str = ""
 
 
-def load_submission(path: str | Path, build: Any = None) -> Submission:
-    """Read and validate an entry; raises ``SubmissionError`` naming every bad field."""
-    from benchmarks.harness import build_defense
+def _defense_problems(defense: Any) -> list[str]:
+    """What is wrong with an entry's ``defense`` field: not a single setting, or it cannot be built."""
+    if not isinstance(defense, dict) or not isinstance(defense.get("name"), str):
+        return [
+            "field 'defense': required, a mapping with 'name' (a registered defense or module:Class) "
+            f"and its parameters; got {defense!r}"
+        ]
+    swept = sorted(k for k, v in defense.items() if isinstance(v, (list, dict)))
+    if swept:
+        return [f"field 'defense.{swept[0]}': an entry is one setting; give a single value"]
+    try:
+        build_defense(dict(defense))
+    except Exception as error:  # any construction error is a bad entry, reported with its field
+        return [f"field 'defense': {error}"]
+    return []
 
-    build = build or build_defense
+
+def _claimed_problems(claimed: Any) -> list[str]:
+    """What is wrong with an entry's ``claimed_utility`` field (unknown names, values that are not numbers)."""
+    if not isinstance(claimed, dict):
+        return [f"field 'claimed_utility': a mapping of {', '.join(UTILITY_FIELDS)}; got {claimed!r}"]
+    problems = []
+    for key, value in claimed.items():
+        if key not in UTILITY_FIELDS:
+            problems.append(f"field 'claimed_utility.{key}': unknown; allowed: {', '.join(UTILITY_FIELDS)}")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            problems.append(f"field 'claimed_utility.{key}': a number; got {value!r}")
+    return problems
+
+
+def load_submission(path: str | Path) -> Submission:
+    """Read and validate an entry; raises ``SubmissionError`` naming every bad field."""
     source = str(path)
     path = Path(path)
     if not path.is_file():
@@ -93,36 +122,15 @@ def load_submission(path: str | Path, build: Any = None) -> Submission:
     if paper is not None and (not isinstance(paper, str) or not paper.startswith(("http://", "https://"))):
         problems.append(f"field 'paper': a link starting with http:// or https://, or null; got {paper!r}")
     defense = data.get("defense")
-    if not isinstance(defense, dict) or not isinstance(defense.get("name"), str):
-        problems.append(
-            "field 'defense': required, a mapping with 'name' (a registered defense or module:Class) "
-            f"and its parameters; got {defense!r}"
-        )
-        defense = None
-    else:
-        swept = sorted(k for k, v in defense.items() if isinstance(v, (list, dict)))
-        if swept:
-            problems.append(f"field 'defense.{swept[0]}': an entry is one setting; give a single value")
-        else:
-            try:
-                build(dict(defense))
-            except Exception as error:  # any construction error is a bad entry, reported with its field
-                problems.append(f"field 'defense': {error}")
+    problems += _defense_problems(defense)
     claimed = data.get("claimed_utility") or {}
-    if not isinstance(claimed, dict):
-        problems.append(f"field 'claimed_utility': a mapping of {', '.join(UTILITY_FIELDS)}; got {claimed!r}")
-        claimed = {}
-    for key, value in claimed.items():
-        if key not in UTILITY_FIELDS:
-            problems.append(f"field 'claimed_utility.{key}': unknown; allowed: {', '.join(UTILITY_FIELDS)}")
-        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            problems.append(f"field 'claimed_utility.{key}': a number; got {value!r}")
+    problems += _claimed_problems(claimed)
     notes = data.get("notes") or ""
     if not isinstance(notes, str):
         problems.append(f"field 'notes': a string; got {notes!r}")
     if problems:
         raise SubmissionError(source, problems)
-    assert isinstance(name, str) and defense is not None
+    assert isinstance(name, str) and isinstance(defense, dict) and isinstance(claimed, dict)
     return Submission(
         name.strip(),
         tuple(a.strip() for a in authors),
@@ -192,10 +200,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def write_entry(path: Path, submission: Submission, suite: Any, evaluation: dict[str, Any]) -> None:
+    """Add ``evaluation`` to the entry's JSON (earlier evaluations of the same defense are kept), atomically."""
+    existing: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            existing = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            existing = {}
+    evaluations = dict(existing.get("evaluations", {})) if existing.get("defense") == submission.defense else {}
+    evaluations[f"{suite.name}@{suite.config_hash()}"] = evaluation
+    document = {
+        "schema": ENTRY_SCHEMA,
+        "name": submission.name,
+        "authors": list(submission.authors),
+        "paper": submission.paper,
+        "defense": submission.defense,
+        "claimed_utility": submission.claimed_utility,
+        "notes": submission.notes,
+        "evaluations": dict(sorted(evaluations.items())),
+    }
+    atomic_write(path, pretty_json(document))
+
+
+def _print_outcome(submission: Submission, evaluation: dict[str, Any], entry_out: Path, report_dir: Path) -> None:
+    gain = evaluation["psnr_gain_over_prior"]
+    print(
+        f"{submission.name}: PSNR above prior {gain} dB (strongest: {evaluation['strongest_attack']}); "
+        f"entry written to {entry_out}; tables in {report_dir}",
+        file=sys.stderr,
+    )
+    for key, check in evaluation["utility_check"].items():
+        if not check["within_tolerance"]:
+            print(
+                f"warning: claimed {key} {check['claimed']} differs from the measured {check['measured']} by more "
+                f"than {UTILITY_TOLERANCE}",
+                file=sys.stderr,
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from benchmarks.harness import Harness, MissingRequirement
     from benchmarks.report import build_report, leaderboard_json, write_report
+    from benchmarks.run import evaluate
     from benchmarks.store import StoreError, open_store
 
     try:
@@ -214,54 +261,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     with store:
-        harness = Harness(suite, store, progress=not args.no_progress, tensorboard_dir=out / "tensorboard")
-        try:
-            harness.preflight()
-            store.claim_context(suite.name, suite.context())
-        except (SuiteError, MissingRequirement, StoreError) as error:
-            print(f"error: {error}", file=sys.stderr)
+        summary = evaluate(suite, store, progress=not args.no_progress, tensorboard_dir=out / "tensorboard")
+        if summary is None:
             return 2
-        summary = harness.run()
         for line in summary.lines():
             print(line, file=sys.stderr)
         write_report(store, report_dir, suite.name)
         report = leaderboard_json(build_report(store, suite.name))
     evaluation = entry_evaluation(report, submission, suite, args.overrides)
-    existing: dict[str, Any] = {}
-    if entry_out.is_file():
-        try:
-            existing = json.loads(entry_out.read_text())
-        except json.JSONDecodeError:
-            existing = {}
-    evaluations = dict(existing.get("evaluations", {})) if existing.get("defense") == submission.defense else {}
-    evaluations[f"{suite.name}@{suite.config_hash()}"] = evaluation
-    document = {
-        "schema": ENTRY_SCHEMA,
-        "name": submission.name,
-        "authors": list(submission.authors),
-        "paper": submission.paper,
-        "defense": submission.defense,
-        "claimed_utility": submission.claimed_utility,
-        "notes": submission.notes,
-        "evaluations": dict(sorted(evaluations.items())),
-    }
-    entry_out.parent.mkdir(parents=True, exist_ok=True)
-    partial = entry_out.with_name(entry_out.name + ".partial")
-    partial.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
-    partial.replace(entry_out)
-    gain = evaluation["psnr_gain_over_prior"]
-    print(
-        f"{submission.name}: PSNR above prior {gain} dB (strongest: {evaluation['strongest_attack']}); "
-        f"entry written to {entry_out}; tables in {report_dir}",
-        file=sys.stderr,
-    )
-    for key, check in evaluation["utility_check"].items():
-        if not check["within_tolerance"]:
-            print(
-                f"warning: claimed {key} {check['claimed']} differs from the measured {check['measured']} by more "
-                f"than {UTILITY_TOLERANCE}",
-                file=sys.stderr,
-            )
+    write_entry(entry_out, submission, suite, evaluation)
+    _print_outcome(submission, evaluation, entry_out, report_dir)
     return 1 if summary.failed else 0
 
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ggl.defenses import Defense, make_defense
+from ggl.defenses import Defense, build_defense, make_defense
 from ggl.fl import make_victim, shared_update
 
 UTILITY_IMAGE_SIZE = 16
@@ -201,15 +201,6 @@ def _cosine_batches(config: UtilityConfig, seed: int) -> list[tuple[torch.Tensor
     return batches
 
 
-def _build_defense(spec: dict[str, Any]) -> Defense:
-    """A registered name through ``make_defense``; a submission's ``module:Class`` through the harness's loader."""
-    if ":" in str(spec["name"]):
-        from benchmarks.harness import build_defense
-
-        return build_defense(spec)  # type: ignore[no-any-return]
-    return make_defense(**spec)
-
-
 def utility_cost(defense_spec: Mapping[str, Any], *, seed: int = 0, **options: Any) -> dict[str, Any]:
     """Utility cost of one defense setting: ``update_cosine``, ``accuracy``, ``clean_accuracy``, ``accuracy_drop``.
 
@@ -228,7 +219,7 @@ def utility_cost(defense_spec: Mapping[str, Any], *, seed: int = 0, **options: A
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an integer, got {seed!r}")
     config = UtilityConfig.from_options(options)
-    defense = _build_defense(dict(defense_spec))
+    defense = build_defense(defense_spec)
     datamodule = _datamodule()
     victim = make_victim(config.cosine_victim, datamodule.num_classes, datamodule.image_shape, seed=seed)
     cosine = update_cosine(defense, victim, _cosine_batches(config, seed), torch.Generator().manual_seed(seed))

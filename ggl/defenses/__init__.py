@@ -7,6 +7,7 @@ every family below.
 from ggl.defenses.base import DEFAULT_SEED, DEFENSES, Defense, make_defense, register_defense
 from ggl.defenses.clipping import Clipping
 from ggl.defenses.dpsgd import DPSGD, PrivacyGuarantee, clip_per_sample, per_sample_gradients, privacy_guarantee
+from ggl.defenses.loader import build_defense as build_defense
 from ggl.defenses.mixup import MixUp, mix_batch
 from ggl.defenses.noise import GaussianNoise, LaplacianNoise, NoDefense
 from ggl.defenses.quantization import Quantization, Sign

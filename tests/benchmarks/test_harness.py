@@ -1,16 +1,17 @@
-"""Harness: cell expansion and sharding, real tiny cells, resume after an interruption, failures, references."""
+"""Harness: real tiny cells, resume after an interruption, failures, same key same numbers, references."""
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+import benchmarks.harness
+from benchmarks.cells import expand_cells
 from benchmarks.config import build_suite
-from benchmarks.harness import Components, Harness, expand_cells, seed_from, shard
+from benchmarks.harness import Harness
 from benchmarks.store import ResultsStore, StoreError
 
 SUITE = {
@@ -58,33 +59,28 @@ class CountingAttacks:
         return make_attack(name, **params)
 
 
-def harness(tmp_path: Path, suite: dict | None = None, **components: Any) -> Harness:
+@pytest.fixture(autouse=True)
+def small_utility(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The harness's utility cost replaced by the small measure above (the real one has its own tests)."""
+    monkeypatch.setattr(benchmarks.harness, "utility_cost", utility_from_update)
+
+
+def harness(tmp_path: Path, suite: dict | None = None) -> Harness:
     config = build_suite(suite or SUITE, "tiny.yaml")
     store = ResultsStore(tmp_path / "results.sqlite")
-    parts = Components(utility=utility_from_update, **components)
-    return Harness(config, store, parts, progress=False, log=lambda message: None)
+    return Harness(config, store, progress=False, log=lambda message: None)
 
 
-def test_expand_and_shard_cover_every_cell_once() -> None:
-    config = build_suite({**SUITE, "seeds": [0, 1]}, "tiny.yaml")
-    cells = expand_cells(config)
-    # victims x seeds x (1 reference + defenses x attacks)
-    assert len(cells) == 2 * 2 * (1 + 3 * 2)
-    assert len({cell.key() for cell in cells}) == len(cells)
-    shares = [shard(cells, rank, 3) for rank in range(3)]
-    assert Counter(cell.key() for share in shares for cell in share) == Counter(cell.key() for cell in cells)
-    assert max(map(len, shares)) - min(map(len, shares)) <= 1
-    with pytest.raises(ValueError):
-        shard(cells, 3, 3)
+def counting(monkeypatch: pytest.MonkeyPatch, **options: Any) -> CountingAttacks:
+    """Route the harness's ``make_attack`` through a ``CountingAttacks`` (preflight is not run in these tests)."""
+    attacks = CountingAttacks(**options)
+    monkeypatch.setattr(benchmarks.harness, "make_attack", attacks)
+    return attacks
 
 
-def test_seed_from_is_stable() -> None:
-    assert seed_from("all", 0, {"name": "gaussian"}, 0) == seed_from("all", 0, {"name": "gaussian"}, 0)
-    assert seed_from("all", 0, {"name": "gaussian"}, 0) != seed_from("all", 1, {"name": "gaussian"}, 0)
-
-
-def test_resume_after_interruption_no_loss_no_duplicates(tmp_path: Path) -> None:
-    first = harness(tmp_path, make_attack=CountingAttacks(interrupt_at=4))
+def test_resume_after_interruption_no_loss_no_duplicates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    counting(monkeypatch, interrupt_at=4)
+    first = harness(tmp_path)
     with pytest.raises(KeyboardInterrupt):
         first.run()
     stored = {(c.victim, c.defense_json, c.attack_json, c.seed): c for c in first.store.cells("tiny")}
@@ -93,12 +89,12 @@ def test_resume_after_interruption_no_loss_no_duplicates(tmp_path: Path) -> None
     assert len(stored) == 4
     first.store.close()
 
-    counting = CountingAttacks()
-    second = harness(tmp_path, make_attack=counting)
+    attacks = counting(monkeypatch)
+    second = harness(tmp_path)
     summary = second.run()
     assert summary.skipped == 4 and summary.computed == total - 4 and not summary.failed
     attack_cells = sum(1 for cell in expand_cells(second.suite) if cell.kind == "attack")
-    assert len(counting.calls) == attack_cells - 3  # finished cells were not recomputed
+    assert len(attacks.calls) == attack_cells - 3  # finished cells were not recomputed
     rows = second.store.cells("tiny")
     assert len(rows) == total
     assert len({(r.victim, r.defense_json, r.attack_json, r.seed) for r in rows}) == total
@@ -111,14 +107,16 @@ def test_resume_after_interruption_no_loss_no_duplicates(tmp_path: Path) -> None
     assert min(u["metrics"]["update_cosine"] for u in utilities.values()) < 0.999
 
 
-def test_failed_cells_are_listed_and_others_kept(tmp_path: Path) -> None:
-    run = harness(tmp_path, make_attack=CountingAttacks(fail_name="dlg"))
+def test_failed_cells_are_listed_and_others_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    counting(monkeypatch, fail_name="dlg")
+    run = harness(tmp_path)
     summary = run.run()
     assert len(summary.failed) == 2 * 3
     assert all("DLG" in what and "attack exploded" in why for what, why in summary.failed)
     assert summary.computed == len(expand_cells(run.suite)) - 6
     run.store.close()
-    retry = harness(tmp_path, make_attack=CountingAttacks())
+    counting(monkeypatch)
+    retry = harness(tmp_path)
     summary = retry.run()
     assert summary.computed == 6 and not summary.failed
 
@@ -157,6 +155,26 @@ def test_class_mean_reference_scores_the_class_mean(tmp_path: Path) -> None:
         assert 8.0 < reference.metrics["psnr"] < 30.0
 
 
+def test_references_only_computes_no_attack_and_no_utility(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    attacks = counting(monkeypatch)
+    config = build_suite(SUITE, "tiny.yaml")
+    run = Harness(config, ResultsStore(tmp_path / "results.sqlite"), progress=False, references_only=True)
+    summary = run.run()
+    assert summary.total == summary.computed == 2 and not attacks.calls
+    assert {r.kind for r in run.store.cells("tiny")} == {"reference"} and not run.store.utilities()
+
+
+def test_preflight_names_bad_defense_and_attack_parameters(tmp_path: Path) -> None:
+    from benchmarks.config import SuiteError
+
+    bad_defense = harness(tmp_path / "d", {**SUITE, "defenses": [{"name": "gaussian", "sigma": -1.0}]})
+    with pytest.raises(SuiteError, match="defenses"):
+        bad_defense.preflight()
+    bad_attack = harness(tmp_path / "a", {**SUITE, "attacks": [{"name": "idlg", "iterations": -2}]})
+    with pytest.raises(SuiteError, match=r"attacks \(iDLG\)"):
+        bad_attack.preflight()
+
+
 def test_a_store_refuses_a_different_victim_setup(tmp_path: Path) -> None:
     run = harness(
         tmp_path,
@@ -170,4 +188,4 @@ def test_a_store_refuses_a_different_victim_setup(tmp_path: Path) -> None:
     run.run()
     changed = build_suite({**SUITE, "victims": {"count": 1, "batch_size": 2}}, "tiny.yaml")
     with pytest.raises(StoreError, match="victims"):
-        Harness(changed, run.store, Components(utility=utility_from_update), progress=False).run()
+        Harness(changed, run.store, progress=False).run()

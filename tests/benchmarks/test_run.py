@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.cells import expand_cells
 from benchmarks.config import load_suite
-from benchmarks.harness import expand_cells
 from benchmarks.report import REPORT_FILES
 from benchmarks.run import main
 from benchmarks.store import ResultsStore
@@ -78,7 +78,7 @@ def test_bad_suite_file_exits_2_naming_the_field(tmp_path: Path, capsys: pytest.
     suite.write_text("name: bad\nattacks: [{name: idlg}]\ndefenses: [{name: none}]\nvictims: {count: -3}\n")
     assert main(["--suite", str(suite), "--out", str(tmp_path / "o")]) == 2
     error = capsys.readouterr().err
-    assert "bad.yaml" in error and "victims.count" in error and ">= 1" in error
+    assert "bad.yaml" in error and "victims.count" in error and "positive integer" in error
     assert (
         main(["--suite", "smoke", "--set", "defenses=[{name: gaussian, sigma: -1}]", "--out", str(tmp_path / "o")]) == 2
     )
@@ -281,6 +281,17 @@ def test_single_process_resumes_from_leftover_shards(tmp_path: Path, capsys: pyt
     assert f"{total} already in the store, 0 computed" in capsys.readouterr().err
     with ResultsStore(out / "results.sqlite") as store:
         assert store.count("smoke") == total
+
+
+def test_references_only_computes_reference_rows_and_no_report(tmp_path: Path) -> None:
+    out = tmp_path / "references"
+    options = ["--no-progress", "--no-tensorboard", "--references-only"]
+    assert main(["--suite", "smoke", "--out", str(out), *options, *TINY]) == 0
+    with ResultsStore(out / "results.sqlite") as store:
+        rows = store.cells("smoke")
+        assert not store.utilities()
+    assert len(rows) == 2 and {r.attack["name"] for r in rows} == {"reference:class-mean"}
+    assert not (out / "leaderboard.md").exists()
 
 
 def test_workers_reuse_utility_costs_of_the_main_store(tmp_path: Path) -> None:
