@@ -24,6 +24,7 @@ from torch.utils.data import TensorDataset
 
 from ggl.data.base import DataNotFoundError, VictimDataModule
 from ggl.fl.normalization import Normalization
+from ggl.io import atomic_write_with
 
 DEBIAN_ROOT = Path("/usr/share/datasets/fashion-mnist")
 RAW_FILES = (
@@ -71,16 +72,23 @@ def _has_raw(root: Path) -> bool:
     return all((raw / name).is_file() or (raw / f"{name}.gz").is_file() for name in RAW_FILES[:2])
 
 
+def _gunzip(source: Path, destination: Path) -> None:
+    """Decompress ``source`` into ``destination`` atomically (an interrupted copy leaves no half file)."""
+
+    def copy(partial: Path) -> None:
+        with gzip.open(source, "rb") as compressed, open(partial, "wb") as out:
+            shutil.copyfileobj(compressed, out)
+
+    atomic_write_with(destination, copy)
+
+
 def _unpack_debian(target: Path) -> Path:
     raw = target / "FashionMNIST" / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     for name in RAW_FILES:
         source = DEBIAN_ROOT / f"{name}.gz"
         if source.is_file() and not (raw / name).is_file():
-            partial = raw / f"{name}.partial"
-            with gzip.open(source, "rb") as compressed, open(partial, "wb") as out:
-                shutil.copyfileobj(compressed, out)
-            partial.replace(raw / name)
+            _gunzip(source, raw / name)
     return target
 
 

@@ -120,3 +120,15 @@ def test_debian_train_split_matches_the_shipped_class_means(tmp_path, monkeypatc
     assert images.shape == (60000, 1, 32, 32) and torch.bincount(labels).tolist() == [6000] * 10
     computed = torch.stack([images[labels == c].mean(0) for c in range(10)])
     torch.testing.assert_close(dm.class_means().float(), computed, atol=1e-3, rtol=0)
+
+
+def test_debian_files_are_unpacked_whole(tmp_path, monkeypatch) -> None:
+    debian = tmp_path / "debian"
+    debian.mkdir()
+    for name in embedded_module.RAW_FILES:
+        with gzip.open(debian / f"{name}.gz", "wb") as out:
+            out.write(name.encode())
+    monkeypatch.setattr(embedded_module, "DEBIAN_ROOT", debian)
+    raw = embedded_module._unpack_debian(tmp_path / "cache") / "FashionMNIST" / "raw"
+    assert sorted(p.name for p in raw.iterdir()) == sorted(embedded_module.RAW_FILES)
+    assert all((raw / name).read_bytes() == name.encode() for name in embedded_module.RAW_FILES)
