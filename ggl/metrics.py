@@ -11,8 +11,8 @@ Gaussian window 11, sigma 1.5, K1 0.01, K2 0.03, data range 1, border of half a 
 ``lpips`` (Zhang et al. 2018, arXiv 1801.03924, via torchmetrics) and ``label_accuracy``.
 
 ``METRIC_TABLE`` is the one list of them: each ``Metric`` holds its function, the direction in which it improves
-*for the attacker* and how reports print it. Adding a metric is one function and one ``METRIC_TABLE.add``; the
-functions below, ``HIGHER_IS_BETTER`` and the benchmark reports all read the table.
+*for the attacker* and how reports print it. Adding a metric is one function and one ``Metric`` entry in the
+table; ``METRICS``, ``HIGHER_IS_BETTER``, the functions below and the benchmark reports all read it.
 
 LPIPS needs ImageNet-pretrained backbone weights. They are used only when already in the torch hub cache
 (``torch.hub.get_dir()/checkpoints``); nothing is ever downloaded here. Without them the ``lpips`` key is absent
