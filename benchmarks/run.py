@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from benchmarks.config import SuiteConfig, SuiteError, load_suite
 from benchmarks.cells import expand_cells
+from benchmarks.config import SuiteConfig, SuiteError, load_suite
 from ggl.io import canonical_json
 
 if TYPE_CHECKING:
