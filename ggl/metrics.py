@@ -66,6 +66,11 @@ def lpips_weights_path(net: str = "alex") -> Path:
 
 def lpips_available(net: str = "alex") -> bool:
     """True when LPIPS ``net`` can run without a download; otherwise warns once per process and returns False."""
+    return _lpips_ready(net)
+
+
+def _lpips_ready(net: str) -> bool:
+    """``lpips_available`` two calls deep (public function or metric), so the warning points at the caller's caller."""
     path = lpips_weights_path(net)
     if path.is_file():
         return True
@@ -77,7 +82,7 @@ def lpips_available(net: str = "alex") -> bool:
             f"torchvision.models.{LPIPS_NETS[net].replace('_Weights', '').lower()}(weights='DEFAULT')\", "
             f"or copy {path.name} into {path.parent} (set TORCH_HOME to use another cache).",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
     return False
 
@@ -147,7 +152,7 @@ def _ssim(reconstructed: torch.Tensor, original: torch.Tensor, lpips_net: str) -
 
 def _lpips(reconstructed: torch.Tensor, original: torch.Tensor, lpips_net: str) -> torch.Tensor | None:
     """LPIPS distance per image; ``None`` (the key is left out) when the backbone weights are not cached."""
-    if not lpips_available(lpips_net):
+    if not _lpips_ready(lpips_net):
         return None
     if lpips_net not in _LPIPS_MODULES:
         from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
