@@ -32,6 +32,17 @@ if TYPE_CHECKING:
     from benchmarks.store import CellRow, ResultsStore, VictimRow
 
 SUITE = "ggl-claims"
+HEADER = """# GGL's claims at equal evaluation budgets
+
+How these numbers are made: the grid is the `ggl-claims` suite (`benchmarks/suites/ggl-claims.yaml`) run through
+the harness, and the tables are a query over its results store:
+
+```bash
+python -m benchmarks.run --suite ggl-claims          # about an hour on 2 CPU cores; resumes when stopped
+python -m benchmarks.claims --store results/ggl-claims --table docs/ggl_claims.md --json docs/ggl_claims.json
+```
+
+"""
 DEFENSES = ("gaussian-0.01", "gaussian-0.1", "sparsification-0.9")
 ATTACK_LABELS = {"ggl-cma": "GGL-CMA", "ig": "Inverting Gradients", "ggl-adam": "GGL-Adam", "ggl-bo": "GGL-BO"}
 CLAIM2 = (("gaussian-0.01", False), ("gaussian-0.1", False), ("sparsification-0.9", True))
@@ -222,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--store", default=f"results/{SUITE}", help="results folder of the suite's run")
     parser.add_argument("--suite", default=SUITE, help="suite name in the store (default ggl-claims)")
     parser.add_argument("--seed", type=int, default=0, help="which attack seed's rows to read (default 0)")
-    parser.add_argument("--table", default=None, help="write the Markdown tables here (default: print them)")
+    parser.add_argument("--table", default=None, help="write a Markdown page with the tables here (default: print)")
     parser.add_argument("--json", default=None, help="write the setting and every run here")
     return parser
 
@@ -242,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     text = table(results)
     if args.table:
-        atomic_write(Path(args.table), text)
+        atomic_write(Path(args.table), HEADER + text)
     else:
         print(text, end="")
     if args.json:

@@ -225,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compute", action="store_true", help="compute missing reference rows first")
     parser.add_argument("--json", default=None, help="write the summary (and per-victim values) to this JSON file")
     parser.add_argument("--fits", default=None, help="PNG grid of up to 16 victims above their ceiling fits")
+    parser.add_argument("--samples", default=None, help="PNG grid of prior samples, ten per class (one row each)")
     return parser
 
 
@@ -250,6 +251,22 @@ def write_fits(
     bottom = torch.cat([torch.as_tensor(fits[v.victim]) for v in shown])
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image(torch.cat([top, bottom]), str(path), nrow=len(top), padding=1, pad_value=1.0)
+
+
+def write_samples(path: Path, prior_name: str, seed: int = 0) -> None:
+    """Ten samples of each class of a class-conditional prior, one row per class (latents seeded with ``seed``)."""
+    from torchvision.utils import save_image
+
+    from ggl.priors import load_prior
+
+    prior = load_prior(prior_name)
+    if not prior.num_classes:
+        raise ValueError(f"prior {prior_name!r} is unconditional; --samples draws ten samples per class")
+    with torch.no_grad():
+        labels = torch.arange(prior.num_classes).repeat_interleave(10)
+        samples = prior(prior.sample(len(labels), torch.Generator().manual_seed(seed)), labels)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(samples, str(path), nrow=10, padding=1, pad_value=1.0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -283,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         ceiling = next(r for r in suite.reference_attacks() if r.name == CEILING)
         shown = [v for v in victim_rows if v.victim < victims]
         write_fits(Path(args.fits), rows, shown, ceiling.key(), suite.seeds[0])
+    if args.samples:
+        write_samples(Path(args.samples), str(suite.prior))
     return 0 if "ceiling" in summary else 1
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from benchmarks.cells import expand_cells
-from benchmarks.claims import attack_key, defense_key, main, results_from_store, runs_from_rows, setting, table
+from benchmarks.claims import HEADER, attack_key, defense_key, main, results_from_store, runs_from_rows, setting, table
 from benchmarks.config import load_suite
 from benchmarks.store import CellRow, ResultsStore, VictimRow
 
@@ -128,7 +128,7 @@ def test_adaptive_noise_rows_are_used_when_stored() -> None:
 def test_the_published_table_is_the_query_of_its_raw_results() -> None:
     published = (ROOT / "docs" / "ggl_claims.md").read_text()
     raw = json.loads((ROOT / "docs" / "ggl_claims.json").read_text())
-    assert published.endswith(table(raw))
+    assert published.startswith(HEADER) and published.endswith(table(raw))
 
 
 def test_command_line_reads_the_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -142,7 +142,7 @@ def test_command_line_reads_the_store(tmp_path: Path, capsys: pytest.CaptureFixt
     assert results["config"]["victim"] == "convnet"  # no suite in the store's meta: the shipped suite's setting
     out, data = tmp_path / "claims.md", tmp_path / "claims.json"
     assert main(["--store", str(tmp_path), "--table", str(out), "--json", str(data)]) == 0
-    assert out.read_text() == table(results)
+    assert out.read_text() == HEADER + table(results)
     assert json.loads(data.read_text())["runs"].keys() == results["runs"].keys()
     assert main(["--store", str(tmp_path / "nothing")]) == 2
     assert "no results store" in capsys.readouterr().err

@@ -205,9 +205,10 @@ def test_command_line_reports_from_the_store(tmp_path: Path, capsys: pytest.Capt
             store.put_victim(VictimRow("refs", victim, [victim], [0], np.zeros((1, 1, 2, 2), dtype=np.float32)))
         for row in hand_made_rows():
             store.put_cell(row)
-    summary, fits = tmp_path / "ceiling.json", tmp_path / "fits.png"
+    summary, fits, samples = tmp_path / "ceiling.json", tmp_path / "fits.png", tmp_path / "samples.png"
     args = ["--suite", str(suite_file), "--store", str(tmp_path)]
-    assert main([*args, "--json", str(summary), "--fits", str(fits)]) == 0
+    assert main([*args, "--json", str(summary), "--fits", str(fits), "--samples", str(samples)]) == 0
+    assert samples.stat().st_size > 0
     assert "prior ceiling over 2 victims: PSNR 23.00 dB (median 23.00, min 21.00, max 25.00)" in capsys.readouterr().out
     assert json.loads(summary.read_text())["ceiling"]["psnr"]["mean"] == 23.0 and fits.stat().st_size > 0
     assert main([*args, "--victims", "1"]) == 0
