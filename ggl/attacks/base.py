@@ -1,8 +1,11 @@
 """The shape every attack shares: one ``AttackTarget`` in, one ``Reconstruction`` out.
 
-An attack is a ``pl.LightningModule`` with manual optimisation: one Lightning step is one search step, so the
-Trainer's progress bar, callbacks and loggers apply to the search. ``reconstruct(target)`` builds the Trainer,
-feeds it one dummy batch per search step and returns the best candidate over all trials (restarts).
+An attack is a ``pl.LightningModule``. Its hyperparameters are its constructor arguments, recorded by
+``save_hyperparameters`` (``attack.spec == {"name": attack.name, **attack.hparams}``); run options (accelerator,
+progress bar, logger, callbacks) are arguments of ``reconstruct``, so they never enter a spec. ``reconstruct``
+runs the trials (restarts) as a plain loop, one ``Trainer.fit`` per trial with ``max_steps=iterations`` over a
+loader of the step indices: ``configure_optimizers`` draws the trial's start and returns its optimiser, every
+Lightning step is one search step under manual optimisation, and the trial with the lowest final loss wins.
 
 The attacker sees the victim's architecture and weights, the (defended) shared update, the defense's public
 description and known labels when given. ``AttackTarget`` has no field for the private images by design.
@@ -16,21 +19,22 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import KW_ONLY, dataclass, field
-from pathlib import Path
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, ClassVar, NamedTuple, Protocol, TypeVar
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
 from ggl.attacks.objective import DISTANCES, gradient_distance
+from ggl.checks import boolean, non_negative_int, one_of, positive_int
 from ggl.fl.client import SharedUpdate
 from ggl.fl.labels import infer_labels
 from ggl.fl.normalization import Normalization
+from ggl.registry import Registry
 
 
 class SimulatedDefense(Protocol):
@@ -131,42 +135,80 @@ class Reconstruction:
         return float(self.extras.get("loss", math.nan))
 
 
-class _Steps(torch.utils.data.Dataset[int]):
-    """One dummy item per search step: the Trainer's loop is the search loop."""
+@dataclass
+class EvaluationBudget:
+    """The one count of objective evaluations of a reconstruction, against an optional cap (``limit``).
 
-    def __init__(self, steps: int) -> None:
-        self.steps = steps
+    Every candidate gradient an attack computes is spent here once, by the objective that computes it
+    (``GradientInversionAttack.trial_gradients`` for one candidate, GGL's ``population_loss`` for a population).
+    """
 
-    def __len__(self) -> int:
-        return self.steps
+    limit: int | None
+    spent: int = 0
 
-    def __getitem__(self, index: int) -> int:
-        return index
+    def spend(self, count: int) -> None:
+        """Record ``count`` more evaluations."""
+        self.spent += count
+
+    @property
+    def exhausted(self) -> bool:
+        """Whether the cap is reached (never without a cap)."""
+        return self.limit is not None and self.spent >= self.limit
+
+
+class _Candidate(NamedTuple):
+    images: torch.Tensor
+    labels: torch.Tensor
+    loss: float
+    trial: int
+
+
+@dataclass
+class _Run:
+    """The state of one ``reconstruct`` call. A plain object, so the victim never becomes a submodule."""
+
+    target: AttackTarget
+    budget: EvaluationBudget
+    log_every: int
+    trial: int = 0
+    prepared: bool = False
+    stopped: bool = False
+    victim: nn.Module | None = None
+    gradients: list[torch.Tensor] = field(default_factory=list)
+    trace: list[float] = field(default_factory=list)
+    trial_losses: list[float] = field(default_factory=list)
+    best: _Candidate | None = None
+
+
+RUN_OPTIONS = ("accelerator", "progress_bar", "logger", "callbacks", "log_every")
+"""Keyword arguments of ``reconstruct``; a constructor refuses them (they are not hyperparameters)."""
 
 
 class GradientInversionAttack(pl.LightningModule):
-    """Base class of all attacks: Lightning plumbing, budgets, seeding, label policy, gradient matching, logging.
+    """Base class of all attacks: hyperparameters, restarts, the evaluation budget, seeding, labels, logging.
 
-    Subclasses set ``name``, call ``super().__init__(...)`` and implement:
-    ``setup_search(target)`` once per reconstruction, ``start_trial(trial)`` at every restart,
-    ``search_step(step) -> float`` for one optimisation step, and ``trial_result() -> (images, labels, loss)``
-    with images in [0, 1]. The base keeps the best trial by loss.
+    A subclass sets ``name`` (through ``register_attack``), takes its own keyword arguments plus ``**shared``
+    (forwarded here), validates its own with ``ggl.checks`` before calling ``super().__init__(**shared)``, and
+    implements the trial as Lightning hooks:
 
-    Args (shared by every attack; subclasses expose them as keyword arguments):
+    - ``configure_optimizers()``: once per trial, draw the start from ``self.rng`` and return its optimiser(s).
+      Lightning calls it before ``on_fit_start``, so it may use ``self.target`` but not ``prepare``'s results.
+    - ``prepare(target)``: once per reconstruction, on the attack's device, before the first step (labels...).
+    - ``search_step(step) -> float``: one optimisation step (``self.optimizers()``); the loss to record.
+    - ``trial_result() -> (images in [0, 1], labels, loss)``: the trial's candidate; optionally ``preview()``.
+
+    ``save_hyperparameters()`` here records the arguments of every ``__init__`` in the chain as they stand when it
+    runs, so the converted values of a subclass's own arguments are what ``hparams`` and ``spec`` hold.
+
+    Args (shared by every attack):
         iterations: search steps per trial. restarts: trials; the lowest final loss wins.
-        budget: optional cap on objective evaluations over all trials (stops the search early).
+        budget: optional cap on objective evaluations over all trials (stops the search at a step boundary).
         seed: seeds every random choice (initialisations); the same seed gives the same reconstruction.
         adaptive: apply ``target.defense.simulate`` to trial gradients (the attacker knows the defense).
         metric: gradient distance, one of ``ggl.attacks.objective.DISTANCES``.
-        accelerator: Lightning accelerator ("cpu", "gpu", "auto"). progress_bar: show Lightning's progress bar.
-        log_dir: TensorBoard directory (None: no logging). log_every: steps between image grids in the log.
-
-    Every ``__init__`` argument is stored under its own name, so ``spec`` can list them; ``accelerator``,
-    ``progress_bar``, ``log_dir`` and ``log_every`` are run options and are left out of ``spec``.
     """
 
     name: ClassVar[str] = "base"
-    run_options: ClassVar[tuple[str, ...]] = ("accelerator", "progress_bar", "log_dir", "log_every")
 
     def __init__(
         self,
@@ -177,121 +219,83 @@ class GradientInversionAttack(pl.LightningModule):
         seed: int = 0,
         adaptive: bool = False,
         metric: str = "l2",
-        accelerator: str = "cpu",
-        progress_bar: bool = False,
-        log_dir: str | Path | None = None,
-        log_every: int = 100,
     ) -> None:
         super().__init__()
-        _positive_int("iterations", iterations)
-        _positive_int("restarts", restarts)
+        positive_int("iterations", iterations)
+        positive_int("restarts", restarts)
         if budget is not None:
-            _positive_int("budget", budget)
-        _positive_int("log_every", log_every)
-        if metric not in DISTANCES:
-            raise ValueError(f"metric must be one of {', '.join(sorted(DISTANCES))}, got {metric!r}")
+            positive_int("budget", budget)
+        non_negative_int("seed", seed)
+        boolean("adaptive", adaptive)
+        one_of("metric", metric, sorted(DISTANCES))
+        self.save_hyperparameters()
         self.automatic_optimization = False
-        self.iterations = int(iterations)
-        self.restarts = int(restarts)
-        self.budget = None if budget is None else int(budget)
-        self.seed = int(seed)
-        self.adaptive = bool(adaptive)
-        self.metric = metric
-        self.accelerator = accelerator
-        self.progress_bar = bool(progress_bar)
-        self.log_dir = None if log_dir is None else str(log_dir)
-        self.log_every = int(log_every)
-        self._reset()
-
-    def _reset(self) -> None:
-        self.target: AttackTarget | None = None
-        self.evaluations = 0
-        self.trace: list[float] = []
-        self.trial_losses: list[float] = []
-        self._best: tuple[torch.Tensor, torch.Tensor, float, int] | None = None
-        self._trial = -1
-        self._trial_open = False
-        self._search: dict[str, Any] = {}  # victim and received gradients; a dict so the victim is no submodule
-        self.generator = torch.Generator().manual_seed(self.seed)
+        self.rng = torch.Generator().manual_seed(seed)
+        self._run: _Run | None = None
 
     # ----------------------------------------------------------------------------------------------- public API
 
     @property
     def spec(self) -> dict[str, Any]:
         """The attack as plain data: ``make_attack(**attack.spec)`` builds the same attack."""
-        parameters: dict[str, Any] = {}
-        for cls in reversed(type(self).__mro__):
-            init = cls.__dict__.get("__init__")
-            if init is None or not issubclass(cls, GradientInversionAttack):
-                continue
-            for key, parameter in inspect.signature(init).parameters.items():
-                if key == "self" or parameter.kind in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL):
-                    continue
-                if key not in self.run_options:
-                    parameters[key] = _plain(getattr(self, key))
-        return {"name": self.name, **parameters}
+        return {"name": self.name, **self.hparams}
+
+    @classmethod
+    def hyperparameter_names(cls) -> list[str]:
+        """The keyword arguments the constructor chain accepts, sorted, each once."""
+        names: set[str] = set()
+        for klass in cls.__mro__:
+            init = klass.__dict__.get("__init__")
+            if init is not None and issubclass(klass, GradientInversionAttack):
+                parameters = inspect.signature(init).parameters.values()
+                names.update(p.name for p in parameters if p.kind is p.KEYWORD_ONLY)
+        return sorted(names)
 
     def reconstruct(
         self,
         target: AttackTarget,
+        *,
+        accelerator: str = "cpu",
+        progress_bar: bool = False,
         logger: pl.loggers.Logger | None = None,
         callbacks: Sequence[pl.Callback] = (),
+        log_every: int = 100,
     ) -> Reconstruction:
         """Run the search against ``target`` and return the best candidate over all trials.
 
         Args:
             target: what the server knows (no private images).
-            logger: a Lightning logger to use instead of the TensorBoard logger built from ``log_dir``.
-            callbacks: extra Lightning callbacks (they see ``attack/loss`` through ``self.log``).
+            accelerator: Lightning accelerator ("cpu", "gpu", "auto").
+            progress_bar: show Lightning's progress bar (one bar a trial).
+            logger: a Lightning logger (None: no logging). It receives ``attack/loss``, ``attack/evaluations``
+                and ``attack/trial`` every step, at steps counted over all trials, and with a TensorBoard
+                logger an image grid ``attack/reconstruction`` every ``log_every`` steps and of the best at the end.
+            callbacks: Lightning callbacks; they see ``attack/loss`` in ``trainer.callback_metrics`` and may end
+                the search with ``trainer.should_stop`` (the current trial's candidate still competes).
         """
         if not isinstance(target, AttackTarget):
             raise ValueError(f"reconstruct expects an AttackTarget, got {type(target).__name__}")
-        self._reset()
-        self.target = target
-        if logger is None and self.log_dir is not None:
-            logger = pl.loggers.TensorBoardLogger(self.log_dir, name=self.name, default_hp_metric=False)
+        options = {"accelerator": accelerator, "logger": logger, "callbacks": list(callbacks)}
+        options["progress_bar"] = boolean("progress_bar", progress_bar)
+        self._run = run = _Run(target, EvaluationBudget(self.hparams.budget), positive_int("log_every", log_every))
+        self.rng = torch.Generator().manual_seed(self.hparams.seed)
         start = time.perf_counter()
-        loader = DataLoader(_Steps(self.iterations * self.restarts), batch_size=None)
-        with _quiet_lightning(), torch.random.fork_rng(devices=[]), torch.enable_grad():
-            torch.manual_seed(self.seed)
-            trainer = pl.Trainer(
-                accelerator=self.accelerator,
-                devices=1,
-                max_epochs=1,
-                max_steps=-1,
-                logger=logger if logger is not None else False,
-                callbacks=list(callbacks),
-                enable_checkpointing=False,
-                enable_model_summary=False,
-                enable_progress_bar=self.progress_bar,
-                inference_mode=False,
-                num_sanity_val_steps=0,
-                log_every_n_steps=1,
-            )
-            trainer.fit(self, train_dataloaders=loader)
-        if self._best is None:
-            raise RuntimeError(f"{self.name}: the search ended before any trial finished")
-        images, labels, loss, best_trial = self._best
-        result = Reconstruction(
-            images=images.detach().cpu(),
-            labels=labels.detach().cpu(),
-            trace=list(self.trace),
-            evaluations=self.evaluations,
-            seconds=time.perf_counter() - start,
-            extras={"loss": loss, "best_trial": best_trial, "trial_losses": list(self.trial_losses)},
-        )
-        self.target = None
-        self._search = {}
-        return result
+        try:
+            with _quiet_lightning(), torch.random.fork_rng(devices=[]), torch.enable_grad():
+                torch.manual_seed(self.hparams.seed)
+                for trial in range(self.hparams.restarts):
+                    run.trial = trial
+                    self._make_trainer(**options).fit(self, train_dataloaders=range(self.hparams.iterations))
+                    if run.stopped:
+                        break
+            return self._result(run, time.perf_counter() - start)
+        finally:
+            self._run = None
 
     # ------------------------------------------------------------------------------------ hooks for subclasses
 
-    def setup_search(self, target: AttackTarget) -> None:
-        """Once per reconstruction, before the first trial (labels, constants). Default: nothing."""
-
-    def start_trial(self, trial: int) -> None:
-        """Initialise the variables and the optimiser of trial ``trial`` (seeded through ``self.generator``)."""
-        raise NotImplementedError
+    def prepare(self, target: AttackTarget) -> None:
+        """Once per reconstruction, on the attack's device, before the first step. Default: nothing."""
 
     def search_step(self, step: int) -> float:
         """One optimisation step of the current trial; returns the loss after (or during) the step."""
@@ -308,33 +312,50 @@ class GradientInversionAttack(pl.LightningModule):
     # ------------------------------------------------------------------------------- helpers for subclasses
 
     @property
+    def target(self) -> AttackTarget:
+        """The target of the running reconstruction."""
+        return self._active().target
+
+    @property
+    def current_trial(self) -> int:
+        """The index of the running trial (restart), from 0."""
+        return self._active().trial
+
+    @property
+    def evaluations(self) -> int:
+        """Objective evaluations spent so far in the running reconstruction."""
+        return self._active().budget.spent
+
+    def spend(self, count: int) -> None:
+        """Count ``count`` objective evaluations against the budget (the objectives call this, once each)."""
+        self._active().budget.spend(count)
+
+    @property
     def victim(self) -> nn.Module:
         """The victim model on the attack's device (a copy when the device differs; the original is untouched)."""
-        assert "victim" in self._search, "victim is available only during reconstruct"
-        return self._search["victim"]
+        victim = self._active().victim
+        assert victim is not None, "the victim is available from on_fit_start on"
+        return victim
 
     @property
     def target_gradients(self) -> list[torch.Tensor]:
         """The received update's gradients on the attack's device."""
-        return self._search["gradients"]
+        return self._active().gradients
 
     def resolve_labels(self) -> torch.Tensor:
         """Known labels when the target has them, otherwise ``infer_labels`` on the received update."""
-        assert self.target is not None
         labels = self.target.labels
         if labels is None:
             labels = infer_labels(self.target.update, self.target.model)
         return labels.to(self.device)
 
     def random_images(self, scale: float = 1.0) -> torch.Tensor:
-        """Seeded Gaussian start (B, C, H, W) in the model's input space, drawn from ``self.generator``."""
-        assert self.target is not None
+        """Seeded Gaussian start (B, C, H, W) in the model's input space, drawn from ``self.rng``."""
         shape = (self.target.batch_size, *self.target.image_shape)
-        return (scale * torch.randn(shape, generator=self.generator)).to(self.device)
+        return (scale * torch.randn(shape, generator=self.rng)).to(self.device)
 
     def pixel_box(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Lower and upper bounds (1, C, 1, 1) of valid pixels [0, 1] in the model's normalised input space."""
-        assert self.target is not None
         channels = self.target.image_shape[0]
         norm = self.target.normalization
         zeros = torch.zeros(1, channels, 1, 1, device=self.device)
@@ -342,7 +363,6 @@ class GradientInversionAttack(pl.LightningModule):
 
     def to_pixels(self, inputs: torch.Tensor) -> torch.Tensor:
         """Normalised model inputs -> images in [0, 1] (denormalised and clamped)."""
-        assert self.target is not None
         return self.target.normalization.denormalize(inputs.detach()).clamp(0, 1)
 
     def trial_gradients(self, inputs: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
@@ -350,7 +370,7 @@ class GradientInversionAttack(pl.LightningModule):
 
         ``labels`` are class indices (B,) or soft-label logits (B, K) (DLG). The graph is kept so the distance can
         be differentiated with respect to ``inputs``; the victim's weights and ``.grad`` are never modified.
-        Counts one objective evaluation.
+        Spends one objective evaluation.
         """
         victim = self.victim
         names = [name for name, _ in victim.named_parameters()]
@@ -361,78 +381,114 @@ class GradientInversionAttack(pl.LightningModule):
         else:
             loss = F.cross_entropy(logits, labels)
         gradients = torch.autograd.grad(loss, leaves, create_graph=True)
-        self.evaluations += 1
+        self.spend(1)
         trial = [g.unsqueeze(0) for g in gradients]
-        assert self.target is not None
-        if self.adaptive and self.target.defense is not None:
-            trial = list(self.target.defense.simulate(trial, received=self._received_update()))
+        if self.hparams.adaptive and self.target.defense is not None:
+            trial = list(self.target.defense.simulate(trial, received=self.received_update()))
         return trial
 
     def gradient_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """``metric`` distance between the trial gradient of ``inputs`` and the received update (a scalar)."""
         trial = self.trial_gradients(inputs, labels)
-        return gradient_distance(trial, self.target_gradients, self.metric)[0]
+        return gradient_distance(trial, self.target_gradients, self.hparams.metric)[0]
 
-    # ------------------------------------------------------------------------------------ Lightning plumbing
-
-    def configure_optimizers(self) -> None:
-        """Optimisers are built per trial inside the attack (L-BFGS needs a closure, restarts need fresh state)."""
-        return None
-
-    def on_fit_start(self) -> None:
-        assert self.target is not None
-        model = self.target.model
-        device = self.device
-        first = next(model.parameters(), None)
-        if first is not None and first.device != device:
-            model = copy.deepcopy(model).to(device)
-        self._search = {"victim": model, "gradients": [g.detach().to(device) for g in self.target.update.gradients]}
-        self.setup_search(self.target)
-
-    def training_step(self, batch: Any, batch_idx: int) -> None:
-        trial, step = divmod(batch_idx, self.iterations)
-        if trial != self._trial:
-            self._trial = trial
-            self._trial_open = True
-            self.start_trial(trial)
-        loss = float(self.search_step(step))
-        self.trace.append(loss)
-        self.log("attack/loss", loss, prog_bar=True, logger=False, on_step=True, on_epoch=False, batch_size=1)
-        logger = self.logger
-        if logger is not None:
-            logger.log_metrics({"attack/loss": loss, "attack/evaluations": self.evaluations}, step=batch_idx)
-            if (batch_idx + 1) % self.log_every == 0:
-                self._log_images(self.preview(), batch_idx + 1, logger)
-        out_of_budget = self.budget is not None and self.evaluations >= self.budget
-        if step == self.iterations - 1 or out_of_budget:
-            self._finish_trial()
-        if out_of_budget:
-            self.trainer.should_stop = True
-
-    def _finish_trial(self) -> None:
-        images, labels, loss = self.trial_result()
-        loss = float(loss)
-        self.trial_losses.append(loss)
-        if self._best is None or _better(loss, self._best[2]):
-            self._best = (images.detach().clone(), labels.detach().clone(), loss, self._trial)
-        self._trial_open = False
-
-    def on_train_end(self) -> None:
-        if self._trial_open:  # stopped early by a callback: the unfinished trial still competes
-            self._finish_trial()
-        if self.logger is not None and self._best is not None:  # before Lightning finalises the logger
-            self._log_images(self._best[0], len(self.trace), self.logger)
-
-    def _received_update(self) -> SharedUpdate:
-        assert self.target is not None
+    def received_update(self) -> SharedUpdate:
+        """The received update with its gradients on the attack's device (what a defense simulation compares to)."""
         update = self.target.update
         gradients = self.target_gradients
         if gradients and update.gradients[0].device != gradients[0].device:
             return update.with_gradients(gradients)
         return update
 
-    def _log_images(self, images: torch.Tensor, step: int, logger: Any) -> None:
-        experiment = getattr(logger, "experiment", None)
+    # ------------------------------------------------------------------------------------ Lightning plumbing
+
+    def on_fit_start(self) -> None:
+        """On the first trial: the victim and the received gradients on the attack's device, then ``prepare``."""
+        run = self._active()
+        if run.prepared:
+            return
+        model = run.target.model
+        first = next(model.parameters(), None)
+        if first is not None and first.device != self.device:
+            model = copy.deepcopy(model).to(self.device)
+        run.victim = model
+        run.gradients = [g.detach().to(self.device) for g in run.target.update.gradients]
+        run.prepared = True
+        self.prepare(run.target)
+
+    def training_step(self, step: int, batch_idx: int) -> None:
+        """One search step (the batch is the step index): ``search_step``, then the trace, the log, the budget."""
+        run = self._active()
+        loss = float(self.search_step(step))
+        run.trace.append(loss)
+        metrics = {"attack/loss": loss, "attack/evaluations": run.budget.spent, "attack/trial": run.trial}
+        metrics["step"] = len(run.trace) - 1  # Lightning's step restarts every fit; the log's runs on
+        for key, value in metrics.items():
+            self.log(
+                key,
+                torch.tensor(value, dtype=torch.float64),
+                prog_bar=key == "attack/loss",
+                logger=self.logger is not None,
+                on_step=True,
+                on_epoch=False,
+                batch_size=1,
+            )
+        if self.logger is not None and len(run.trace) % run.log_every == 0:
+            self._log_images(self.preview(), len(run.trace))
+        if run.budget.exhausted:
+            self.trainer.should_stop = True
+
+    def on_train_end(self) -> None:
+        """The trial's candidate competes (however the trial ended); the last trial logs the best images."""
+        run = self._active()
+        images, labels, loss = self.trial_result()
+        loss = float(loss)
+        run.trial_losses.append(loss)
+        if run.best is None or _better(loss, run.best.loss):
+            run.best = _Candidate(images.detach().clone(), labels.detach().clone(), loss, run.trial)
+        run.stopped = self.trainer.should_stop
+        if self.logger is not None and (run.stopped or run.trial == self.hparams.restarts - 1):
+            self._log_images(run.best.images, len(run.trace))  # before Lightning finalises the logger
+
+    # ------------------------------------------------------------------------------------------------ private
+
+    def _active(self) -> _Run:
+        if self._run is None:
+            raise RuntimeError(f"{self.name}: this is available only inside reconstruct()")
+        return self._run
+
+    def _make_trainer(
+        self, accelerator: str, progress_bar: bool, logger: pl.loggers.Logger | None, callbacks: list[pl.Callback]
+    ) -> pl.Trainer:
+        return pl.Trainer(
+            accelerator=accelerator,
+            devices=1,
+            max_epochs=1,
+            max_steps=self.hparams.iterations,
+            logger=logger if logger is not None else False,
+            callbacks=callbacks,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            enable_progress_bar=progress_bar,
+            inference_mode=False,
+            num_sanity_val_steps=0,
+            log_every_n_steps=1,
+        )
+
+    def _result(self, run: _Run, seconds: float) -> Reconstruction:
+        if run.best is None:
+            raise RuntimeError(f"{self.name}: the search ended before any trial finished")
+        return Reconstruction(
+            images=run.best.images.detach().cpu(),
+            labels=run.best.labels.detach().cpu(),
+            trace=list(run.trace),
+            evaluations=run.budget.spent,
+            seconds=seconds,
+            extras={"loss": run.best.loss, "best_trial": run.best.trial, "trial_losses": list(run.trial_losses)},
+        )
+
+    def _log_images(self, images: torch.Tensor, step: int) -> None:
+        experiment = getattr(self.logger, "experiment", None)
         if experiment is None or not hasattr(experiment, "add_image"):
             return
         from torchvision.utils import make_grid
@@ -445,52 +501,40 @@ class GradientInversionAttack(pl.LightningModule):
 
 AttackType = TypeVar("AttackType", bound=type[GradientInversionAttack])
 
-ATTACKS: dict[str, type[GradientInversionAttack]] = {}
+ATTACKS: Registry[type[GradientInversionAttack]] = Registry("attack")
 """Attack classes by registry name (dlg, idlg, inverting_gradients, ggl)."""
 
 
 def register_attack(name: str) -> Callable[[AttackType], AttackType]:
-    """Class decorator: register an attack under ``name`` (sets ``cls.name``); refuses duplicate names."""
+    """Class decorator: ``ATTACKS.register(name)`` that also sets ``cls.name`` (the ``name`` of its spec)."""
 
     def decorate(cls: AttackType) -> AttackType:
-        if name in ATTACKS:
-            raise ValueError(f"attack {name!r} is already registered by {ATTACKS[name].__qualname__}")
         if not (isinstance(cls, type) and issubclass(cls, GradientInversionAttack)):
             raise ValueError(f"register_attack({name!r}) needs a GradientInversionAttack subclass, got {cls!r}")
+        ATTACKS.add(name, cls)
         cls.name = name
-        ATTACKS[name] = cls
         return cls
 
     return decorate
 
 
-def make_attack(name: str, **params: Any) -> GradientInversionAttack:
+def make_attack(name: str, **hparams: Any) -> GradientInversionAttack:
     """Build a registered attack by name, e.g. ``make_attack("idlg", iterations=300, seed=1)``.
 
-    Unknown names and unknown parameters raise ``ValueError`` listing what is allowed.
+    Unknown names and unknown parameters raise ``ValueError`` listing what is allowed; run options (accelerator,
+    logger, ...) are refused here because they belong to ``reconstruct``.
     """
-    if name not in ATTACKS:
-        raise ValueError(f"unknown attack {name!r}; allowed: {', '.join(sorted(ATTACKS))}")
-    cls = ATTACKS[name]
-    allowed = _init_parameters(cls)
-    unknown = sorted(set(params) - set(allowed))
+    cls = ATTACKS.lookup(name)
+    allowed = cls.hyperparameter_names()
+    unknown = sorted(set(hparams) - set(allowed))
     if unknown:
+        hint = ""
+        if set(unknown) & set(RUN_OPTIONS):
+            hint = f" ({', '.join(RUN_OPTIONS)} are options of reconstruct())"
         raise ValueError(
-            f"attack {name!r} got unknown parameter(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
+            f"attack {name!r} got unknown parameter(s) {', '.join(unknown)}{hint}; allowed: {', '.join(allowed)}"
         )
-    return cls(**params)
-
-
-def _init_parameters(cls: type[GradientInversionAttack]) -> list[str]:
-    names: list[str] = []
-    for klass in cls.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is None or not issubclass(klass, GradientInversionAttack):
-            continue
-        for key, parameter in inspect.signature(init).parameters.items():
-            if key != "self" and parameter.kind not in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL):
-                names.append(key)
-    return names
+    return cls(**hparams)
 
 
 def _better(loss: float, best: float) -> bool:
@@ -500,49 +544,26 @@ def _better(loss: float, best: float) -> bool:
     return math.isfinite(loss) and loss < best
 
 
-def _positive_int(field_name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{field_name} must be a positive integer, got {value!r}")
+@contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Silence Lightning's per-fit info banners and the two warnings that do not apply to an attack.
 
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-class _quiet_lightning:
-    """Silence Lightning's info banners and the warnings that do not apply to a search loop."""
-
-    def __init__(self) -> None:
-        self._warnings = warnings.catch_warnings()
-        self._levels: dict[str, int] = {}
-
-    def __enter__(self) -> None:
-        self._warnings.__enter__()
-        for message in (
-            ".*does not have many workers.*",
-            ".*returned `None`.*",
-            ".*no optimizer.*",
-            ".*number of training batches.*",
-            ".*smaller than the logging interval.*",
-            ".*module\\(s\\) in eval mode.*",
-            ".*LeafSpec.*",
-        ):
-            warnings.filterwarnings("ignore", message=message)
-        for name in (
-            "pytorch_lightning.utilities.rank_zero",
-            "pytorch_lightning.accelerators.cuda",
-            "lightning.pytorch.utilities.rank_zero",
-            "lightning_fabric.utilities.rank_zero",
-        ):
-            log = logging.getLogger(name)
-            self._levels[name] = log.level
-            log.setLevel(logging.WARNING)
-
-    def __exit__(self, *exc: Any) -> None:
-        for name, level in self._levels.items():
-            logging.getLogger(name).setLevel(level)
-        self._warnings.__exit__(*exc)
+    One ``Trainer.fit`` a trial would print the device banner ("GPU available: ...") and the "``max_steps``
+    reached" line every trial; they are logged at INFO, so those loggers are raised to WARNING. Two warnings
+    remain necessary to silence: "Found N module(s) in eval mode", because GGL's generative prior is a frozen
+    submodule kept in eval mode on purpose (Lightning never switches it); and torch's FutureWarning about
+    ``LeafSpec``, raised by Lightning's own loader flattening (``CombinedLoader``) on every fit with this
+    torch, which an attack cannot avoid.
+    """
+    names = ("pytorch_lightning.utilities.rank_zero", "pytorch_lightning.accelerators.cuda")
+    levels = {name: logging.getLogger(name).level for name in names}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+        warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
+        for name in names:
+            logging.getLogger(name).setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            for name, level in levels.items():
+                logging.getLogger(name).setLevel(level)

@@ -9,11 +9,15 @@ batched computation. Engines (``ENGINES``) differ only in how the P per-candidat
 - ``vmap``: ``torch.func.vmap`` over ``torch.func.grad`` of a ``functional_call`` of the victim;
 - ``hooks``: one forward and one backward pass over all P*B images; each layer's per-candidate weight gradient is
   contracted from its inputs and its output gradients (the per-sample-gradient rules of opacus' grad samplers,
-  summed over the B images of a candidate instead of kept per sample).
+  summed over the B images of a candidate instead of kept per sample);
+- ``inner``: the ``hooks`` capture reduced at once to the squared norms and inner products that the L2 and
+  cosine distances need, so deep layers never form their P gradients (only without a simulation).
 
-``auto`` picks ``hooks`` when every parameterised layer of the victim is supported and ``vmap`` otherwise (the
-measured choice, see docs/engine.md). All engines agree to float rounding and are differentiable with respect
-to the images when ``create_graph=True`` (GGL-Adam backpropagates through generator, images and gradients).
+``auto`` (``choose_engine``) picks ``inner`` first, when no simulation is set, the metric is ``l2`` or ``cosine``
+and every parameterised layer of the victim is supported; otherwise ``hooks`` when every layer is supported;
+otherwise ``vmap`` (the measured choice, see docs/engine.md). All engines agree to float rounding and are
+differentiable with respect to the images when ``create_graph=True`` (GGL-Adam backpropagates through generator,
+images and gradients).
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from torch import nn
 from torch.nn.grad import conv2d_weight
 
 from ggl.attacks.objective import DISTANCES, gradient_distance
+from ggl.checks import one_of, positive_int
+from ggl.registry import Registry
 
 Simulation = Callable[[list[torch.Tensor]], list[torch.Tensor]]
 
@@ -60,18 +66,16 @@ class PopulationEngine:
         return parameters, buffers
 
 
-ENGINES: dict[str, type[PopulationEngine]] = {}
+ENGINES: Registry[type[PopulationEngine]] = Registry("engine")
 """Population engines by name (``auto`` is resolved by ``choose_engine`` and is not an entry)."""
 
 
 def register_engine(name: str) -> Callable[[type[PopulationEngine]], type[PopulationEngine]]:
-    """Class decorator adding an engine to ``ENGINES``; refuses a name that is taken."""
+    """Class decorator: ``ENGINES.register(name)`` that also sets ``cls.name``."""
 
     def decorate(cls: type[PopulationEngine]) -> type[PopulationEngine]:
-        if name in ENGINES:
-            raise ValueError(f"engine {name!r} is already registered")
+        ENGINES.add(name, cls)
         cls.name = name
-        ENGINES[name] = cls
         return cls
 
     return decorate
@@ -477,18 +481,14 @@ class PopulationObjective:
             raise ValueError(
                 f"labels must be a non-empty integer vector (B,), got {labels.dtype} {tuple(labels.shape)}"
             )
-        if metric not in DISTANCES:
-            raise ValueError(f"unknown metric {metric!r}; allowed: {', '.join(sorted(DISTANCES))}")
+        one_of("metric", metric, sorted(DISTANCES))
         if layer_weights is not None and len(layer_weights) != len(target):
             raise ValueError(f"layer_weights has {len(layer_weights)} entries, expected {len(target)}")
         if simulate is not None and not callable(simulate):
             raise ValueError(f"simulate must be callable or None, got {type(simulate).__name__}")
-        allowed = ["auto", *sorted(ENGINES)]
-        if engine not in allowed:
-            raise ValueError(f"unknown engine {engine!r}; allowed: {', '.join(allowed)}")
-        bad_chunk = isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
-        if chunk_size is not None and bad_chunk:
-            raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+        one_of("engine", engine, ["auto", *sorted(ENGINES)])
+        if chunk_size is not None:
+            positive_int("chunk_size", chunk_size)
         self.model = model
         self.target_gradients = [g.detach() for g in target]
         self.labels = labels.long()

@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 
 from ggl.attacks.base import AttackTarget, GradientInversionAttack, register_attack
+from ggl.checks import positive_int, positive_number
 from ggl.fl.labels import last_linear_indices
 
 
 class LBFGSGradientMatching(GradientInversionAttack):
     """Shared machinery of DLG and iDLG: L-BFGS (no line search) on the dummy input, one call a search step.
 
-    One search step is one ``LBFGS.step(closure)`` with up to ``max_iter`` inner iterations; every closure call is
-    one objective evaluation. The last finite iterate is kept, so a diverging run returns its best-known point.
-    Subclasses decide whether labels are optimised (``optimise_labels``).
+    One search step is one ``LBFGS.step(closure)`` with up to ``max_iter`` inner iterations, through Lightning's
+    optimiser under manual optimisation; every closure call is one objective evaluation. The last finite iterate
+    is kept, so a diverging run returns its best-known point. Subclasses decide whether labels are optimised
+    (``optimise_labels``).
+
+    Args:
+        iterations: L-BFGS steps (300). lr: L-BFGS step size (1.0). max_iter: inner iterations per step (20,
+            PyTorch's default, as in the reference code). history_size: L-BFGS memory (100).
+        init_scale: std of the Gaussian start (1.0). ``shared``: restarts, budget, seed, adaptive, metric ("l2"),
+            see ``GradientInversionAttack``.
     """
 
-    optimise_labels = False
+    optimise_labels: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -28,62 +36,35 @@ class LBFGSGradientMatching(GradientInversionAttack):
         max_iter: int = 20,
         history_size: int = 100,
         init_scale: float = 1.0,
-        restarts: int = 1,
-        budget: int | None = None,
-        seed: int = 0,
-        adaptive: bool = False,
-        metric: str = "l2",
-        accelerator: str = "cpu",
-        progress_bar: bool = False,
-        log_dir: str | Path | None = None,
-        log_every: int = 100,
+        **shared: Any,
     ) -> None:
-        super().__init__(
-            iterations=iterations,
-            restarts=restarts,
-            budget=budget,
-            seed=seed,
-            adaptive=adaptive,
-            metric=metric,
-            accelerator=accelerator,
-            progress_bar=progress_bar,
-            log_dir=log_dir,
-            log_every=log_every,
-        )
-        for field_name, value in (("lr", lr), ("init_scale", init_scale)):
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-                raise ValueError(f"{field_name} must be a positive number, got {value!r}")
-        for field_name, value in (("max_iter", max_iter), ("history_size", history_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{field_name} must be a positive integer, got {value!r}")
-        self.lr = float(lr)
-        self.max_iter = int(max_iter)
-        self.history_size = int(history_size)
-        self.init_scale = float(init_scale)
+        lr, init_scale = positive_number("lr", lr), positive_number("init_scale", init_scale)
+        max_iter, history_size = positive_int("max_iter", max_iter), positive_int("history_size", history_size)
+        super().__init__(iterations=iterations, **shared)
 
-    def setup_search(self, target: AttackTarget) -> None:
-        self.fixed_labels = None if self.optimise_labels else self.resolve_labels()
-        self.num_classes = target.update.gradients[last_linear_indices(target.model)[0]].shape[0]
-
-    def start_trial(self, trial: int) -> None:
-        assert self.target is not None
-        self.inputs = self.random_images(self.init_scale).requires_grad_(True)
+    def configure_optimizers(self) -> torch.optim.LBFGS:
+        """The trial's start (Gaussian images, and Gaussian label logits for DLG) from ``self.rng``, and L-BFGS."""
+        target = self.target
+        self.inputs = self.random_images(self.hparams.init_scale).requires_grad_(True)
         variables = [self.inputs]
         if self.optimise_labels:
-            shape = (self.target.batch_size, self.num_classes)
-            self.label_logits = torch.randn(shape, generator=self.generator).to(self.device).requires_grad_(True)
+            num_classes = target.update.gradients[last_linear_indices(target.model)[0]].shape[0]
+            logits = torch.randn((target.batch_size, num_classes), generator=self.rng)
+            self.label_logits = logits.to(self.device).requires_grad_(True)
             variables.append(self.label_logits)
         self.variables = variables
-        self.optimizer = torch.optim.LBFGS(
-            variables, lr=self.lr, max_iter=self.max_iter, history_size=self.history_size
-        )
         self.best_iterate: tuple[float, list[torch.Tensor]] = (float("inf"), [v.detach().clone() for v in variables])
+        return torch.optim.LBFGS(
+            variables, lr=self.hparams.lr, max_iter=self.hparams.max_iter, history_size=self.hparams.history_size
+        )
+
+    def prepare(self, target: AttackTarget) -> None:
+        self.fixed_labels = None if self.optimise_labels else self.resolve_labels()
 
     def _labels(self) -> torch.Tensor:
         return self.label_logits if self.optimise_labels else self.fixed_labels  # type: ignore[return-value]
 
     def _closure(self) -> torch.Tensor:
-        self.optimizer.zero_grad()
         loss = self.gradient_loss(self.inputs, self._labels())
         gradients = torch.autograd.grad(loss, self.variables)
         for variable, gradient in zip(self.variables, gradients):
@@ -94,7 +75,7 @@ class LBFGSGradientMatching(GradientInversionAttack):
         return loss.detach()
 
     def search_step(self, step: int) -> float:
-        self.optimizer.step(self._closure)
+        self.optimizers().step(closure=self._closure)  # type: ignore[union-attr]
         return self.best_iterate[0]
 
     def _best_labels(self) -> torch.Tensor:
@@ -114,13 +95,7 @@ class DLG(LBFGSGradientMatching):
     Dummy images (Gaussian in the model's input space) and dummy soft labels (logits, softmax'd into the
     cross-entropy) are optimised jointly with L-BFGS to match the shared gradient in squared L2. The recovered
     labels are the argmax of the optimised soft labels. The search is unconstrained; pixels are clamped to [0, 1]
-    only in the returned images.
-
-    Args:
-        iterations: L-BFGS steps (300). lr: L-BFGS step size (1.0). max_iter: inner iterations per step (20,
-            PyTorch's default, as in the reference code). history_size: L-BFGS memory (100).
-        init_scale: std of the Gaussian start (1.0). restarts, budget, seed, adaptive, metric ("l2") and the run
-            options: see ``GradientInversionAttack``.
+    only in the returned images. Arguments: see ``LBFGSGradientMatching``.
     Shapes: reconstructs B images (B, C, H, W) for an update of B samples.
 
     Example:

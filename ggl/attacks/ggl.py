@@ -16,14 +16,16 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from ggl.attacks.base import AttackTarget, GradientInversionAttack, Reconstruction, register_attack
-from ggl.attacks.batched import PopulationObjective
+from ggl.attacks.batched import ENGINES, PopulationObjective
 from ggl.attacks.objective import latent_kl
 from ggl.attacks.search import SEARCHES, SearchStrategy, make_search
+from ggl.checks import non_negative_number, one_of, positive_int, positive_number
 from ggl.priors.base import Generator
 from ggl.priors.registry import adapt_prior, load_prior
 
@@ -35,7 +37,6 @@ class _SearchState:
     labels: torch.Tensor
     generator: Generator
     objective: PopulationObjective
-    search: SearchStrategy | None = None
     trial_latents: dict[int, tuple[torch.Tensor, dict[str, Any]]] = field(default_factory=dict)
 
 
@@ -58,8 +59,9 @@ class GGL(GradientInversionAttack):
         latent_space: "normal" (z as searched, GGL) or "sphere" (z rescaled to norm sqrt(d), the shell where a
             Gaussian latent's mass lies, before the generator).
         search_options: extra keyword arguments of the strategy (e.g. ``{"lr": 0.05}`` for adam).
-        engine: ``PopulationObjective`` engine ("auto"). adaptive, metric, seed: see ``GradientInversionAttack``.
+        engine: ``PopulationObjective`` engine ("auto").
         iterations: rounds per restart; derived from budget, population and restarts when None.
+        ``shared``: adaptive, metric ("l2"), seed, see ``GradientInversionAttack``.
     Shapes: a batch of B images is searched as one latent of B * latent_dim numbers per candidate.
 
     Example:
@@ -71,7 +73,7 @@ class GGL(GradientInversionAttack):
     def __init__(
         self,
         *,
-        prior: str = "fashion-mnist-wgan",
+        prior: str | Path = "fashion-mnist-wgan",
         search: str = "cma",
         budget: int = 2000,
         population: int = 50,
@@ -82,80 +84,67 @@ class GGL(GradientInversionAttack):
         search_options: dict[str, Any] | None = None,
         engine: str = "auto",
         iterations: int | None = None,
-        adaptive: bool = False,
-        metric: str = "l2",
-        seed: int = 0,
-        accelerator: str = "cpu",
-        progress_bar: bool = False,
-        log_dir: str | None = None,
-        log_every: int = 100,
+        **shared: Any,
     ) -> None:
-        for field_name, value in (("budget", budget), ("population", population), ("restarts", restarts)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{field_name} must be a positive integer, got {value!r}")
+        budget, population = positive_int("budget", budget), positive_int("population", population)
+        restarts = positive_int("restarts", restarts)
         if budget < restarts:
             raise ValueError(f"budget ({budget}) must be at least restarts ({restarts})")
-        if latent_space not in LATENT_SPACES:
-            raise ValueError(f"latent_space must be one of {', '.join(LATENT_SPACES)}, got {latent_space!r}")
-        if not (isinstance(kl_weight, (int, float)) and kl_weight >= 0):
-            raise ValueError(f"kl_weight must be a non-negative number, got {kl_weight!r}")
+        one_of("latent_space", latent_space, LATENT_SPACES)
+        one_of("engine", engine, ["auto", *sorted(ENGINES)])
+        sigma, kl_weight = positive_number("sigma", sigma), non_negative_number("kl_weight", kl_weight)
         if search not in SEARCHES or search == "ng":
             make_search(search, 1, 1, 1)  # validates the name (ng:NAME / nevergrad names) with a clear error
-        rounds = math.ceil((budget // restarts) / population)
-        super().__init__(
-            iterations=rounds if iterations is None else iterations,
-            restarts=restarts,
-            budget=budget,
-            seed=seed,
-            adaptive=adaptive,
-            metric=metric,
-            accelerator=accelerator,
-            progress_bar=progress_bar,
-            log_dir=log_dir,
-            log_every=log_every,
-        )
-        self.prior = str(prior)
-        self.search = search
-        self.population = int(population)
-        self.sigma = float(sigma)
-        self.kl_weight = float(kl_weight)
-        self.latent_space = latent_space
-        self.search_options = dict(search_options or {})
-        self.engine = engine
-        self.prior_model = load_prior(self.prior)
+        prior, search_options = str(prior), dict(search_options or {})
+        if iterations is None:
+            iterations = math.ceil((budget // restarts) / population)
+        super().__init__(iterations=iterations, restarts=restarts, budget=budget, **shared)
+        self.prior_model = load_prior(prior)
         self._state: _SearchState | None = None
 
     # ------------------------------------------------------------------------------------------------ search
 
-    def setup_search(self, target: AttackTarget) -> None:
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        """The trial's latent search, seeded from ``seed`` and the trial; no Lightning optimiser (an empty list).
+
+        A search strategy is an ask/tell minimiser, not a ``torch.optim.Optimizer``: CMA-ES and BO take no
+        gradient step, and GGL-Adam steps its own chains inside ``tell``. Wrapping one as an optimiser would need a
+        stand-in parameter and a closure that ignores Lightning's, so none is returned (Lightning accepts an empty
+        list silently) and each Lightning step is one ask/evaluate/tell round. A trial then ends with its loader of
+        ``iterations`` steps, since ``max_steps`` counts optimiser steps.
+        """
+        hp = self.hparams
+        self.latent_search = make_search(
+            hp.search,
+            self.target.batch_size * self.prior_model.latent_dim,
+            hp.population,
+            hp.budget // hp.restarts,
+            seed=hp.seed * 1000 + self.current_trial,
+            sigma=hp.sigma,
+            **hp.search_options,
+        )
+        return []
+
+    def prepare(self, target: AttackTarget) -> None:
         labels = self.resolve_labels()
         generator = adapt_prior(self.prior_model, target.image_shape)
         if generator.num_classes and int(labels.max()) >= generator.num_classes:
             raise ValueError(
-                f"prior {self.prior!r} has {generator.num_classes} classes but label "
+                f"prior {self.hparams.prior!r} has {generator.num_classes} classes but label "
                 f"{int(labels.max())} was inferred/given"
             )
         simulate = None
-        if self.adaptive and target.defense is not None:
-            simulate = functools.partial(target.defense.simulate, received=self._received_update())
+        if self.hparams.adaptive and target.defense is not None:
+            simulate = functools.partial(target.defense.simulate, received=self.received_update())
         objective = PopulationObjective(
-            self.victim, self.target_gradients, labels, metric=self.metric, simulate=simulate, engine=self.engine
+            self.victim,
+            self.target_gradients,
+            labels,
+            metric=self.hparams.metric,
+            simulate=simulate,
+            engine=self.hparams.engine,
         )
         self._state = _SearchState(labels, generator, objective)
-
-    def start_trial(self, trial: int) -> None:
-        state = self._search_state()
-        dim = state.labels.numel() * state.generator.latent_dim
-        trial_budget = self.budget // self.restarts  # type: ignore[operator]
-        state.search = make_search(
-            self.search,
-            dim,
-            self.population,
-            trial_budget,
-            seed=self.seed * 1000 + trial,
-            sigma=self.sigma,
-            **self.search_options,
-        )
 
     def latents_to_inputs(self, latents: torch.Tensor) -> torch.Tensor:
         """Candidates (P, B * d) -> normalised victim inputs (P, B, C, H, W)."""
@@ -164,65 +153,63 @@ class GGL(GradientInversionAttack):
         count, batch = latents.shape[0], labels.numel()
         codes = self._shape_latents(latents).reshape(count * batch, -1)
         images = generator(codes, labels.repeat(count) if generator.num_classes else None)
-        normalized = self.target.normalization.normalize(images)  # type: ignore[union-attr]
+        normalized = self.target.normalization.normalize(images)
         return normalized.reshape(count, batch, *normalized.shape[1:])
 
     def _shape_latents(self, latents: torch.Tensor) -> torch.Tensor:
         batch = self._search_state().labels.numel()
         codes = latents.reshape(latents.shape[0], batch, -1)
-        if self.latent_space == "sphere":
+        if self.hparams.latent_space == "sphere":
             codes = codes * math.sqrt(codes.shape[-1]) / codes.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         return codes
 
     def population_loss(self, latents: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
-        """GGL's loss of each candidate latent (P, B * d) -> (P,): gradient distance + kl_weight * KL(z)."""
+        """GGL's loss of each candidate latent (P, B * d) -> (P,): gradient distance + kl_weight * KL(z).
+
+        Spends P objective evaluations.
+        """
         latents = latents.to(self.device)
         with torch.set_grad_enabled(create_graph):
             inputs = self.latents_to_inputs(latents)
         state = self._search_state()
         distance = state.objective(inputs, create_graph=create_graph)
+        self.spend(latents.shape[0])
         codes = latents.reshape(latents.shape[0], state.labels.numel(), -1)
-        return distance + self.kl_weight * latent_kl(codes).mean(1)
+        return distance + self.hparams.kl_weight * latent_kl(codes).mean(1)
 
     def _search_state(self) -> _SearchState:
         if self._state is None:
             raise RuntimeError("GGL's search state exists only inside reconstruct()")
         return self._state
 
-    def _strategy(self) -> SearchStrategy:
-        search = self._search_state().search
-        if search is None:
-            raise RuntimeError("GGL's search strategy is made in start_trial()")
-        return search
-
     def search_step(self, step: int) -> float:
-        search = self._strategy()
+        search = self.latent_search
         if search.done:  # more rounds than the trial's budget allows (an explicit ``iterations``)
             return search.best_loss
         latents = search.ask()
-        losses = self.population_loss(latents, create_graph=search.uses_gradients)
-        search.tell(latents, losses)
-        self.evaluations += int(losses.numel())
+        search.tell(latents, self.population_loss(latents, create_graph=search.uses_gradients))
         return search.best_loss
 
     def trial_result(self) -> tuple[torch.Tensor, torch.Tensor, float]:
-        search = self._strategy()
+        search: SearchStrategy = self.latent_search
         latent = search.best_latent.unsqueeze(0)
         with torch.no_grad():
             inputs = self.latents_to_inputs(latent.to(self.device))[0]
         state = self._search_state()
-        state.trial_latents[self._trial] = (search.best_latent.clone(), search.describe())
+        state.trial_latents[self.current_trial] = (search.best_latent.clone(), search.describe())
         return self.to_pixels(inputs), state.labels, search.best_loss
 
-    def reconstruct(self, target: AttackTarget, *args: Any, **kwargs: Any) -> Reconstruction:
+    def reconstruct(self, target: AttackTarget, **run_options: Any) -> Reconstruction:
         """See ``GradientInversionAttack.reconstruct``; ``extras`` adds the best ``latent`` (B, d) as lists,
         ``search`` (the strategy's description) and ``labels_inferred``."""
         self._state = None
-        result = super().reconstruct(target, *args, **kwargs)
-        latent, description = self._search_state().trial_latents[result.extras["best_trial"]]
-        codes = self._shape_latents(latent.unsqueeze(0))[0]
+        try:
+            result = super().reconstruct(target, **run_options)
+            latent, description = self._search_state().trial_latents[result.extras["best_trial"]]
+            codes = self._shape_latents(latent.unsqueeze(0))[0]
+        finally:
+            self._state = None
         result.extras.update(
             {"latent": codes.tolist(), "search": description, "labels_inferred": target.labels is None}
         )
-        self._state = None
         return result

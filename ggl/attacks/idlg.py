@@ -12,12 +12,8 @@ class IDLG(LBFGSGradientMatching):
 
     Labels are the target's known labels when given, otherwise ``ggl.fl.infer_labels`` on the received update
     (for one image the iDLG sign rule, exact for cross-entropy with non-negative features into the last layer).
-    Only the dummy images are optimised, with L-BFGS and squared L2 gradient distance.
-
-    Args:
-        iterations: L-BFGS steps (300). lr: L-BFGS step size (1.0). max_iter: inner iterations per step (20).
-        history_size: L-BFGS memory (100). init_scale: std of the Gaussian start (1.0). restarts, budget, seed,
-            adaptive, metric ("l2") and the run options: see ``GradientInversionAttack``.
+    Only the dummy images are optimised, with L-BFGS and squared L2 gradient distance. Arguments: see
+    ``LBFGSGradientMatching``.
     Shapes: reconstructs B images (B, C, H, W) for an update of B samples; labels (B,).
 
     Example:

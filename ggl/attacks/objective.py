@@ -10,7 +10,12 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from ggl.registry import Registry
+
 Distance = Callable[[Sequence[torch.Tensor], Sequence[torch.Tensor], Sequence[float] | None], torch.Tensor]
+
+DISTANCES: Registry[Distance] = Registry("gradient distance")
+"""Gradient distances by name (``l2``, ``l1``, ``cosine``)."""
 
 
 def _layer_weights(weights: Sequence[float] | None, count: int) -> list[float]:
@@ -31,30 +36,40 @@ def _check(trial: Sequence[torch.Tensor], target: Sequence[torch.Tensor]) -> Non
             )
 
 
+def _per_layer_sum(
+    trial: Sequence[torch.Tensor],
+    target: Sequence[torch.Tensor],
+    layer_weights: Sequence[float] | None,
+    elementwise: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """``elementwise(trial - target)`` summed within each layer, weighted, averaged over layers. (P,)"""
+    _check(trial, target)
+    weights = _layer_weights(layer_weights, len(target))
+    total = sum(w * elementwise(t - g.unsqueeze(0)).flatten(1).sum(1) for w, t, g in zip(weights, trial, target))
+    return total / len(target)  # type: ignore[return-value]
+
+
+@DISTANCES.register("l2")
 def l2_distance(
     trial: Sequence[torch.Tensor],
     target: Sequence[torch.Tensor],
     layer_weights: Sequence[float] | None = None,
 ) -> torch.Tensor:
     """GGL's distance: squared L2 summed within each layer, weighted, averaged over layers. (P,)"""
-    _check(trial, target)
-    weights = _layer_weights(layer_weights, len(target))
-    total = sum(w * (t - g.unsqueeze(0)).pow(2).flatten(1).sum(1) for w, t, g in zip(weights, trial, target))
-    return total / len(target)  # type: ignore[return-value]
+    return _per_layer_sum(trial, target, layer_weights, lambda difference: difference.pow(2))
 
 
+@DISTANCES.register("l1")
 def l1_distance(
     trial: Sequence[torch.Tensor],
     target: Sequence[torch.Tensor],
     layer_weights: Sequence[float] | None = None,
 ) -> torch.Tensor:
     """L1 summed within each layer, weighted, averaged over layers. (P,)"""
-    _check(trial, target)
-    weights = _layer_weights(layer_weights, len(target))
-    total = sum(w * (t - g.unsqueeze(0)).abs().flatten(1).sum(1) for w, t, g in zip(weights, trial, target))
-    return total / len(target)  # type: ignore[return-value]
+    return _per_layer_sum(trial, target, layer_weights, torch.abs)
 
 
+@DISTANCES.register("cosine")
 def cosine_distance(
     trial: Sequence[torch.Tensor],
     target: Sequence[torch.Tensor],
@@ -69,10 +84,6 @@ def cosine_distance(
     return 1 - dot / (trial_norm.clamp_min(1e-20).sqrt() * target_norm.clamp_min(1e-20).sqrt())  # type: ignore[union-attr]
 
 
-DISTANCES: dict[str, Distance] = {"l2": l2_distance, "l1": l1_distance, "cosine": cosine_distance}
-"""Gradient distances by name."""
-
-
 def gradient_distance(
     trial: Sequence[torch.Tensor],
     target: Sequence[torch.Tensor],
@@ -80,9 +91,7 @@ def gradient_distance(
     layer_weights: Sequence[float] | None = None,
 ) -> torch.Tensor:
     """Distance of each of P trial gradients to the target, by ``metric`` (see ``DISTANCES``). Returns (P,)."""
-    if metric not in DISTANCES:
-        raise ValueError(f"unknown gradient distance {metric!r}; allowed: {', '.join(sorted(DISTANCES))}")
-    return DISTANCES[metric](trial, target, layer_weights)
+    return DISTANCES.lookup(metric)(trial, target, layer_weights)
 
 
 def total_variation(images: torch.Tensor) -> torch.Tensor:

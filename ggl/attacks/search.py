@@ -26,6 +26,9 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from ggl.checks import non_negative_number, positive_int, positive_number
+from ggl.registry import Registry
+
 SearchType = type["SearchStrategy"]
 
 
@@ -36,6 +39,7 @@ class SearchStrategy:
         dim: latent size d. population: P, latents asked per round (the last round may ask fewer to keep to the
             budget). budget: total objective evaluations. seed: seeds every random choice.
         sigma: scale of the initial search distribution around z = 0 (1.0 = the generator's N(0, I) prior).
+    Subclasses take ``dim, population, budget``, their own keyword arguments and ``**common`` (seed, sigma).
     ``ask() -> (p, d)``; ``tell(latents, losses (p,))``; ``best_latent``/``best_loss``: the lowest loss told so far;
     ``done``: the budget is spent. Gradient-based strategies (``uses_gradients``) ask for leaf tensors and expect
     differentiable losses in ``tell``.
@@ -44,14 +48,10 @@ class SearchStrategy:
     name: ClassVar[str] = ""
     uses_gradients: ClassVar[bool] = False
 
-    def __init__(self, dim: int, population: int, budget: int, seed: int = 0, sigma: float = 1.0) -> None:
-        for field_name, value in (("dim", dim), ("population", population), ("budget", budget)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{field_name} must be a positive integer, got {value!r}")
-        if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
-            raise ValueError(f"sigma must be a positive number, got {sigma!r}")
-        self.dim, self.population, self.budget = int(dim), int(population), int(budget)
-        self.seed, self.sigma = int(seed), float(sigma)
+    def __init__(self, dim: int, population: int, budget: int, *, seed: int = 0, sigma: float = 1.0) -> None:
+        self.dim, self.population = positive_int("dim", dim), positive_int("population", population)
+        self.budget = positive_int("budget", budget)
+        self.seed, self.sigma = int(seed), positive_number("sigma", sigma)
         self.evaluations = 0
         self.best_latent = torch.zeros(self.dim)
         self.best_loss = math.inf
@@ -93,18 +93,16 @@ class SearchStrategy:
         return {"name": self.name, "population": self.population, "budget": self.budget, "sigma": self.sigma}
 
 
-SEARCHES: dict[str, SearchType] = {}
+SEARCHES: Registry[SearchType] = Registry("search")
 """Search strategies by name (``cma``, ``bo``, ``adam``, ``ng``); ``make_search`` also accepts ``ng:NAME``."""
 
 
 def register_search(name: str) -> Callable[[SearchType], SearchType]:
-    """Class decorator adding a strategy to ``SEARCHES``; refuses a name that is taken."""
+    """Class decorator: ``SEARCHES.register(name)`` that also sets ``cls.name`` (the name ``describe`` reports)."""
 
     def decorate(cls: SearchType) -> SearchType:
-        if name in SEARCHES:
-            raise ValueError(f"search strategy {name!r} is already registered")
+        SEARCHES.add(name, cls)
         cls.name = name
-        SEARCHES[name] = cls
         return cls
 
     return decorate
@@ -121,14 +119,14 @@ def make_search(
 ) -> SearchStrategy:
     """A strategy by name: one of ``SEARCHES``, ``ng:NAME`` or a plain nevergrad registry name (e.g. ``TBPSA``)."""
     if name in SEARCHES and name != "ng":
-        return SEARCHES[name](dim, population, budget, seed, sigma, **options)
+        return SEARCHES[name](dim, population, budget, seed=seed, sigma=sigma, **options)
     optimizer = name[3:] if name.startswith("ng:") else name
     if optimizer not in _nevergrad_names():
         raise ValueError(
             f"unknown search {name!r}; allowed: {', '.join(sorted(s for s in SEARCHES if s != 'ng'))}, "
             "or ng:NAME / NAME for any optimizer in nevergrad.optimizers.registry"
         )
-    return NevergradSearch(dim, population, budget, seed, sigma, optimizer=optimizer, **options)
+    return NevergradSearch(dim, population, budget, seed=seed, sigma=sigma, optimizer=optimizer, **options)
 
 
 def minimize(search: SearchStrategy, objective: Callable[[torch.Tensor], torch.Tensor]) -> list[float]:
@@ -154,10 +152,8 @@ class NevergradSearch(SearchStrategy):
     Created with ``budget`` and ``num_workers = population``; seeded through ``parametrization.random_state``.
     """
 
-    def __init__(
-        self, dim: int, population: int, budget: int, seed: int = 0, sigma: float = 1.0, optimizer: Any = "CMA"
-    ) -> None:
-        super().__init__(dim, population, budget, seed, sigma)
+    def __init__(self, dim: int, population: int, budget: int, *, optimizer: Any = "CMA", **common: Any) -> None:
+        super().__init__(dim, population, budget, **common)
         import nevergrad as ng
 
         if isinstance(optimizer, str):
@@ -199,13 +195,11 @@ class CMASearch(NevergradSearch):
     Args (beyond ``SearchStrategy``): diagonal: diagonal covariance (cheaper, sep-CMA) instead of full.
     """
 
-    def __init__(
-        self, dim: int, population: int, budget: int, seed: int = 0, sigma: float = 1.0, diagonal: bool = False
-    ) -> None:
+    def __init__(self, dim: int, population: int, budget: int, *, diagonal: bool = False, **common: Any) -> None:
         import nevergrad as ng
 
         family = ng.optimizers.ParametrizedCMA(popsize=population, elitist=False, scale=1.0, diagonal=diagonal)
-        super().__init__(dim, population, budget, seed, sigma, optimizer=family)
+        super().__init__(dim, population, budget, optimizer=family, **common)
         self.optimizer_name = "ParametrizedCMA(diagonal)" if diagonal else "ParametrizedCMA"
 
     @property
@@ -227,23 +221,14 @@ class AdamSearch(SearchStrategy):
     uses_gradients = True
 
     def __init__(
-        self,
-        dim: int,
-        population: int,
-        budget: int,
-        seed: int = 0,
-        sigma: float = 1.0,
-        lr: float = 0.1,
-        warmup: float = 0.05,
+        self, dim: int, population: int, budget: int, *, lr: float = 0.1, warmup: float = 0.05, **common: Any
     ) -> None:
-        super().__init__(dim, population, budget, seed, sigma)
-        if not lr > 0:
-            raise ValueError(f"lr must be positive, got {lr!r}")
-        if not 0 <= warmup < 1:
+        super().__init__(dim, population, budget, **common)
+        self.lr, self.warmup = positive_number("lr", lr), non_negative_number("warmup", warmup)
+        if not self.warmup < 1:
             raise ValueError(f"warmup must be in [0, 1), got {warmup!r}")
-        generator = torch.Generator().manual_seed(self.seed)
-        self.latents = (self.sigma * torch.randn(self.population, self.dim, generator=generator)).requires_grad_(True)
-        self.lr, self.warmup = float(lr), float(warmup)
+        rng = torch.Generator().manual_seed(self.seed)
+        self.latents = (self.sigma * torch.randn(self.population, self.dim, generator=rng)).requires_grad_(True)
         self.rounds = max(1, self.budget // self.population)
         self.optimizer = torch.optim.Adam([self.latents], lr=self.lr)
         self._round = 0
@@ -295,27 +280,27 @@ class BayesianSearch(SearchStrategy):
         dim: int,
         population: int,
         budget: int,
-        seed: int = 0,
-        sigma: float = 1.0,
+        *,
         embedding_dim: int = 16,
         bound: float = 2.0,
         kappa: float = 2.576,
         max_points: int = 64,
         candidates: int = 10_000,
         polish: int = 0,
+        **common: Any,
     ) -> None:
-        super().__init__(dim, population, budget, seed, sigma)
-        if embedding_dim < 1 or max_points < 2 or not bound > 0:
-            raise ValueError("bo: embedding_dim must be >= 1, max_points >= 2 and bound > 0")
+        super().__init__(dim, population, budget, **common)
+        if positive_int("max_points", max_points) < 2:
+            raise ValueError(f"max_points must be at least 2, got {max_points!r}")
         self.rng = np.random.RandomState(self.seed)
-        self.k = min(int(embedding_dim), self.dim)
+        self.k = min(positive_int("embedding_dim", embedding_dim), self.dim)
         if self.k == self.dim:
             self.embedding = np.eye(self.dim)
         else:
             q, _ = np.linalg.qr(self.rng.standard_normal((self.dim, self.k)))
             self.embedding = q * math.sqrt(self.dim / self.k)
-        self.bound, self.kappa, self.max_points = float(bound), float(kappa), int(max_points)
-        self.candidates, self.polish = int(candidates), int(polish)
+        self.bound, self.kappa, self.max_points = positive_number("bound", bound), float(kappa), int(max_points)
+        self.candidates, self.polish = positive_int("candidates", candidates), int(polish)
         self.observed_y: list[np.ndarray] = []
         self.observed_loss: list[float] = []
         self.length = 0.8

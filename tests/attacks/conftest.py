@@ -62,8 +62,8 @@ def make_case(fashion: EmbeddedFashionMNIST) -> Callable[..., Victim]:
         inputs = fashion.normalization.normalize(images)
         update = shared_update(model, inputs, labels)
         if defense is not None:
-            generator = torch.Generator().manual_seed(seed)
-            update = defense(update, model=model, images=inputs, labels=labels, generator=generator)  # type: ignore[operator]
+            rng = torch.Generator().manual_seed(seed)
+            update = defense(update, model=model, images=inputs, labels=labels, generator=rng)  # type: ignore[operator]
         target = AttackTarget(
             model,
             update,

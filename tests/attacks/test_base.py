@@ -1,15 +1,28 @@
-"""The attack base: target/result types, registry, spec round trip, seeds, budgets, logging, victim safety."""
+"""The attack base: target/result types, registry, hyperparameters and spec, run options, seeds, the restarts
+loop, the evaluation budget, logging through Lightning loggers, victim safety."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
+from typing import Any
 
 import pytest
 import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from ggl.attacks import ATTACKS, AttackTarget, GradientInversionAttack, Reconstruction, make_attack, register_attack
+from ggl.attacks import (
+    ATTACKS,
+    RUN_OPTIONS,
+    AttackTarget,
+    EvaluationBudget,
+    GradientInversionAttack,
+    InvertingGradients,
+    Reconstruction,
+    make_attack,
+    register_attack,
+)
 from ggl.defenses import make_defense
 from ggl.fl import Normalization, shared_update
 
@@ -63,17 +76,52 @@ def test_registry_and_make_attack_errors() -> None:
         make_attack("inverting_gradients", metric="l3")
     with pytest.raises(ValueError, match="tv_weight"):
         make_attack("inverting_gradients", tv_weight=-1)
+    with pytest.raises(ValueError, match="adaptive"):
+        make_attack("idlg", adaptive="yes")
     assert "ggl-test-duplicate" not in ATTACKS
 
 
+def test_unknown_parameter_error_lists_each_allowed_name_once() -> None:
+    with pytest.raises(ValueError, match="unknown parameter") as error:
+        make_attack("inverting_gradients", sigma=1.0)
+    allowed = str(error.value).split("allowed: ")[1].split(", ")
+    assert allowed == sorted(set(allowed)) == InvertingGradients.hyperparameter_names()
+    assert {"iterations", "restarts", "budget", "seed", "adaptive", "metric", "tv_weight"} <= set(allowed)
+
+
 @pytest.mark.parametrize("name", ["dlg", "idlg", "inverting_gradients"])
-def test_spec_round_trips(name: str) -> None:
-    attack = make_attack(name, seed=3, budget=50, log_dir="runs", **QUICK[name])
+def test_spec_is_the_hyperparameters_and_round_trips(name: str) -> None:
+    attack = make_attack(name, seed=3, budget=50, **QUICK[name])
     spec = attack.spec
-    assert spec["name"] == name and spec["seed"] == 3 and spec["budget"] == 50
-    assert "log_dir" not in spec and "accelerator" not in spec
+    assert spec == {"name": name, **attack.hparams}
+    assert spec["seed"] == 3 and spec["budget"] == 50 and not set(RUN_OPTIONS) & set(spec)
     rebuilt = make_attack(**spec)
     assert type(rebuilt) is type(attack) and rebuilt.spec == spec
+    assert set(spec) - {"name"} == set(type(attack).hyperparameter_names())
+    defaults = make_attack(name).spec
+    assert set(defaults) == set(spec) and defaults["restarts"] == 1 and defaults["budget"] is None
+
+
+def test_spec_holds_converted_values() -> None:
+    spec = make_attack("inverting_gradients", lr=1, tv_weight=0).spec
+    assert spec["lr"] == 1.0 and isinstance(spec["lr"], float) and isinstance(spec["tv_weight"], float)
+    assert spec["metric"] == "cosine" and spec["iterations"] == 24_000
+
+
+@pytest.mark.parametrize("option", ["accelerator", "progress_bar", "log_dir", "log_every", "logger"])
+def test_run_options_are_refused_by_constructors(option: str) -> None:
+    with pytest.raises(ValueError, match=f"unknown parameter.*{option}"):
+        make_attack("idlg", **{option: None})
+    with pytest.raises(TypeError, match=option):
+        InvertingGradients(**{option: None})
+
+
+def test_reconstruct_checks_its_run_options(make_case) -> None:
+    case = make_case("lenet")
+    with pytest.raises(ValueError, match="log_every"):
+        make_attack("idlg", **QUICK["idlg"]).reconstruct(case.target, log_every=0)
+    with pytest.raises(ValueError, match="progress_bar"):
+        make_attack("idlg", **QUICK["idlg"]).reconstruct(case.target, progress_bar="yes")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("name", ["dlg", "idlg", "inverting_gradients"])
@@ -145,6 +193,47 @@ def test_restarts_keep_the_lowest_loss(make_case) -> None:
     assert rec.loss == min(losses)
 
 
+class _Scripted(GradientInversionAttack):
+    """A toy attack in a few lines: trial t reports ``losses[t]`` and spends one evaluation every step."""
+
+    def __init__(self, *, losses: list[float], iterations: int = 3, **shared: Any) -> None:
+        super().__init__(iterations=iterations, restarts=len(losses), **shared)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        self.value = torch.zeros(1, requires_grad=True)
+        return torch.optim.SGD([self.value], lr=0.0)
+
+    def search_step(self, step: int) -> float:
+        self.spend(1)
+        self.optimizers().step()  # type: ignore[union-attr]
+        return self.hparams.losses[self.current_trial]
+
+    def trial_result(self) -> tuple[torch.Tensor, torch.Tensor, float]:
+        shape = (self.target.batch_size, *self.target.image_shape)
+        images = torch.full(shape, self.current_trial / 10)
+        return images, torch.zeros(self.target.batch_size, dtype=torch.long), self.hparams.losses[self.current_trial]
+
+
+def test_restarts_loop_returns_the_lowest_loss_trial(make_case) -> None:
+    case = make_case("lenet")
+    rec = _Scripted(losses=[3.0, math.nan, 1.0, 2.0]).reconstruct(case.target)
+    assert rec.trace[::3] == pytest.approx([3.0, math.nan, 1.0, 2.0], nan_ok=True) and len(rec.trace) == 12
+    assert rec.extras["best_trial"] == 2 and rec.loss == 1.0 and rec.evaluations == 12
+    assert torch.all(rec.images == 0.2)
+
+
+def test_budget_accountant_counts_every_evaluation_once_and_stops_all_trials(make_case) -> None:
+    case = make_case("lenet")
+    rec = _Scripted(losses=[3.0, 1.0, 2.0], budget=4).reconstruct(case.target)
+    assert rec.evaluations == 4 and rec.trace == [3.0, 3.0, 3.0, 1.0]
+    assert rec.extras["trial_losses"] == [3.0, 1.0] and rec.extras["best_trial"] == 1
+    budget = EvaluationBudget(limit=5)
+    budget.spend(3)
+    assert not budget.exhausted
+    budget.spend(2)
+    assert budget.exhausted and budget.spent == 5 and not EvaluationBudget(None, 10**9).exhausted
+
+
 class _StopAt(pl.Callback):
     def __init__(self, step: int) -> None:
         self.step = step
@@ -157,15 +246,17 @@ class _StopAt(pl.Callback):
 
 def test_callbacks_can_stop_the_search(make_case) -> None:
     case = make_case("lenet")
-    rec = make_attack("inverting_gradients", iterations=40).reconstruct(case.target, callbacks=[_StopAt(7)])
-    assert len(rec.trace) == 7 and rec.extras["trial_losses"] and rec.images.isfinite().all()
+    attack = make_attack("inverting_gradients", iterations=40, restarts=3)
+    rec = attack.reconstruct(case.target, callbacks=[_StopAt(7)])
+    assert len(rec.trace) == 7 and len(rec.extras["trial_losses"]) == 1 and rec.images.isfinite().all()
 
 
 def test_tensorboard_logs_loss_and_images(make_case, tmp_path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     case = make_case("lenet")
-    rec = make_attack("inverting_gradients", iterations=6, log_dir=tmp_path, log_every=3).reconstruct(case.target)
+    logger = pl.loggers.TensorBoardLogger(tmp_path, name="inverting_gradients", default_hp_metric=False)
+    rec = make_attack("inverting_gradients", iterations=6).reconstruct(case.target, logger=logger, log_every=3)
     events = list(tmp_path.rglob("events.out.tfevents.*"))
     assert events
     accumulator = EventAccumulator(str(events[0].parent)).Reload()
@@ -173,6 +264,42 @@ def test_tensorboard_logs_loss_and_images(make_case, tmp_path) -> None:
     assert losses == pytest.approx(rec.trace)
     steps = [event.step for event in accumulator.Images("attack/reconstruction")]
     assert steps == [3, 6, 6]
+
+
+class _Collecting(pl.loggers.Logger):
+    """A minimal Lightning logger that keeps what it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[tuple[int | None, dict[str, float]]] = []
+        self.hyperparameters: dict[str, Any] = {}
+
+    @property
+    def name(self) -> str:
+        return "collecting"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        self.hyperparameters.update(params)
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.rows.append((step, dict(metrics)))
+
+
+def test_per_step_loss_reaches_any_lightning_logger(make_case) -> None:
+    case = make_case("lenet")
+    logger = _Collecting()
+    attack = make_attack("inverting_gradients", iterations=4, restarts=2)
+    rec = attack.reconstruct(case.target, logger=logger)
+    assert [step for step, _ in logger.rows] == list(range(8))  # steps run on over the trials
+    assert [row["attack/loss"] for _, row in logger.rows] == rec.trace  # exact: logged in float64
+    assert [row["attack/trial"] for _, row in logger.rows] == [0] * 4 + [1] * 4
+    evaluations = [row["attack/evaluations"] for _, row in logger.rows]
+    assert evaluations == sorted(evaluations) and evaluations[-1] <= rec.evaluations
+    assert logger.hyperparameters == attack.hparams  # the spec reaches the logger too
 
 
 def test_adaptive_applies_the_defense_simulation(make_case) -> None:
