@@ -25,7 +25,6 @@ REPORT_FORMATS = {
     "accuracy_drop": "{:+.3f}",
     "seconds": "{:.1f}",
     "evaluations": "{:.0f}",
-    "reference_psnr": "{:.2f}",
 }
 """Number formats of the report's own columns; the metrics' formats are in ``METRIC_TABLE``."""
 HEADERS = {
@@ -39,7 +38,6 @@ HEADERS = {
     "attack": "Attack",
     "evaluations": "Evaluations",
     "seconds": "Seconds",
-    "reference_psnr": "Prior-only PSNR",
 }
 """Titles of the report's own columns; metric titles come from ``METRIC_TABLE``."""
 TEXT_COLUMNS = ("defense", "attack", "strongest_attack")
