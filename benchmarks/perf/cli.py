@@ -12,7 +12,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -36,6 +35,7 @@ from benchmarks.perf.measure import (
 )
 from ggl.attacks.batched import ENGINES, choose_engine
 from ggl.fl import VICTIMS
+from ggl.io import atomic_write
 
 
 class BadInput(ValueError):
@@ -295,14 +295,6 @@ def markdown_table(rows: Sequence[dict[str, Any]], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(handle, "w") as stream:
-        stream.write(text)
-    os.replace(temporary, path)
-
-
 def machine_description(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -348,8 +340,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for row in rows:
         row["torch_version"] = torch.__version__
     out = Path(args.out)
-    _write_atomic(out, json.dumps(rows, indent=1) + "\n")
+    atomic_write(out, json.dumps(rows, indent=1) + "\n")
     header = f"Measured {stamp} on {machine_description(args.torch_device)}, torch {torch.__version__}."
-    _write_atomic(out.with_suffix(".md"), markdown_table(rows, header))
+    atomic_write(out.with_suffix(".md"), markdown_table(rows, header))
     print(f"wrote {out} and {out.with_suffix('.md')}", file=sys.stderr)
     return 0

@@ -86,7 +86,9 @@ def test_reproducible_from_seed_and_spec(case: dict) -> None:
     built = make_attack("ggl", search="adam", budget=40, population=10, seed=2)
     assert isinstance(built, GGL)
     spec = built.spec
-    assert spec["name"] == "ggl" and spec["search"] == "adam" and spec["prior"] == "fashion-mnist-wgan"
+    assert spec == {"name": "ggl", **built.hparams}
+    assert spec["search"] == "adam" and spec["prior"] == "fashion-mnist-wgan" and spec["search_options"] == {}
+    assert spec["iterations"] == 4  # derived from budget, population and restarts
     assert make_attack(**spec).spec == spec
 
 
@@ -102,6 +104,13 @@ def test_batch_of_two_with_known_labels_and_gradient_search(case: dict) -> None:
     assert rec.trace[-1] < rec.trace[0]
 
 
+def test_budget_is_counted_once_over_restarts(case: dict) -> None:
+    rec = attack(case, budget=40, population=10, restarts=2)
+    assert rec.evaluations == 40 and len(rec.trace) == 4
+    assert rec.extras["search"]["budget"] == 20  # the best restart's share of the budget
+    assert len(rec.extras["trial_losses"]) == 2 and rec.loss == min(rec.extras["trial_losses"])
+
+
 def test_bad_parameters(tmp_path) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValueError, match="unknown search"):
         make_attack("ggl", search="simulated-annealing-xyz")
@@ -109,5 +118,9 @@ def test_bad_parameters(tmp_path) -> None:  # type: ignore[no-untyped-def]
         make_attack("ggl", latent_space="cube")
     with pytest.raises(ValueError, match="population"):
         make_attack("ggl", population=0)
+    with pytest.raises(ValueError, match="engine"):
+        make_attack("ggl", engine="fast")
+    with pytest.raises(ValueError, match="budget"):
+        make_attack("ggl", budget=2, restarts=3)
     with pytest.raises(PriorNotFoundError):
         make_attack("ggl", prior=str(tmp_path / "missing.pt"))
