@@ -1,10 +1,11 @@
-"""The ``Generator`` protocol every generative prior follows."""
+"""The ``Generator`` protocol every generative prior follows, and what every prior loader shares."""
 
 from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
 import torch
+from torch import nn
 
 
 @runtime_checkable
@@ -26,3 +27,14 @@ class Generator(Protocol):
     def __call__(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor: ...
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor: ...
+
+
+class PriorNotFoundError(FileNotFoundError):
+    """A prior's weights are not where they were looked for; the message says where to put them."""
+
+
+def freeze(generator: nn.Module) -> nn.Module:
+    """Eval mode (BatchNorm uses its running statistics, so a population is one consistent batch) and frozen weights."""
+    generator.eval()
+    generator.requires_grad_(False)
+    return generator

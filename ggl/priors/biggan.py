@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ggl.checks import positive_int
-from ggl.priors.registry import PriorNotFoundError, freeze
+from ggl.priors.base import PriorNotFoundError, freeze
 
 WEIGHTS_NAME = "pytorch_model.bin"
 CONFIG_NAME = "config.json"

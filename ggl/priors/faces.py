@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ggl.priors.registry import PriorNotFoundError, freeze
+from ggl.priors.base import PriorNotFoundError, freeze
 
 PACKAGE = "gan-face-generate"
 WEIGHTS_FILE = "weights.tar"

@@ -19,16 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ggl.priors.base import Generator
+from ggl.priors.base import Generator, PriorNotFoundError, freeze
 from ggl.priors.dcgan import DCGANConfig, DCGANGenerator
 from ggl.priors.training import CHECKPOINT_FORMAT
 from ggl.registry import Registry
 
 PriorFactory = Callable[..., Generator]
 
-
-class PriorNotFoundError(FileNotFoundError):
-    """A prior's weights are not where they were looked for; the message says where to put them."""
 
 
 PRIORS: Registry[PriorFactory] = Registry("prior")
@@ -39,12 +36,6 @@ def register_prior(name: str) -> Callable[[PriorFactory], PriorFactory]:
     """Decorator adding a factory to ``PRIORS`` under ``name``; refuses a name that is already taken."""
     return PRIORS.register(name)
 
-
-def freeze(generator: nn.Module) -> nn.Module:
-    """Eval mode (BatchNorm uses its running statistics, so a population is one consistent batch) and frozen weights."""
-    generator.eval()
-    generator.requires_grad_(False)
-    return generator
 
 
 def load_dcgan_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> DCGANGenerator:
