@@ -272,10 +272,11 @@ class GradientInversionAttack(pl.LightningModule):
                 logger an image grid ``attack/reconstruction`` every ``log_every`` steps and of the best at the end.
             callbacks: Lightning callbacks; they see ``attack/loss`` in ``trainer.callback_metrics`` and may end
                 the search with ``trainer.should_stop`` (the current trial's candidate still competes).
+            log_every: steps between the logged image grids.
         """
         if not isinstance(target, AttackTarget):
             raise ValueError(f"reconstruct expects an AttackTarget, got {type(target).__name__}")
-        options = {"accelerator": accelerator, "logger": logger, "callbacks": list(callbacks)}
+        options = {"accelerator": accelerator, "logger": logger, "callbacks": tuple(callbacks)}
         options["progress_bar"] = boolean("progress_bar", progress_bar)
         self._run = run = _Run(target, EvaluationBudget(self.hparams.budget), positive_int("log_every", log_every))
         self.rng = torch.Generator().manual_seed(self.hparams.seed)
@@ -458,15 +459,16 @@ class GradientInversionAttack(pl.LightningModule):
         return self._run
 
     def _make_trainer(
-        self, accelerator: str, progress_bar: bool, logger: pl.loggers.Logger | None, callbacks: list[pl.Callback]
+        self, accelerator: str, progress_bar: bool, logger: pl.loggers.Logger | None, callbacks: tuple[pl.Callback, ...]
     ) -> pl.Trainer:
+        """A Trainer for one trial; it gets its own list of callbacks (Lightning appends its defaults to it)."""
         return pl.Trainer(
             accelerator=accelerator,
             devices=1,
             max_epochs=1,
             max_steps=self.hparams.iterations,
             logger=logger if logger is not None else False,
-            callbacks=callbacks,
+            callbacks=list(callbacks),
             enable_checkpointing=False,
             enable_model_summary=False,
             enable_progress_bar=progress_bar,

@@ -17,11 +17,11 @@ _SERIAL_CACHE: dict[tuple[str, bool], tuple[torch.Tensor, torch.Tensor]] = {}
 
 def _setup(name: str, shape: tuple[int, int, int], population: int = 3, batch: int = 2, seed: int = 0):
     model = make_victim(name, num_classes=10, image_shape=shape, seed=seed).double()
-    generator = torch.Generator().manual_seed(seed)
-    private = torch.randn(batch, *shape, generator=generator, dtype=torch.float64)
-    labels = torch.randint(0, 10, (batch,), generator=generator)
+    rng = torch.Generator().manual_seed(seed)
+    private = torch.randn(batch, *shape, generator=rng, dtype=torch.float64)
+    labels = torch.randint(0, 10, (batch,), generator=rng)
     update = shared_update(model, private, labels)
-    candidates = torch.randn(population, batch, *shape, generator=generator, dtype=torch.float64)
+    candidates = torch.randn(population, batch, *shape, generator=rng, dtype=torch.float64)
     return model, update, labels, candidates
 
 
@@ -94,10 +94,10 @@ def test_batched_equals_serial_losses_and_image_gradients(engine, name, shape, s
 
 def test_resnet18_float32_losses_match_serial_for_hooks_engines():
     model = make_victim("resnet18", num_classes=10, image_shape=(3, 8, 8), seed=2)
-    generator = torch.Generator().manual_seed(2)
+    rng = torch.Generator().manual_seed(2)
     labels = torch.tensor([3, 8])
-    update = shared_update(model, torch.randn(2, 3, 8, 8, generator=generator), labels)
-    candidates = torch.randn(3, 2, 3, 8, 8, generator=generator)
+    update = shared_update(model, torch.randn(2, 3, 8, 8, generator=rng), labels)
+    candidates = torch.randn(3, 2, 3, 8, 8, generator=rng)
     serial = PopulationObjective(model, update.gradients, labels, engine="serial")(candidates)
     for engine in ("hooks", "inner"):  # vmap on ResNet-18 is covered by the slow float64 case
         losses = PopulationObjective(model, update.gradients, labels, engine=engine)(candidates)
@@ -107,10 +107,10 @@ def test_resnet18_float32_losses_match_serial_for_hooks_engines():
 @pytest.mark.parametrize("engine", BATCHED)
 def test_float32_population_with_chunks_matches_serial(engine):
     model = make_victim("convnet", num_classes=10, image_shape=(1, 16, 16), seed=1)
-    generator = torch.Generator().manual_seed(1)
+    rng = torch.Generator().manual_seed(1)
     labels = torch.tensor([1, 7])
-    update = shared_update(model, torch.randn(2, 1, 16, 16, generator=generator), labels)
-    candidates = torch.randn(7, 2, 1, 16, 16, generator=generator)
+    update = shared_update(model, torch.randn(2, 1, 16, 16, generator=rng), labels)
+    candidates = torch.randn(7, 2, 1, 16, 16, generator=rng)
     serial = PopulationObjective(model, update.gradients, labels, metric="cosine", engine="serial")(candidates)
     chunked = PopulationObjective(model, update.gradients, labels, metric="cosine", engine=engine, chunk_size=3)
     assert _relative(chunked(candidates), serial) < 1e-4
@@ -119,8 +119,8 @@ def test_float32_population_with_chunks_matches_serial(engine):
 @pytest.mark.parametrize("engine", BATCHED)
 def test_true_batch_scores_zero_and_gradients_match_update(engine):
     model, update, labels, _ = _setup("lenet", (1, 16, 16))
-    generator = torch.Generator().manual_seed(0)
-    private = torch.randn(2, 1, 16, 16, generator=generator, dtype=torch.float64)
+    rng = torch.Generator().manual_seed(0)
+    private = torch.randn(2, 1, 16, 16, generator=rng, dtype=torch.float64)
     population = torch.stack([private, torch.zeros_like(private)])
     objective = PopulationObjective(model, update.gradients, labels, engine=engine)
     losses = objective(population)
@@ -199,10 +199,10 @@ def test_hooks_engines_handle_strided_dilated_and_batched_linear_layers():
         model[1].running_mean.uniform_(-1, 1)
         model[1].running_var.uniform_(0.5, 2)
     model.eval()
-    generator = torch.Generator().manual_seed(3)
+    rng = torch.Generator().manual_seed(3)
     labels = torch.tensor([4, 0, 1])
-    update = shared_update(model, torch.randn(3, 2, 10, 10, generator=generator, dtype=torch.float64), labels)
-    candidates = torch.randn(4, 3, 2, 10, 10, generator=generator, dtype=torch.float64)
+    update = shared_update(model, torch.randn(3, 2, 10, 10, generator=rng, dtype=torch.float64), labels)
+    candidates = torch.randn(4, 3, 2, 10, 10, generator=rng, dtype=torch.float64)
     serial = PopulationObjective(model, update.gradients, labels, engine="serial")(candidates)
     for engine in ("hooks", "inner"):
         assert _relative(PopulationObjective(model, update.gradients, labels, engine=engine)(candidates), serial) < 1e-8
