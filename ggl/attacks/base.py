@@ -22,11 +22,12 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import KW_ONLY, dataclass, field
-from typing import Any, ClassVar, NamedTuple, Protocol, TypeVar
+from typing import Any, ClassVar, NamedTuple, Protocol, TypeVar, cast
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.utilities.parsing import AttributeDict
 from torch import nn
 
 from ggl.attacks.objective import DISTANCES, gradient_distance
@@ -236,6 +237,11 @@ class GradientInversionAttack(pl.LightningModule):
     # ----------------------------------------------------------------------------------------------- public API
 
     @property
+    def hparams(self) -> AttributeDict:
+        """The constructor arguments as recorded by ``save_hyperparameters`` (always an ``AttributeDict`` here)."""
+        return cast(AttributeDict, super().hparams)
+
+    @property
     def spec(self) -> dict[str, Any]:
         """The attack as plain data: ``make_attack(**attack.spec)`` builds the same attack."""
         return {"name": self.name, **self.hparams}
@@ -276,8 +282,7 @@ class GradientInversionAttack(pl.LightningModule):
         """
         if not isinstance(target, AttackTarget):
             raise ValueError(f"reconstruct expects an AttackTarget, got {type(target).__name__}")
-        options = {"accelerator": accelerator, "logger": logger, "callbacks": tuple(callbacks)}
-        options["progress_bar"] = boolean("progress_bar", progress_bar)
+        progress_bar, callbacks = boolean("progress_bar", progress_bar), tuple(callbacks)
         self._run = run = _Run(target, EvaluationBudget(self.hparams.budget), positive_int("log_every", log_every))
         self.rng = torch.Generator().manual_seed(self.hparams.seed)
         start = time.perf_counter()
@@ -286,7 +291,8 @@ class GradientInversionAttack(pl.LightningModule):
                 torch.manual_seed(self.hparams.seed)
                 for trial in range(self.hparams.restarts):
                     run.trial = trial
-                    self._make_trainer(**options).fit(self, train_dataloaders=range(self.hparams.iterations))
+                    trainer = self._make_trainer(accelerator, progress_bar, logger, callbacks)
+                    trainer.fit(self, train_dataloaders=range(self.hparams.iterations))
                     if run.stopped:
                         break
             return self._result(run, time.perf_counter() - start)

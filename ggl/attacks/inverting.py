@@ -50,7 +50,7 @@ class InvertingGradients(GradientInversionAttack):
         signed, boxed, lr_decay = boolean("signed", signed), boolean("boxed", boxed), boolean("lr_decay", lr_decay)
         super().__init__(iterations=iterations, metric=metric, **shared)
 
-    def configure_optimizers(self) -> Any:
+    def configure_optimizers(self) -> tuple[list[torch.optim.Optimizer], list[torch.optim.lr_scheduler.LRScheduler]]:
         """A fresh Gaussian start from ``self.rng``; Adam with the step decay (``MultiStepLR``, stepped per step)."""
         self.inputs = self.random_images().requires_grad_(True)
         optimizer = torch.optim.Adam([self.inputs], lr=self.hparams.lr)
