@@ -79,6 +79,7 @@ class TensorBoardLog:
         self._writer: Any = None
 
     def add(self, row: CellRow) -> None:
+        """Log one stored row (the writer starts with the first row, so runs that compute nothing write nothing)."""
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -94,6 +95,7 @@ class TensorBoardLog:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+            self._writer = None
 
 
 class Harness:
