@@ -429,7 +429,7 @@ class GradientInversionAttack(pl.LightningModule):
         loss = float(self.search_step(step))
         run.trace.append(loss)
         metrics = {"attack/loss": loss, "attack/evaluations": run.budget.spent, "attack/trial": run.trial}
-        metrics["step"] = len(run.trace) - 1  # Lightning's step restarts every fit; the log's runs on
+        metrics["step"] = len(run.trace) - 1  # the loggers' x-axis, over all trials (Lightning's restarts each fit)
         for key, value in metrics.items():
             self.log(
                 key,
@@ -537,8 +537,8 @@ def make_attack(name: str, **hparams: Any) -> GradientInversionAttack:
     unknown = sorted(set(hparams) - set(allowed))
     if unknown:
         hint = ""
-        if set(unknown) & set(RUN_OPTIONS):
-            hint = f" ({', '.join(RUN_OPTIONS)} are options of reconstruct())"
+        if set(unknown) & {*RUN_OPTIONS, "log_dir"}:
+            hint = f" (run options are arguments of reconstruct(): {', '.join(RUN_OPTIONS)}; log_dir is a logger)"
         raise ValueError(
             f"attack {name!r} got unknown parameter(s) {', '.join(unknown)}{hint}; allowed: {', '.join(allowed)}"
         )
