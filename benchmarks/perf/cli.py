@@ -160,34 +160,43 @@ def measure_setting(setting: Setting, population: int, args: argparse.Namespace)
         }
     ]
     for engine in args.engine_names:
-        objective = setting.objective(engine, args.chunk_size)
-        losses = batched_losses(setting, objective, z)
-        seconds = statistics.median(
-            timings(
-                lambda objective=objective: batched_losses(setting, objective, z),
-                device,
-                args.repeats,
-                args.max_seconds,
-            )
-        )
-        memory, _ = peak_memory_mib(lambda objective=objective: batched_losses(setting, objective, z), device)
-        rate = population / seconds
-        rows.append(
-            {
-                **common,
-                "measurement": "throughput",
-                "engine": engine if engine != "auto" else f"auto:{objective.engine_name}",
-                "candidates_per_s": rate,
-                "speedup": rate / serial_rate,
-                "limit_share": rate / limit_rate,
-                "peak_memory_mib": memory,
-                "seconds_median": seconds,
-                "candidates_timed": population,
-                "losses": losses[:checked].tolist(),
-                "loss_max_relative_difference": _relative_difference(losses[:checked], reference),
-            }
-        )
+        rows.append(engine_row(setting, engine, z, reference, serial_rate, limit_rate, common, args))
     return rows
+
+
+def engine_row(
+    setting: Setting,
+    engine: str,
+    z: torch.Tensor,
+    reference: torch.Tensor,
+    serial_rate: float,
+    limit_rate: float,
+    common: dict[str, Any],
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """The throughput row of one batched engine, its losses checked against the serial ``reference``."""
+    population = common["population"]
+    checked = reference.numel()
+    objective = setting.objective(engine, args.chunk_size)
+    losses = batched_losses(setting, objective, z)
+    seconds = statistics.median(
+        timings(lambda: batched_losses(setting, objective, z), setting.device, args.repeats, args.max_seconds)
+    )
+    memory, _ = peak_memory_mib(lambda: batched_losses(setting, objective, z), setting.device)
+    rate = population / seconds
+    return {
+        **common,
+        "measurement": "throughput",
+        "engine": engine if engine != "auto" else f"auto:{objective.engine_name}",
+        "candidates_per_s": rate,
+        "speedup": rate / serial_rate,
+        "limit_share": rate / limit_rate,
+        "peak_memory_mib": memory,
+        "seconds_median": seconds,
+        "candidates_timed": population,
+        "losses": losses[:checked].tolist(),
+        "loss_max_relative_difference": _relative_difference(losses[:checked], reference),
+    }
 
 
 def cma_reconstruction(
