@@ -96,7 +96,8 @@ def runs_from_rows(rows: Sequence[CellRow], victims: Sequence[VictimRow], seed: 
 
 def setting(suite_config: Mapping[str, Any]) -> dict[str, Any]:
     """The setting line's values from a resolved suite (``SuiteConfig.to_dict()``, as the store keeps it)."""
-    cma = next((a["spec"] for a in suite_config["attacks"] if attack_key(a["spec"]) == "ggl-cma"), {})
+    specs = [a["spec"] for a in suite_config["attacks"]]
+    cma: Mapping[str, Any] = next((spec for spec in specs if attack_key(spec) == "ggl-cma"), {})
     return {
         "victims": suite_config["victims"]["count"],
         "victim_seed": suite_config["victims"]["seed"],

@@ -397,8 +397,8 @@ class Harness:
             image_shape=tuple(self.datamodule().image_shape),
             normalization=self.datamodule().normalization,
         )
-        run_options = {"accelerator": "gpu"} if self.device.type == "cuda" else {}
-        reconstruction = attack.reconstruct(target, **run_options)
+        accelerator = "gpu" if self.device.type == "cuda" else "cpu"
+        reconstruction = attack.reconstruct(target, accelerator=accelerator)
         images = reconstruction.images.detach().cpu().float().clamp(0, 1)
         labels_hat = reconstruction.labels.detach().cpu().long().reshape(-1)
         return images, labels_hat, int(reconstruction.evaluations), float(reconstruction.seconds)
