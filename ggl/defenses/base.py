@@ -39,12 +39,15 @@ class Defense:
     attributes of the same names), validate them in ``__init__`` and implement ``apply``; stochastic
     defenses draw every random number from the generator they receive. ``needs_batch`` marks defenses that
     recompute the update from the private batch (Soteria, DP-SGD): they require ``model``, ``images`` and
-    ``labels``. ``simulate`` defaults to the identity, which is right for zero-mean noise.
+    ``labels``; ``fedsgd_only`` marks those that replace a FedSGD gradient (DP-SGD, MixUp), checked once here
+    against the update's algorithm and batch size. ``simulate`` defaults to the identity, which is right for
+    zero-mean noise.
     """
 
     name: ClassVar[str] = ""
     parameters: ClassVar[tuple[str, ...]] = ()
     needs_batch: ClassVar[bool] = False
+    fedsgd_only: ClassVar[bool] = False
     deterministic: ClassVar[bool] = True
 
     def __call__(
@@ -73,6 +76,8 @@ class Defense:
             missing = [key for key, value in given.items() if value is None]
             if missing:
                 raise ValueError(f"defense {self.name!r} needs the victim and its batch; missing: {', '.join(missing)}")
+        if self.fedsgd_only:
+            _check_fedsgd_batch(self.name, update, images)
         if generator is None:
             generator = torch.Generator().manual_seed(DEFAULT_SEED)
         gradients = self.apply(update, model=model, images=images, labels=labels, generator=generator)
@@ -139,6 +144,20 @@ def make_defense(name: str, **params: Any) -> Defense:
         allowed = ", ".join(cls.parameters) or "none"
         raise ValueError(f"defense {name!r} has no parameter {', '.join(unknown)}; allowed parameters: {allowed}")
     return cls(**params)
+
+
+def _check_fedsgd_batch(name: str, update: SharedUpdate, images: torch.Tensor | None) -> None:
+    """A defense that recomputes a FedSGD gradient from the batch needs a FedSGD update of that same batch."""
+    algorithm = update.metadata.get("algorithm", "fedsgd")
+    if algorithm != "fedsgd":
+        raise ValueError(
+            f"{name}: the update's algorithm must be fedsgd ({name} recomputes a FedSGD gradient from the private "
+            f"batch), got {algorithm!r}"
+        )
+    if images is not None and images.shape[0] != update.num_samples:
+        raise ValueError(
+            f"{name}: images has {images.shape[0]} samples but the update was computed on {update.num_samples}"
+        )
 
 
 def check_trials(trial_gradients: Sequence[torch.Tensor], received: SharedUpdate) -> None:

@@ -111,6 +111,7 @@ class DPSGD(Defense):
     name = "dpsgd"
     parameters = ("max_grad_norm", "noise_multiplier")
     needs_batch = True
+    fedsgd_only = True
     deterministic = False
 
     def __init__(self, max_grad_norm: float = 1.0, noise_multiplier: float = 1.0) -> None:
@@ -127,14 +128,7 @@ class DPSGD(Defense):
         generator: torch.Generator,
     ) -> list[torch.Tensor]:
         assert model is not None and images is not None and labels is not None
-        if update.metadata.get("algorithm", "fedsgd") != "fedsgd":
-            raise ValueError(
-                f"dpsgd: the update's algorithm must be fedsgd (DP-SGD replaces a FedSGD gradient), "
-                f"got {update.metadata.get('algorithm')!r}"
-            )
         batch = int(images.shape[0])
-        if batch != update.num_samples:
-            raise ValueError(f"dpsgd: images has {batch} samples but the update was computed on {update.num_samples}")
         clipped = clip_per_sample(per_sample_gradients(model, images, labels.long()), self.max_grad_norm)
         std = self.noise_multiplier * self.max_grad_norm
         return [(g.sum(0) + std * sample_like(g[0], generator, torch.randn)) / batch for g in clipped]

@@ -54,6 +54,7 @@ class MixUp(Defense):
     name = "mixup"
     parameters = ("k",)
     needs_batch = True
+    fedsgd_only = True
     deterministic = False
 
     def __init__(self, k: int = 4) -> None:
@@ -69,12 +70,6 @@ class MixUp(Defense):
         generator: torch.Generator,
     ) -> list[torch.Tensor]:
         assert model is not None and images is not None and labels is not None
-        if update.metadata.get("algorithm", "fedsgd") != "fedsgd":
-            raise ValueError(f"mixup: the update's algorithm must be fedsgd, got {update.metadata.get('algorithm')!r}")
-        if images.shape[0] != update.num_samples:
-            raise ValueError(
-                f"mixup: images has {images.shape[0]} samples but the update was computed on {update.num_samples}"
-            )
         if images.shape[0] == 1:
             return list(update.gradients)
         parameters = tuple(model.parameters())

@@ -27,7 +27,6 @@ from ggl.registry import Registry
 PriorFactory = Callable[..., Generator]
 
 
-
 PRIORS: Registry[PriorFactory] = Registry("prior")
 """Prior factories by registry name; ``load_prior`` calls them with its keyword arguments."""
 
@@ -35,7 +34,6 @@ PRIORS: Registry[PriorFactory] = Registry("prior")
 def register_prior(name: str) -> Callable[[PriorFactory], PriorFactory]:
     """Decorator adding a factory to ``PRIORS`` under ``name``; refuses a name that is already taken."""
     return PRIORS.register(name)
-
 
 
 def load_dcgan_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> DCGANGenerator:
