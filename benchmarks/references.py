@@ -182,12 +182,23 @@ def ceiling_summary(suite: SuiteConfig, rows: Sequence[CellRow], victims: int) -
         if name not in wanted:
             continue
         key = wanted[name].key()
-        values = per_victim([r for r in rows if r.kind == "reference" and r.attack == key], victims)
+        used = [r for r in rows if r.kind == "reference" and r.attack == key and r.victim < victims]
+        values = per_victim(used, victims)
         if values:
             summary[field] = {m: _stats([v[m] for v in values.values()]) for m in SUMMARY_METRICS}
             summary.setdefault("per_victim", {})[field] = {m: [v[m] for v in values.values()] for m in SUMMARY_METRICS}
             summary.setdefault("victims", sorted(values))
+            summary.setdefault("provenance", {})[field] = _provenance(used)
     return summary
+
+
+def _provenance(rows: Sequence[CellRow]) -> dict[str, list[Any]]:
+    """The config hashes, code versions and seeds behind ``rows``: what a published number is traced to."""
+    return {
+        "config_hashes": sorted({r.config_hash for r in rows}),
+        "code_versions": sorted({r.code_version for r in rows}),
+        "seeds": sorted({r.seed for r in rows}),
+    }
 
 
 def ceiling_line(summary: Mapping[str, Any]) -> str:

@@ -192,6 +192,7 @@ def test_ceiling_summary_is_the_leaderboards_mean_over_victims() -> None:
     assert summary["class_mean_reference"]["psnr"]["mean"] == 15.0
     assert summary["per_victim"]["ceiling"]["psnr"] == [21.0, 25.0]
     assert summary["settings"] == {"name": "reference:prior-ceiling", "steps": 10, "restarts": 2, "lr": 0.05}
+    assert summary["provenance"]["ceiling"] == {"config_hashes": ["c"], "code_versions": ["v"], "seeds": [0, 1]}
     assert ceiling_summary(suite, hand_made_rows(), victims=3)["ceiling"]["psnr"]["max"] == 99.0
     with pytest.raises(ValueError, match="no prior ceiling"):
         ceiling_summary(build_suite({**SUITE, "prior": None}, "refs.yaml"), [], victims=2)
