@@ -87,12 +87,7 @@ class AttackTarget:
             raise ValueError(
                 f"AttackTarget.normalization has {len(self.normalization.mean)} channels but image_shape has {shape[0]}"
             )
-        parameters = list(self.model.parameters())
-        if len(parameters) != len(self.update.gradients):
-            raise ValueError(
-                f"AttackTarget.update has {len(self.update.gradients)} gradient tensors but the model has "
-                f"{len(parameters)} parameters"
-            )
+        self._check_gradients()
         if self.labels is not None:
             labels = torch.as_tensor(self.labels)
             if labels.ndim != 1 or labels.shape[0] != self.update.num_samples or labels.is_floating_point():
@@ -103,6 +98,35 @@ class AttackTarget:
             object.__setattr__(self, "labels", labels.long())
         if self.defense is not None and not callable(getattr(self.defense, "simulate", None)):
             raise ValueError("AttackTarget.defense must have a simulate(trial_gradients, received) method or be None")
+
+    def _check_gradients(self) -> None:
+        """The update must have one finite floating tensor per model parameter, of its shape.
+
+        A malformed or non-finite update would make every attack return its initial guess without a flag (NaN
+        losses), so it is refused here with the defense named, where the update meets the attack.
+        """
+        named = getattr(self.defense, "name", type(self.defense).__name__)
+        source = "AttackTarget.update" if self.defense is None else f"update from defense {named!r}"
+        parameters = list(self.model.parameters())
+        gradients = self.update.gradients
+        if len(parameters) != len(gradients):
+            raise ValueError(
+                f"{source} has {len(gradients)} gradient tensors but the model has {len(parameters)} parameters"
+            )
+        for index, (gradient, parameter) in enumerate(zip(gradients, parameters)):
+            if not isinstance(gradient, torch.Tensor) or not gradient.is_floating_point():
+                raise ValueError(f"{source}: gradients[{index}] must be a floating-point tensor, got {gradient!r:.80}")
+            if gradient.shape != parameter.shape:
+                raise ValueError(
+                    f"{source}: gradients[{index}] has shape {tuple(gradient.shape)} but the model's parameter "
+                    f"has {tuple(parameter.shape)}"
+                )
+            if not bool(torch.isfinite(gradient).all()):
+                kinds = [kind for kind, bad in (("NaN", gradient.isnan()), ("inf", gradient.isinf())) if bad.any()]
+                raise ValueError(
+                    f"{source} has non-finite values ({' and '.join(kinds)}) in gradients[{index}]; an attack on it "
+                    "would only return its initial guess"
+                )
 
     @property
     def batch_size(self) -> int:

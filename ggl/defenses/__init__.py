@@ -8,6 +8,7 @@ from ggl.defenses.base import DEFAULT_SEED, DEFENSES, Defense, make_defense, reg
 from ggl.defenses.clipping import Clipping
 from ggl.defenses.dpsgd import DPSGD, PrivacyGuarantee, clip_per_sample, per_sample_gradients, privacy_guarantee
 from ggl.defenses.loader import build_defense as build_defense
+from ggl.defenses.loader import load_plugins as load_plugins
 from ggl.defenses.mixup import MixUp, mix_batch
 from ggl.defenses.noise import GaussianNoise, LaplacianNoise, NoDefense
 from ggl.defenses.quantization import Quantization, Sign

@@ -26,6 +26,16 @@ from ggl.registry import Registry
 DEFAULT_SEED = 0
 """Seed of the fresh generator a defense uses when it is called with ``generator=None``."""
 
+MAX_SCALE = 1e6
+"""Largest noise scale (sigma, Laplace scale, DP-SGD's clipping bound and noise multiplier) a defense accepts.
+
+float32 overflows to inf near 3.4e38, so a scale like 1e300 turns every defended gradient into inf (and an
+attack then has nothing to match). 1e6 is far above any useful setting (gradient entries are below ~1e2, so
+sigma 1 already drowns them) and far below overflow, also for DP-SGD's product of two bounded scales (1e12)."""
+
+SCALE_REASON = "a larger scale buries any gradient and overflows float32 to inf"
+"""Why ``MAX_SCALE`` bounds a scale, as the error message of a scale above it says."""
+
 DEFENSES: Registry[type[Defense]] = Registry("defense")
 """Defense classes by registry name (``none``, ``gaussian``, ``clipping``, ...)."""
 
@@ -50,6 +60,12 @@ class Defense:
     fedsgd_only: ClassVar[bool] = False
     deterministic: ClassVar[bool] = True
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Refuse a subclass that replaces ``__call__``: the checks of what enters and leaves a defense live there."""
+        super().__init_subclass__(**kwargs)
+        if "__call__" in vars(cls):
+            raise TypeError(f"{cls.__name__} overrides Defense.__call__; implement apply(update, ...) instead")
+
     def __call__(
         self,
         update: SharedUpdate,
@@ -68,9 +84,19 @@ class Defense:
             generator: source of all randomness. ``None`` means a fresh ``torch.Generator`` seeded with
                 ``DEFAULT_SEED`` (so an unseeded call is still reproducible, and two such calls draw the same
                 noise).
+
+        Raises:
+            ValueError: naming the defense, when the update it receives has non-finite values, or when what
+                ``apply`` returns does not match the update (count, shapes, dtypes, devices) or is non-finite.
         """
         if not isinstance(update, SharedUpdate):
             raise ValueError(f"{self.name}: update must be a SharedUpdate, got {type(update).__name__}")
+        received = non_finite(update.gradients)
+        if received:
+            raise ValueError(
+                f"defense {self.name!r} received an update with non-finite values in {received}: the clean update "
+                "is non-finite before any defense, so there is nothing to defend or attack"
+            )
         if self.needs_batch:
             given = {"model": model, "images": images, "labels": labels}
             missing = [key for key, value in given.items() if value is None]
@@ -81,6 +107,7 @@ class Defense:
         if generator is None:
             generator = torch.Generator().manual_seed(DEFAULT_SEED)
         gradients = self.apply(update, model=model, images=images, labels=labels, generator=generator)
+        check_output(self.name, update, gradients)
         applied = [*update.metadata.get("defenses", ()), self.spec]
         return update.with_gradients(tuple(gradients), defenses=applied, **self.notes())
 
@@ -160,6 +187,41 @@ def _check_fedsgd_batch(name: str, update: SharedUpdate, images: torch.Tensor | 
         )
 
 
+def non_finite(gradients: Sequence[torch.Tensor]) -> str:
+    """Where ``gradients`` hold NaN or inf (``"gradients[2] (NaN)"``, joined by commas); empty when all finite."""
+    found = []
+    for index, gradient in enumerate(gradients):
+        if not bool(torch.isfinite(gradient).all()):
+            kinds = [kind for kind, bad in (("NaN", gradient.isnan()), ("inf", gradient.isinf())) if bool(bad.any())]
+            found.append(f"gradients[{index}] ({', '.join(kinds)})")
+    return ", ".join(found)
+
+
+def check_output(name: str, update: SharedUpdate, gradients: Any) -> None:
+    """Raise a ValueError naming defense ``name`` unless ``gradients`` match ``update``'s tensors and are finite.
+
+    Checked where the update leaves the defense, so a broken defense fails its cells with its own name instead of
+    an error (or a silent initial guess) inside the attack.
+    """
+    if not isinstance(gradients, (list, tuple)) or not all(isinstance(g, torch.Tensor) for g in gradients):
+        raise ValueError(f"defense {name!r} returned {type(gradients).__name__}, expected a list of tensors")
+    if len(gradients) != len(update.gradients):
+        raise ValueError(
+            f"defense {name!r} returned {len(gradients)} gradient tensors, expected {len(update.gradients)}"
+        )
+    for index, (out, clean) in enumerate(zip(gradients, update.gradients)):
+        for what, got, expected in (
+            ("shape", tuple(out.shape), tuple(clean.shape)),
+            ("dtype", out.dtype, clean.dtype),
+            ("device", out.device, clean.device),
+        ):
+            if got != expected:
+                raise ValueError(f"defense {name!r} returned gradients[{index}] with {what} {got}, expected {expected}")
+    bad = non_finite(gradients)
+    if bad:
+        raise ValueError(f"defense {name!r} returned non-finite values in {bad}")
+
+
 def check_trials(trial_gradients: Sequence[torch.Tensor], received: SharedUpdate) -> None:
     """Raise ValueError unless each trial tensor is (P, *shape) of the matching received gradient."""
     if len(trial_gradients) != len(received.gradients):
@@ -182,10 +244,12 @@ def as_float(
     high: float | None = None,
     low_open: bool = False,
     high_open: bool = False,
+    reason: str = "",
 ) -> float:
     """``value`` as a finite float within the given interval, else a ValueError naming ``parameter``.
 
-    Numeric strings are accepted because YAML 1.1 reads ``1e-2`` (without a dot) as a string.
+    Numeric strings are accepted because YAML 1.1 reads ``1e-2`` (without a dot) as a string. ``reason`` (why the
+    interval is what it is) is appended to the message of a value outside it.
     """
     interval = (
         f"{'(' if low_open else '['}{'-inf' if low is None else low}, "
@@ -200,7 +264,8 @@ def as_float(
     too_low = low is not None and (number <= low if low_open else number < low)
     too_high = high is not None and (number >= high if high_open else number > high)
     if too_low or too_high:
-        raise ValueError(f"{defense}: {parameter} must be in {interval}, got {value!r}")
+        why = f" ({reason})" if reason else ""
+        raise ValueError(f"{defense}: {parameter} must be in {interval}, got {value!r}{why}")
     return number
 
 

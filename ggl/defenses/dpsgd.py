@@ -24,7 +24,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ggl.checks import non_negative_int
-from ggl.defenses.base import Defense, as_float, check_trials, group_norms, register_defense, sample_like
+from ggl.defenses.base import (
+    MAX_SCALE,
+    SCALE_REASON,
+    Defense,
+    as_float,
+    check_trials,
+    group_norms,
+    register_defense,
+    sample_like,
+)
 from ggl.defenses.clipping import clip_factors
 from ggl.fl.client import SharedUpdate
 
@@ -105,7 +114,8 @@ class DPSGD(Defense):
 
     Args:
         max_grad_norm: per-sample clipping bound C, > 0 (default 1.0).
-        noise_multiplier: sigma, >= 0 (default 1.0); the noise std on the summed gradient is sigma * C.
+        noise_multiplier: sigma, >= 0 (default 1.0); the noise std on the summed gradient is sigma * C, which
+            must be at most ``MAX_SCALE`` (1e6; a larger one overflows float32).
     """
 
     name = "dpsgd"
@@ -116,7 +126,15 @@ class DPSGD(Defense):
 
     def __init__(self, max_grad_norm: float = 1.0, noise_multiplier: float = 1.0) -> None:
         self.max_grad_norm = as_float(self.name, "max_grad_norm", max_grad_norm, low=0.0, low_open=True)
-        self.noise_multiplier = as_float(self.name, "noise_multiplier", noise_multiplier, low=0.0)
+        self.noise_multiplier = as_float(
+            self.name, "noise_multiplier", noise_multiplier, low=0.0, high=MAX_SCALE, reason=SCALE_REASON
+        )
+        std = self.noise_multiplier * self.max_grad_norm
+        if std > MAX_SCALE:
+            raise ValueError(
+                f"{self.name}: noise_multiplier * max_grad_norm (the noise std, {std:g}) must be at most "
+                f"{MAX_SCALE:g} ({SCALE_REASON})"
+            )
 
     def apply(
         self,

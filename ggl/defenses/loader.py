@@ -1,41 +1,159 @@
-"""Build a defense from its spec: a registered name, or ``module:Class`` from any importable module.
+"""Build a defense from its spec: a registered name, or ``module:Class`` from code the user named.
 
-Suites and leaderboard submissions name defenses the same way (``{name: gaussian, sigma: 0.1}`` or
-``{name: mypackage.defenses:MyDefense, strength: 2}``), so the one loader lives beside the registry.
+Suites and leaderboard submissions name defenses the same way: ``{name: gaussian, sigma: 0.1}``, or
+``{name: my_defense:MyDefense, strength: 2}`` for custom code. A YAML file alone must never run code, so
+``module:Class`` resolves in exactly two places:
+
+* a module of the project's own packages (``ggl.*``, ``benchmarks.*``), code reviewed with the project;
+* a plugin: a Python file named on the command line (``--plugin path/to/my_defense.py``), imported once by
+  ``load_plugins`` and then known by its file stem (``my_defense:MyDefense``).
+
+Any other module (``os``, ``subprocess``, ``shutil``, a module elsewhere on ``sys.path``, a file path written in
+the YAML) is refused without importing it. The class is read from the module's namespace without calling
+anything and must be a subclass of ``Defense`` (not ``Defense`` itself); its parameters must be among the class's
+``parameters``; only then is it instantiated. Every refusal is a ``ValueError`` naming the defense and the fix.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+import importlib.util
+import re
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-from ggl.defenses.base import make_defense
+from ggl.defenses.base import Defense, make_defense
+
+PROJECT_PACKAGES = ("ggl", "benchmarks")
+"""Top-level packages whose modules a ``module:Class`` spec may name directly."""
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+"""The folder holding the project's packages (``ggl/``, ``benchmarks/``)."""
+
+PLUGIN_MODULE_PREFIX = "ggl_plugin_"
+"""Prefix of the ``sys.modules`` name of a loaded plugin, so a plugin never shadows an installed module."""
+
+_CUSTOM_NAME = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
+_PLUGINS: dict[str, ModuleType] = {}
+_HOW = (
+    "a custom defense is module:Class where module is a project module (ggl.<...>, benchmarks.<...>) or the "
+    "file stem of a plugin named on the command line (--plugin path/to/my_defense.py, then my_defense:Class)"
+)
 
 
-def build_defense(spec: Mapping[str, Any]) -> Any:
+def load_plugins(paths: Iterable[str | Path]) -> list[str]:
+    """Import each plugin file named on the command line; returns the module names specs use for them."""
+    return [load_plugin(path) for path in paths]
+
+
+def load_plugin(path: str | Path) -> str:
+    """Import the Python file ``path`` as a plugin, known to specs by its file stem; returns that stem.
+
+    The file is executed once, here: this is the only custom code a run imports. Raises ``ValueError`` (naming
+    the file and the cause) for a missing or non-``.py`` file, a stem that is not a module name or clashes with
+    the project's packages, the standard library or another plugin, and for any error the import raises.
+    """
+    file = Path(path).expanduser().resolve()
+    stem = file.stem
+    if file.suffix != ".py" or not file.is_file():
+        raise ValueError(f"plugin {str(path)!r}: not an existing .py file; give the path of the plugin's Python file")
+    if not stem.isidentifier():
+        raise ValueError(f"plugin {str(path)!r}: {file.name!r} is not a module name; rename it (letters, digits, _)")
+    if stem in PROJECT_PACKAGES or stem in sys.stdlib_module_names:
+        raise ValueError(f"plugin {str(path)!r}: the name {stem!r} is taken by a project or standard module; rename it")
+    loaded = _PLUGINS.get(stem)
+    if loaded is not None:
+        if Path(str(loaded.__file__)).resolve() == file:
+            return stem
+        raise ValueError(f"plugin {str(path)!r}: plugin {loaded.__file__} already has the name {stem!r}; rename one")
+    module = _execute_plugin(str(path), file, PLUGIN_MODULE_PREFIX + stem)
+    _PLUGINS[stem] = module
+    return stem
+
+
+def _execute_plugin(shown: str, file: Path, module_name: str) -> ModuleType:
+    """Run the plugin file as module ``module_name``; an error it raises becomes a ``ValueError``."""
+    spec = importlib.util.spec_from_file_location(module_name, file)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"plugin {shown!r}: cannot be loaded as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses and pickle look classes up here
+    try:
+        spec.loader.exec_module(module)
+    except (Exception, SystemExit) as error:
+        del sys.modules[module_name]
+        raise ValueError(f"plugin {shown!r}: importing it failed: {type(error).__name__}: {error}") from None
+    return module
+
+
+def resolve_defense_class(name: str) -> type[Defense]:
+    """The ``Defense`` subclass a ``module:Class`` name denotes, found without instantiating or calling it."""
+    if not _CUSTOM_NAME.fullmatch(name):
+        raise ValueError(f"defense {name!r}: not a registered defense or module:Class name; {_HOW}{_file_hint(name)}")
+    module_name, class_name = name.split(":")
+    if module_name.split(".")[0] in PROJECT_PACKAGES:
+        module = _project_module(name, module_name)
+    elif module_name in _PLUGINS:
+        module = _PLUGINS[module_name]
+    else:
+        raise ValueError(f"defense {name!r}: module {module_name!r} is neither a project module nor a plugin; {_HOW}")
+    cls = vars(module).get(class_name)  # the namespace itself: no module __getattr__ runs
+    if not (isinstance(cls, type) and issubclass(cls, Defense)) or cls is Defense:
+        raise ValueError(
+            f"defense {name!r}: {class_name!r} in {module_name!r} is not a subclass of ggl.defenses.Defense "
+            f"(got {type(cls).__name__ if cls is not None else 'nothing'}); name a Defense subclass"
+        )
+    return cls
+
+
+def _file_hint(name: str) -> str:
+    """A hint for a spec that writes a file path (``path/to/x.py:Class``) instead of a plugin's stem."""
+    path, _, class_name = name.rpartition(":")
+    if not path.endswith(".py"):
+        return ""
+    return f"; a file runs only when the command line names it: --plugin {path}, then {Path(path).stem}:{class_name}"
+
+
+def _project_module(name: str, module_name: str) -> ModuleType:
+    """Import ``module_name`` after checking that its top-level package is the project's own folder."""
+    parts = module_name.split(".")
+    if "__main__" in parts:
+        raise ValueError(f"defense {name!r}: {module_name!r} is a program, not a module of defenses")
+    top = importlib.util.find_spec(parts[0])  # locates the package without executing it
+    locations = [Path(p).resolve() for p in (top.submodule_search_locations or [])] if top else []
+    if locations != [PROJECT_ROOT / parts[0]]:
+        raise ValueError(f"defense {name!r}: package {parts[0]!r} on sys.path is not this project's; {_HOW}")
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        raise ValueError(f"defense {name!r}: no project module {module_name!r} ({error})") from None
+    except (Exception, SystemExit) as error:
+        raise ValueError(
+            f"defense {name!r}: importing module {module_name!r} failed: {type(error).__name__}: {error}"
+        ) from None
+
+
+def build_defense(spec: Mapping[str, Any]) -> Defense:
     """A defense from ``{"name": ..., **params}``: ``make_defense`` for registered names, else ``module:Class``.
 
-    A ``module:Class`` defense must be callable and have ``simulate(trial_gradients, received)``. Every problem
-    (module not importable, no such class, bad parameters, missing methods) is a ``ValueError`` naming the defense.
+    A ``module:Class`` defense is resolved by ``resolve_defense_class`` (a ``Defense`` subclass of a project
+    module or a loaded plugin); its parameters must be in the class's ``parameters``. Every problem, including
+    any error its constructor raises, is a ``ValueError`` naming the defense.
     """
     name = str(spec["name"])
     params = {k: v for k, v in spec.items() if k != "name"}
     if ":" not in name:
         return make_defense(name, **params)
-    module_name, _, class_name = name.partition(":")
+    cls = resolve_defense_class(name)
+    unknown = sorted(set(params) - set(cls.parameters))
+    if unknown:
+        allowed = ", ".join(cls.parameters) or "none"
+        raise ValueError(f"defense {name!r} has no parameter {', '.join(unknown)}; allowed parameters: {allowed}")
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise ValueError(f"defense {name!r}: cannot import module {module_name!r} ({error})") from None
-    cls = getattr(module, class_name, None)
-    if cls is None:
-        raise ValueError(f"defense {name!r}: module {module_name!r} has no attribute {class_name!r}")
-    try:
-        defense = cls(**params)
-    except TypeError as error:
-        raise ValueError(f"defense {name!r}: bad parameters {sorted(params)} ({error})") from None
-    for needed in ("__call__", "simulate"):
-        if not callable(getattr(defense, needed, None)):
-            raise ValueError(f"defense {name!r} must be callable and have simulate(trial_gradients, received)")
-    return defense
+        return cls(**params)
+    except Exception as error:  # a custom constructor's error is a bad spec, reported with the defense's name
+        problem = f"{type(error).__name__}: {error}"
+        raise ValueError(f"defense {name!r}: bad parameters {sorted(params)} ({problem})") from None

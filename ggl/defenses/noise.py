@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ggl.defenses.base import Defense, as_float, register_defense, sample_like
+from ggl.defenses.base import MAX_SCALE, SCALE_REASON, Defense, as_float, register_defense, sample_like
 from ggl.fl.client import SharedUpdate
 
 
@@ -41,7 +41,7 @@ class GaussianNoise(Defense):
     (default sigma 0.01, absolute, not relative to the gradient's scale).
 
     Args:
-        sigma: standard deviation of the noise, >= 0.
+        sigma: standard deviation of the noise, in [0, 1e6] (``MAX_SCALE``: larger scales overflow float32).
     """
 
     name = "gaussian"
@@ -49,7 +49,7 @@ class GaussianNoise(Defense):
     deterministic = False
 
     def __init__(self, sigma: float = 0.01) -> None:
-        self.sigma = as_float(self.name, "sigma", sigma, low=0.0)
+        self.sigma = as_float(self.name, "sigma", sigma, low=0.0, high=MAX_SCALE, reason=SCALE_REASON)
 
     def apply(self, update: SharedUpdate, *, generator: torch.Generator, **_: Any) -> list[torch.Tensor]:
         return [g + self.sigma * sample_like(g, generator, torch.randn) for g in update.gradients]
@@ -71,7 +71,7 @@ class LaplacianNoise(Defense):
     Studied as a gradient perturbation by DLG (Zhu et al., NeurIPS 2019, arXiv 1906.08935).
 
     Args:
-        scale: the Laplace scale b (density exp(-|x|/b) / 2b), >= 0.
+        scale: the Laplace scale b (density exp(-|x|/b) / 2b), in [0, 1e6] (``MAX_SCALE``).
     """
 
     name = "laplacian"
@@ -79,7 +79,7 @@ class LaplacianNoise(Defense):
     deterministic = False
 
     def __init__(self, scale: float = 0.01) -> None:
-        self.scale = as_float(self.name, "scale", scale, low=0.0)
+        self.scale = as_float(self.name, "scale", scale, low=0.0, high=MAX_SCALE, reason=SCALE_REASON)
 
     def apply(self, update: SharedUpdate, *, generator: torch.Generator, **_: Any) -> list[torch.Tensor]:
         return [g + self.scale * sample_like(g, generator, _laplace) for g in update.gradients]

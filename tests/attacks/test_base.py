@@ -62,6 +62,42 @@ def test_target_validation(make_case) -> None:
     assert default.batch_size == 1
 
 
+def _poisoned(gradients: tuple[torch.Tensor, ...], kind: str) -> tuple[torch.Tensor, ...]:
+    """The update's gradients with every entry NaN or inf, or one entry of the last tensor NaN."""
+    if kind == "one-nan":
+        last = gradients[-1].clone()
+        last.view(-1)[0] = float("nan")
+        return (*gradients[:-1], last)
+    value = float("nan") if kind == "all-nan" else float("inf")
+    return tuple(torch.full_like(g, value) for g in gradients)
+
+
+@pytest.mark.parametrize("kind", ["all-nan", "all-inf", "one-nan"])
+def test_target_refuses_non_finite_updates_naming_the_defense(make_case, kind: str) -> None:
+    case = make_case("lenet")
+    model, update = case.target.model, case.target.update
+    poisoned = update.with_gradients(_poisoned(update.gradients, kind))
+    value = "NaN" if "nan" in kind else "inf"
+    with pytest.raises(ValueError, match=f"update from defense 'gaussian' has non-finite values \\({value}\\)"):
+        AttackTarget(model, poisoned, defense=make_defense("gaussian"), image_shape=(1, 32, 32))
+    with pytest.raises(ValueError, match=f"AttackTarget.update has non-finite values \\({value}\\)"):
+        AttackTarget(model, poisoned, image_shape=(1, 32, 32))
+
+
+def test_target_refuses_malformed_updates_naming_the_defense(make_case) -> None:
+    case = make_case("lenet")
+    model, update = case.target.model, case.target.update
+    defense = make_defense("none")
+    flat = update.with_gradients((update.gradients[0].flatten(), *update.gradients[1:]))
+    with pytest.raises(ValueError, match=r"update from defense 'none': gradients\[0\] has shape"):
+        AttackTarget(model, flat, defense=defense, image_shape=(1, 32, 32))
+    integer = update.with_gradients((update.gradients[0].long(), *update.gradients[1:]))
+    with pytest.raises(ValueError, match=r"gradients\[0\] must be a floating-point tensor"):
+        AttackTarget(model, integer, defense=defense, image_shape=(1, 32, 32))
+    with pytest.raises(ValueError, match="update from defense 'none' has .* gradient tensors"):
+        AttackTarget(model, update.with_gradients(update.gradients[1:]), defense=defense, image_shape=(1, 32, 32))
+
+
 def test_registry_and_make_attack_errors() -> None:
     assert {"dlg", "idlg", "inverting_gradients"} <= set(ATTACKS)
     with pytest.raises(ValueError, match="allowed: .*dlg"):

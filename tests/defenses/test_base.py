@@ -64,6 +64,12 @@ def test_yaml_exponent_without_dot_is_read_as_a_number():
         ("dpsgd", {"noise_multiplier": -1}, "noise_multiplier"),
         ("mixup", {"k": 1}, "k"),
         ("gaussian", {"std": 0.1}, "std"),
+        ("gaussian", {"sigma": 1e300}, "sigma"),
+        ("gaussian", {"sigma": "1e7"}, "sigma"),
+        ("laplacian", {"scale": 1e300}, "scale"),
+        ("laplacian", {"scale": float("inf")}, "scale"),
+        ("dpsgd", {"noise_multiplier": 1e300}, "noise_multiplier"),
+        ("dpsgd", {"max_grad_norm": 1e300, "noise_multiplier": 1.0}, r"noise_multiplier \* max_grad_norm"),
     ],
 )
 def test_bad_parameters_raise_value_error_naming_the_parameter(name, params, field):
