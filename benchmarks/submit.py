@@ -1,23 +1,29 @@
 """Submit a defense to the leaderboard: validate its YAML entry, evaluate it, write its JSON, regenerate tables.
 
-    python -m benchmarks.submit leaderboards/submissions/NAME.yaml [--suite all] [--set key=value ...]
-                                [--out DIR] [--report-dir DIR] [--entry-out PATH]
+    python -m benchmarks.submit leaderboards/submissions/NAME.yaml [--plugin PATH.py] [--suite all]
+                                [--set key=value ...] [--out DIR] [--report-dir DIR] [--entry-out PATH]
 
 An entry (``leaderboards/submissions/NAME.yaml``, read with ``yaml.safe_load``)::
 
-    name: Top-k sparsification 90%          # shown in the tables
+    name: Top-k sparsification 90%          # shown in the tables; not a built-in label or another entry's name
     authors: [Jane Doe, John Roe]
     paper: https://arxiv.org/abs/...        # or null
     defense: {name: sparsification, ratio: 0.9}     # a registered defense with parameters,
-    #        {name: mypackage.defenses:MyDefense, strength: 2}   or module:Class from an importable module
+    #        {name: my_defense:MyDefense, strength: 2}   or a Defense subclass of a plugin given with --plugin
     claimed_utility: {update_cosine: 0.7, accuracy_drop: 0.02}  # optional; compared with the measured one
     notes: free text                        # optional
+
+Custom code runs only from a file the command line names: ``--plugin path/to/my_defense.py`` imports that file
+(its stem, ``my_defense``, is then the module name in ``defense.name``) and the entry's class, a subclass of
+``ggl.defenses.Defense``, is instantiated with the entry's parameters; the YAML alone can name only registered
+defenses, project modules (``ggl.*``, ``benchmarks.*``) and loaded plugins (see ``ggl.defenses.loader``).
 
 The defense is evaluated on the suite (default ``all``; ``--suite``/``--set`` choose a smaller one) against
 every attack of it, in the suite's results store (default ``results/SUITE``, shared with the suite's own run, so
 finished cells are reused), the report of that store is regenerated, and the entry's numbers are written to
 ``NAME.json`` beside the YAML (one evaluation per suite configuration, each with its config hash and code version).
-Exit status: 0 done; 2 invalid entry (every bad field is listed); 1 some cells failed.
+Exit status: 0 done; 2 invalid entry, plugin or output path (every bad field is listed, before any evaluation);
+1 some cells failed.
 """
 
 from __future__ import annotations
@@ -25,21 +31,26 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import reprlib
 import sys
+import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
-from benchmarks.config import DefenseConfig, SuiteError, load_suite
-from ggl.defenses import build_defense
+from benchmarks.config import DefenseConfig, SuiteConfig, load_suite
+from ggl.defenses import DEFENSES, build_defense, load_plugins
 from ggl.io import atomic_write, canonical_json, pretty_json
 
 ENTRY_FIELDS = ("name", "authors", "paper", "defense", "claimed_utility", "notes")
 UTILITY_FIELDS = ("update_cosine", "accuracy", "clean_accuracy", "accuracy_drop")
 ENTRY_SCHEMA = "ggl-bench-submission-v1"
 UTILITY_TOLERANCE = 0.05
+RESERVED_LABELS = ("prior only",)
+"""Row labels the tables give to the prior-only references; no submission may take them."""
 
 
 class SubmissionError(ValueError):
@@ -64,12 +75,59 @@ class Submission:
     source: str = ""
 
 
+def _shown(value: Any) -> str:
+    """A bounded repr of entry data for messages (a YAML file's aliases can nest a huge structure)."""
+    return reprlib.repr(value)
+
+
+def _label_key(label: str) -> str:
+    """How labels compare: case and runs of spaces do not tell two rows of a table apart."""
+    return " ".join(label.split()).casefold()
+
+
+def builtin_label(name: str) -> str | None:
+    """The built-in label ``name`` takes (a registered defense, its ``name(...)`` form, a reference row), or None."""
+    key = _label_key(name)
+    for builtin in (*DEFENSES, *RESERVED_LABELS):
+        if key == builtin.casefold() or key.startswith(builtin.casefold() + "("):
+            return builtin
+    return None
+
+
+def _sibling_names(path: Path) -> dict[str, Path]:
+    """Label key -> file of each other submission in ``path``'s folder (unreadable files are skipped)."""
+    names: dict[str, Path] = {}
+    for other in sorted(path.parent.glob("*.yaml")):
+        if other.resolve() == path.resolve():
+            continue
+        try:
+            data = yaml.safe_load(other.read_text())
+        except (OSError, ValueError, yaml.YAMLError, RecursionError):
+            continue
+        if isinstance(data, dict) and isinstance(data.get("name"), str):
+            names.setdefault(_label_key(data["name"]), other)
+    return names
+
+
+def _name_problems(name: Any, path: Path) -> list[str]:
+    """What is wrong with an entry's ``name``: missing, a built-in label, or another submission's name."""
+    if not isinstance(name, str) or not name.strip():
+        return [f"field 'name': required, a non-empty string; got {_shown(name)}"]
+    builtin = builtin_label(name)
+    if builtin is not None:
+        return [f"field 'name': {name!r} clashes with the built-in label {builtin!r}; choose a name of your own"]
+    other = _sibling_names(path).get(_label_key(name))
+    if other is not None:
+        return [f"field 'name': {name!r} is already the name of the submission {other.name}; choose another"]
+    return []
+
+
 def _defense_problems(defense: Any) -> list[str]:
     """What is wrong with an entry's ``defense`` field: not a single setting, or it cannot be built."""
     if not isinstance(defense, dict) or not isinstance(defense.get("name"), str):
         return [
             "field 'defense': required, a mapping with 'name' (a registered defense or module:Class) "
-            f"and its parameters; got {defense!r}"
+            f"and its parameters; got {_shown(defense)}"
         ]
     swept = sorted(k for k, v in defense.items() if isinstance(v, (list, dict)))
     if swept:
@@ -84,13 +142,13 @@ def _defense_problems(defense: Any) -> list[str]:
 def _claimed_problems(claimed: Any) -> list[str]:
     """What is wrong with an entry's ``claimed_utility`` field (unknown names, values that are not numbers)."""
     if not isinstance(claimed, dict):
-        return [f"field 'claimed_utility': a mapping of {', '.join(UTILITY_FIELDS)}; got {claimed!r}"]
+        return [f"field 'claimed_utility': a mapping of {', '.join(UTILITY_FIELDS)}; got {_shown(claimed)}"]
     problems = []
     for key, value in claimed.items():
         if key not in UTILITY_FIELDS:
             problems.append(f"field 'claimed_utility.{key}': unknown; allowed: {', '.join(UTILITY_FIELDS)}")
         elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            problems.append(f"field 'claimed_utility.{key}': a number; got {value!r}")
+            problems.append(f"field 'claimed_utility.{key}': a number; got {_shown(value)}")
     return problems
 
 
@@ -101,33 +159,35 @@ def load_submission(path: str | Path) -> Submission:
     if not path.is_file():
         raise SubmissionError(source, ["<file>: no such file"])
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as error:
+        raise SubmissionError(source, [f"<file>: cannot be read as UTF-8 text: {error}"]) from None
+    except (yaml.YAMLError, RecursionError) as error:
         raise SubmissionError(source, [f"<file>: not valid YAML: {error}"]) from None
     if not isinstance(data, dict):
         raise SubmissionError(source, [f"<file>: must be a mapping of fields ({', '.join(ENTRY_FIELDS)})"])
     problems = [
-        f"field '{key}': unknown; allowed: {', '.join(ENTRY_FIELDS)}" for key in sorted(set(data) - set(ENTRY_FIELDS))
+        f"field {_shown(key)}: unknown; allowed: {', '.join(ENTRY_FIELDS)}"
+        for key in sorted(map(str, set(data) - set(ENTRY_FIELDS)))
     ]
     name = data.get("name")
-    if not isinstance(name, str) or not name.strip():
-        problems.append(f"field 'name': required, a non-empty string; got {name!r}")
+    problems += _name_problems(name, path)
     authors = data.get("authors")
     if isinstance(authors, str):
         authors = [authors]
     if not isinstance(authors, list) or not authors or not all(isinstance(a, str) and a.strip() for a in authors):
-        problems.append(f"field 'authors': required, a name or a list of names; got {data.get('authors')!r}")
+        problems.append(f"field 'authors': required, a name or a list of names; got {_shown(data.get('authors'))}")
         authors = []
     paper = data.get("paper")
     if paper is not None and (not isinstance(paper, str) or not paper.startswith(("http://", "https://"))):
-        problems.append(f"field 'paper': a link starting with http:// or https://, or null; got {paper!r}")
+        problems.append(f"field 'paper': a link starting with http:// or https://, or null; got {_shown(paper)}")
     defense = data.get("defense")
     problems += _defense_problems(defense)
     claimed = data.get("claimed_utility") or {}
     problems += _claimed_problems(claimed)
     notes = data.get("notes") or ""
     if not isinstance(notes, str):
-        problems.append(f"field 'notes': a string; got {notes!r}")
+        problems.append(f"field 'notes': a string; got {_shown(notes)}")
     if problems:
         raise SubmissionError(source, problems)
     assert isinstance(name, str) and isinstance(defense, dict) and isinstance(claimed, dict)
@@ -184,6 +244,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m benchmarks.submit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("entry", help="leaderboards/submissions/NAME.yaml")
+    parser.add_argument(
+        "--plugin",
+        dest="plugins",
+        action="append",
+        default=[],
+        metavar="PATH.py",
+        help="a Python file with the entry's Defense subclass, imported before the entry is read (the only custom "
+        "code a submission runs; read it before you run it); its stem is the module name in defense.name",
+    )
     parser.add_argument("--suite", default="all", help="suite to evaluate on (default: all, the standard one)")
     parser.add_argument(
         "--set",
@@ -239,22 +308,77 @@ def _print_outcome(submission: Submission, evaluation: dict[str, Any], entry_out
             )
 
 
+class _Plan(NamedTuple):
+    """What ``main`` evaluates and where it writes, all checked before any evaluation."""
+
+    submission: Submission
+    suite: SuiteConfig
+    out: Path
+    report_dir: Path
+    entry_out: Path
+
+
+def _unwritable(option: str, folder: Path) -> list[str]:
+    """A problem when no file can be created in ``folder`` (checked by creating and removing one)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        return [f"{option}: cannot write in {folder} ({error.strerror or error})"]
+    return []
+
+
+def output_problems(entry_out: Path, report_dir: Path) -> list[str]:
+    """Why the entry's JSON or the tables could not be written; found before hours of evaluation, not after."""
+    problems = []
+    if entry_out.is_dir():
+        problems.append(f"--entry-out {entry_out}: is a folder; give the path of the entry's JSON file")
+    elif not entry_out.parent.is_dir():
+        problems.append(f"--entry-out {entry_out}: the folder {entry_out.parent} does not exist")
+    elif entry_out.exists() and not os.access(entry_out, os.W_OK):
+        problems.append(f"--entry-out {entry_out}: the file is read-only")
+    else:
+        problems += _unwritable("--entry-out", entry_out.parent)
+    existing = next(folder for folder in (report_dir, *report_dir.parents) if folder.exists())
+    if not existing.is_dir():
+        problems.append(f"--report-dir {report_dir}: {existing} is not a folder")
+    else:
+        problems += _unwritable("--report-dir", existing)
+    return problems
+
+
+def _plan(args: argparse.Namespace) -> _Plan:
+    """Load the plugins, the entry and the suite, and check labels and output paths; ValueError if any is bad."""
+    load_plugins(args.plugins)
+    submission = load_submission(args.entry)
+    suite = load_suite(args.suite, args.overrides)
+    out = Path(args.out) if args.out else Path("results") / suite.name
+    report_dir = Path(args.report_dir) if args.report_dir else out
+    entry_out = Path(args.entry_out) if args.entry_out else Path(args.entry).with_suffix(".json")
+    problems = [
+        f"field 'name': {submission.name!r} is the label of a defense of suite {suite.name!r}; choose another"
+        for defense in suite.defenses
+        if _label_key(defense.label) == _label_key(submission.name)
+    ]
+    problems += output_problems(entry_out, report_dir)
+    if problems:
+        raise SubmissionError(args.entry, problems)
+    suite = replace(suite, defenses=(DefenseConfig(submission.name, submission.defense),))
+    return _Plan(submission, suite, out, report_dir, entry_out)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        plan = _plan(args)
+    except ValueError as error:  # SubmissionError, SuiteError, a plugin that cannot be imported
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     from benchmarks.report import build_report, leaderboard_json, write_report
     from benchmarks.run import evaluate
     from benchmarks.store import StoreError, open_store
 
-    try:
-        submission = load_submission(args.entry)
-        suite = load_suite(args.suite, args.overrides)
-    except (SubmissionError, SuiteError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    suite = replace(suite, defenses=(DefenseConfig(submission.name, submission.defense),))
-    out = Path(args.out) if args.out else Path("results") / suite.name
-    report_dir = Path(args.report_dir) if args.report_dir else out
-    entry_out = Path(args.entry_out) if args.entry_out else Path(args.entry).with_suffix(".json")
+    submission, suite, out, report_dir, entry_out = plan
     try:
         store = open_store(out)
     except StoreError as error:
@@ -268,8 +392,12 @@ def main(argv: list[str] | None = None) -> int:
             print(line, file=sys.stderr)
         write_report(store, report_dir, suite.name)
         report = leaderboard_json(build_report(store, suite.name))
-    evaluation = entry_evaluation(report, submission, suite, args.overrides)
-    write_entry(entry_out, submission, suite, evaluation)
+    try:
+        evaluation = entry_evaluation(report, submission, suite, args.overrides)
+        write_entry(entry_out, submission, suite, evaluation)
+    except (RuntimeError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     _print_outcome(submission, evaluation, entry_out, report_dir)
     return 1 if summary.failed else 0
 

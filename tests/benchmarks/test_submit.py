@@ -1,14 +1,18 @@
-"""Submissions: every bad field named (exit 2), custom module:Class defenses, the shipped entry re-evaluated."""
+"""Submissions: every bad field named (exit 2), plugin defenses, unique labels, output paths checked before any
+evaluation, the shipped entries re-evaluated."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from benchmarks.submit import SubmissionError, load_submission, main
+from ggl.defenses import loader
 
 ROOT = Path(__file__).resolve().parents[2]
 SUBMISSIONS = ROOT / "leaderboards" / "submissions"
@@ -74,29 +78,116 @@ def test_every_bad_field_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[
         load_submission(entry)
 
 
-def test_custom_module_class_defense(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "toy_defenses.py").write_text(CUSTOM)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    entry = tmp_path / "Halve.yaml"
-    entry.write_text(
-        "name: Halve\nauthors: [A. Author]\npaper: null\ndefense: {name: 'toy_defenses:Halve', factor: 0.5}\n"
-    )
+@pytest.fixture
+def plugins(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh plugin table, so a plugin one test loads is unknown to the next."""
+    monkeypatch.setattr(loader, "_PLUGINS", {})
+
+
+def entry_file(folder: Path, name: str, defense: str = "{name: gaussian, sigma: 0.5}", file: str = "E.yaml") -> Path:
+    path = folder / file
+    path.write_text(f"name: {name}\nauthors: [A. Author]\ndefense: {defense}\n")
+    return path
+
+
+def test_plugin_defense(tmp_path: Path, plugins: None, capsys: pytest.CaptureFixture[str]) -> None:
+    plugin = tmp_path / "toy_defenses.py"
+    plugin.write_text(CUSTOM)
+    entry = entry_file(tmp_path, "Halve", "{name: 'toy_defenses:Halve', factor: 0.5}")
+    out = ["--out", str(tmp_path / "results"), "--entry-out", str(tmp_path / "missing" / "e.json")]
+    assert main([str(entry), *out]) == 2  # without --plugin the YAML cannot reach the file
+    assert "neither a project module nor a plugin" in capsys.readouterr().err
+    assert main([str(entry), "--plugin", str(plugin), *out]) == 2  # the plugin loads; the output folder is missing
+    error = capsys.readouterr().err
+    assert "does not exist" in error and "field 'defense'" not in error
     assert load_submission(entry).defense == {"name": "toy_defenses:Halve", "factor": 0.5}
-    entry.write_text("name: Halve\nauthors: [A. Author]\ndefense: {name: 'toy_defenses:Missing'}\n")
-    with pytest.raises(SubmissionError, match="has no attribute 'Missing'"):
+    entry = entry_file(tmp_path, "Halve", "{name: 'toy_defenses:Missing'}")
+    with pytest.raises(SubmissionError, match="'Missing' in 'toy_defenses' is not a subclass"):
         load_submission(entry)
-    entry.write_text("name: Halve\nauthors: [A. Author]\ndefense: {name: 'toy_defenses:Halve', strength: 3}\n")
-    with pytest.raises(SubmissionError, match="bad parameters"):
+    entry = entry_file(tmp_path, "Halve", "{name: 'toy_defenses:Halve', strength: 3}")
+    with pytest.raises(SubmissionError, match="has no parameter strength"):
         load_submission(entry)
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "clash"),
+    [
+        ("none", "built-in label 'none'"),
+        ("  NONE ", "built-in label 'none'"),
+        ("gaussian(sigma=0.01)", "built-in label 'gaussian'"),
+        ("Prior only", "built-in label 'prior only'"),
+        ("Taken  name", "already the name of the submission Other.yaml"),
+        ("laplacian-ish (scale=0.01)", "label of a defense of suite 'smoke'"),
+    ],
+)
+def test_display_names_are_unique(tmp_path: Path, name: str, clash: str, capsys: pytest.CaptureFixture[str]) -> None:
+    entry_file(tmp_path, "taken name", file="Other.yaml")
+    entry = entry_file(tmp_path, repr(name))
+    suite = tmp_path / "smoke.yaml"
+    suite.write_text((ROOT / "benchmarks" / "suites" / "smoke.yaml").read_text() + "\n")
+    labelled = ["--set", "defenses=[{name: laplacian, scale: 0.01, label: laplacian-ish (scale=0.01)}]"]
+    assert main([str(entry), "--suite", str(suite), *labelled, "--out", str(tmp_path / "results")]) == 2
+    error = capsys.readouterr().err
+    assert "field 'name'" in error and clash in error and "Traceback" not in error
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("kind", ["folder", "missing folder", "parent is a file", "unwritable folder"])
+def test_bad_entry_out_stops_before_any_evaluation(
+    tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    entry = entry_file(tmp_path, "Loud noise")
+    (tmp_path / "a_file").write_text("x")
+    target = {
+        "folder": tmp_path,
+        "missing folder": tmp_path / "missing" / "e.json",
+        "parent is a file": tmp_path / "a_file" / "e.json",
+        "unwritable folder": tmp_path / "e.json",
+    }[kind]
+    if kind == "unwritable folder":
+
+        def refuse(*args: object, **kwargs: object) -> None:
+            raise PermissionError(13, "Permission denied")
+
+        monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+    store = tmp_path / "results"
+    assert main([str(entry), *SMALL, "--out", str(store), "--entry-out", str(target), "--no-progress"]) == 2
+    error = capsys.readouterr().err
+    assert "--entry-out" in error and "Traceback" not in error
+    assert not store.exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_entry_out_stops_before_any_evaluation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    entry = entry_file(tmp_path, "Loud noise")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    (locked / "e.json").write_text("{}")
+    (locked / "e.json").chmod(0o444)
+    locked.chmod(0o555)
+    try:
+        for target in (locked / "e.json", locked / "new.json"):
+            assert main([str(entry), *SMALL, "--out", str(tmp_path / "results"), "--entry-out", str(target)]) == 2
+            assert "--entry-out" in capsys.readouterr().err
+    finally:
+        locked.chmod(0o755)
+
+
+def shipped_plugins(entry: Path) -> list[str]:
+    """``--plugin NAME.py`` when the entry's code is committed beside it: CI runs only code in the repository."""
+    plugin = entry.with_suffix(".py")
+    return ["--plugin", str(plugin)] if plugin.is_file() else []
 
 
 @pytest.mark.parametrize("entry", sorted(SUBMISSIONS.glob("*.yaml")), ids=lambda p: p.stem)
-def test_shipped_entry_reevaluates_within_tolerance(entry: Path, tmp_path: Path) -> None:
+def test_shipped_entry_reevaluates_within_tolerance(entry: Path, tmp_path: Path, plugins: None) -> None:
     stored = json.loads(entry.with_suffix(".json").read_text())
     small = [e for e in stored["evaluations"].values() if e["suite"] == "smoke" and e["overrides"] == SMALL[3::2]]
     assert small, f"{entry.with_suffix('.json').name} has no evaluation on the small suite"
     out = tmp_path / "entry.json"
-    assert main([str(entry), *SMALL, "--out", str(tmp_path / "results"), "--entry-out", str(out), "--no-progress"]) == 0
+    options = [*SMALL, *shipped_plugins(entry), "--out", str(tmp_path / "results"), "--entry-out", str(out)]
+    assert main([str(entry), *options, "--no-progress"]) == 0
     fresh = json.loads(out.read_text())
     assert fresh["defense"] == stored["defense"] == load_submission(entry).defense
     (new,) = fresh["evaluations"].values()
