@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,9 +31,20 @@ import torch
 from benchmarks.cells import Cell, CellKey, code_version, expand_cells, seed_from, shard
 from benchmarks.config import REFERENCE_PREFIX, AttackConfig, DefenseConfig, SuiteConfig, SuiteError
 from benchmarks.references import reference_images
-from benchmarks.store import CellRow, ResultsStore, VictimRow
+from benchmarks.store import (
+    FAILED,
+    FINISHED,
+    HELD,
+    CellClaims,
+    CellRow,
+    ClaimOwner,
+    FailureRow,
+    ResultsStore,
+    VictimRow,
+)
 from benchmarks.utility import utility_cost
 from ggl.attacks import AttackTarget, make_attack
+from ggl.checks import positive_number
 from ggl.data import make_datamodule
 from ggl.defenses import build_defense
 from ggl.fl import infer_labels, make_victim, shared_update
@@ -42,6 +56,39 @@ class MissingRequirement(RuntimeError):
     """The suite needs data, weights or a device this machine lacks; the message lists what is missing."""
 
 
+CLAIM_POLL_SECONDS = 2.0
+"""How often a run waiting for cells another run holds looks again."""
+
+
+class CellTimeout(Exception):
+    """A cell ran past the per-cell time limit (``Harness(cell_seconds=...)``)."""
+
+
+@contextmanager
+def cell_time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise ``CellTimeout`` in the main thread when the block runs longer than ``seconds`` (None: no limit).
+
+    A ``SIGALRM`` timer (``setitimer(ITIMER_REAL)``; each worker process has its own): the exception arrives between
+    Python steps, so a defense or attack that sleeps or loops is stopped; one native call that never returns is not.
+    """
+    if seconds is None:
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise CellTimeout(f"the cell ran longer than the per-cell time limit of {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        finally:
+            signal.signal(signal.SIGALRM, previous)
+
+
 @dataclass
 class RunSummary:
     """What one ``Harness.run`` did."""
@@ -51,11 +98,13 @@ class RunSummary:
     computed: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    elsewhere: int = 0  # stored meanwhile by another run on the same store
 
     def lines(self) -> list[str]:
         lines = [
             f"{self.total} cells: {self.skipped} already in the store, {self.computed} computed, "
-            f"{len(self.failed)} failed ({self.seconds:.1f} s)"
+            + (f"{self.elsewhere} computed by another run, " if self.elsewhere else "")
+            + f"{len(self.failed)} failed ({self.seconds:.1f} s)"
         ]
         lines += [f"  FAILED {what}: {why}" for what, why in self.failed]
         return lines
@@ -106,7 +155,8 @@ class Harness:
         rank, world_size: this process's share of the cells. device: "cpu", "cuda" or None (CUDA when available).
         progress: show a progress bar over this rank's cells. tensorboard_dir: scalars and images per cell.
         log: where one-line messages go. references_only: compute only the prior-only reference rows (no attack
-            cells, no utility costs).
+            cells, no utility costs). cell_seconds: per-cell time limit (None: none); a cell past it is recorded
+            as failed with its reason.
     """
 
     def __init__(
@@ -120,6 +170,7 @@ class Harness:
         tensorboard_dir: str | Path | None = None,
         log: Callable[[str], None] | None = None,
         references_only: bool = False,
+        cell_seconds: float | None = None,
     ) -> None:
         self.suite = suite
         self.store = store
@@ -134,6 +185,7 @@ class Harness:
         )
         self.log = log or (lambda message: print(message, file=sys.stderr))
         self.references_only = references_only
+        self.cell_seconds = None if cell_seconds is None else positive_number("cell_seconds", cell_seconds)
         self.config_hash = suite.config_hash()
         self.code_version = code_version()
         self._datamodule: Any = None
@@ -282,7 +334,11 @@ class Harness:
         return shard(cells, self.rank, self.world_size)
 
     def run(self, stop: Callable[[], bool] | None = None, also_finished: set[CellKey] | None = None) -> RunSummary:
-        """Compute this rank's unfinished cells (and utility costs); failures are listed, not raised.
+        """Compute this rank's unfinished cells (and utility costs); failures are recorded and listed, not raised.
+
+        Each cell is claimed in the store before it is computed: another run on the same store skips it, and waits
+        for it at the end (taking it over if its owner dies). A failed cell (an error, or past ``cell_seconds``) is
+        recorded in the store with its reason.
 
         Args:
             stop: polled before each cell; True ends the run early (what is done stays done).
@@ -290,6 +346,8 @@ class Harness:
         """
         if self.store is None:
             raise RuntimeError("Harness.run needs a results store")
+        if self.cell_seconds is not None and threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("a per-cell time limit (cell_seconds) needs the main thread: it uses SIGALRM")
         start = time.perf_counter()
         summary = RunSummary()
         self.store.claim_context(self.suite.name, self.suite.context())
@@ -303,14 +361,13 @@ class Harness:
         summary.skipped = len(cells) - len(pending)
         bar = self._progress(len(cells), summary.skipped)
         try:
-            for cell in pending:
-                if stop is not None and stop():
-                    break
-                if bar is not None:
-                    bar.set_postfix_str(cell.describe()[:60], refresh=False)
-                self._run_cell(cell, summary)
-                if bar is not None:
-                    bar.update(1)
+            with CellClaims(self.store, self.suite.name) as claims:
+                held = self._run_cells(pending, claims, summary, bar, stop)
+                if held:
+                    self.log(f"waiting for {len(held)} cells another run on this store is computing")
+                while held:
+                    time.sleep(CLAIM_POLL_SECONDS)
+                    held = self._run_cells(held, claims, summary, bar, stop, retry_failed=False)
         finally:
             if bar is not None:
                 bar.close()
@@ -319,19 +376,70 @@ class Harness:
         summary.seconds = time.perf_counter() - start
         return summary
 
-    def _run_cell(self, cell: Cell, summary: RunSummary) -> None:
-        """Compute and store one cell; a failure is logged and listed, never raised (the other cells go on)."""
+    def _run_cells(
+        self,
+        cells: list[Cell],
+        claims: CellClaims,
+        summary: RunSummary,
+        bar: Any,
+        stop: Callable[[], bool] | None,
+        retry_failed: bool = True,
+    ) -> list[Cell]:
+        """Compute every cell this run can claim; return those another live run holds (none after ``stop``)."""
+        held: list[Cell] = []
+        for cell in cells:
+            if stop is not None and stop():
+                return []
+            taken = claims.take(cell.key(), retry_failed)
+            if taken is not None and taken[0] == HELD:
+                held.append(cell)
+                continue
+            if taken is None:
+                if bar is not None:
+                    bar.set_postfix_str(cell.describe()[:60], refresh=False)
+                self._run_cell(cell, summary, claims.owner)
+            elif taken[0] == FAILED:
+                summary.failed.append((cell.describe(), f"failed in another run: {taken[1]}"))
+            elif taken[0] == FINISHED:
+                summary.elsewhere += 1
+            if bar is not None:
+                bar.update(1)
+        return held
+
+    def _run_cell(self, cell: Cell, summary: RunSummary, owner: ClaimOwner | None = None) -> None:
+        """Compute and store one cell; a failure (an error, or the time limit) is recorded in the store and listed,
+        never raised (the other cells go on)."""
         assert self.store is not None
         try:
-            row = self.compute(cell)
+            self.victim(cell.victim)  # the ground truth is stored outside the time limit
+            with cell_time_limit(self.cell_seconds):
+                row = self.compute(cell)
         except Exception as error:  # one failed cell must not stop the others
-            summary.failed.append((cell.describe(), f"{type(error).__name__}: {error}"))
+            reason = f"{type(error).__name__}: {error}"
+            summary.failed.append((cell.describe(), reason))
             self.log(f"cell failed: {cell.describe()}\n{traceback.format_exc(limit=4)}")
+            self.store.put_failure(self._failure(cell, reason), owner)
             return
         self.store.put_cell(row)
         summary.computed += 1
         if self.tensorboard is not None:
             self.tensorboard.add(row)
+
+    def _failure(self, cell: Cell, reason: str) -> FailureRow:
+        """The store's record of a failed cell: its key, labels, provenance and reason."""
+        return FailureRow(
+            suite=self.suite.name,
+            victim=cell.victim,
+            defense=dict(cell.defense.spec) if cell.defense is not None else None,
+            attack=cell.attack.key(),
+            seed=cell.seed,
+            kind=cell.kind,
+            defense_label=cell.defense.label if cell.defense is not None else "prior only",
+            attack_label=cell.attack.label,
+            config_hash=self.config_hash,
+            code_version=self.code_version,
+            reason=reason,
+        )
 
     def _progress(self, total: int, done: int) -> Any:
         if not self.progress:
