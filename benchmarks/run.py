@@ -114,11 +114,12 @@ def _error(message: str) -> int:
 
 
 def report(out: Path, report_dir: Path, suite: SuiteConfig) -> list[Path]:
+    """Write the report of ``suite`` as configured (its cells, its utility options) from the store, opened read-only."""
     from benchmarks.report import write_report
     from benchmarks.store import existing_store
 
     with existing_store(out) as store:
-        return write_report(store, report_dir, suite.name)
+        return write_report(store, report_dir, suite)
 
 
 def merge_shards(out: Path) -> int:
@@ -310,12 +311,17 @@ def finish(suite: SuiteConfig, out: Path, report_dir: Path, failed_before: int, 
 
 
 def report_only(suite: SuiteConfig, out: Path, report_dir: Path) -> int:
-    """``--report-only``: merge shards left by an interrupted run, then rewrite the report from the store."""
+    """``--report-only``: rewrite the report from the store, opened read-only (no store file is created or changed)."""
     from benchmarks.store import StoreError
 
     try:
-        if (out / SHARDS).is_dir():
-            merge_shards(out)
+        shards = sorted((out / SHARDS).glob("rank*.sqlite"))
+        if shards:
+            print(
+                f"warning: {len(shards)} shard stores of an interrupted multi-worker run in {out / SHARDS} are not "
+                "merged (--report-only writes nothing); running the suite again merges them",
+                file=sys.stderr,
+            )
         paths = report(out, report_dir, suite)
     except (StoreError, ValueError) as error:
         return _error(str(error))

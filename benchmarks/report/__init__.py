@@ -12,6 +12,8 @@ the same store gives byte-identical output):
   shown beside it. Lower leakage ranks first.
 * ``attacks.{md,csv}``: every (defense, attack) pair with its metrics, plus the prior-only reference rows.
 * ``rows.csv``: every stored cell with its key, config hash, code version and metrics.
+* failed cells (an error, or the per-cell time limit) with their reasons, under the leaderboard and in
+  ``leaderboard.json``, when there are some; a defense setting whose every cell failed is listed unranked.
 * ``privacy_utility.png``: leakage above the prior against utility cost; ``grids/*.png``: originals vs every
   attack and reference, one image per defense setting.
 
@@ -48,6 +50,7 @@ from benchmarks.report.tables import (
     markdown_table,
     rows_csv,
 )
+from benchmarks.config import SuiteConfig
 from benchmarks.store import ResultsStore
 from ggl.io import atomic_write, pretty_json
 
@@ -63,8 +66,11 @@ REPORT_FILES = (
 """The files every report has (besides ``grids/*.png``, one per defense setting)."""
 
 
-def write_report(store: ResultsStore, folder: str | Path, suite: str) -> list[Path]:
-    """Write every report file of ``suite`` into ``folder``; returns their paths."""
+def write_report(store: ResultsStore, folder: str | Path, suite: str | SuiteConfig) -> list[Path]:
+    """Write every report file of ``suite`` into ``folder``; returns their paths.
+
+    A ``SuiteConfig`` reports exactly its own cells and utility options (``build_report``); a name, every stored row.
+    """
     folder = Path(folder)
     report = build_report(store, suite)
     outputs = {
@@ -73,7 +79,7 @@ def write_report(store: ResultsStore, folder: str | Path, suite: str) -> list[Pa
         "leaderboard.json": pretty_json(leaderboard_json(report)),
         "attacks.md": attacks_markdown(report),
         "attacks.csv": csv_text(attack_rows(report), attack_columns()),
-        "rows.csv": rows_csv(store, suite),
+        "rows.csv": rows_csv(report),
     }
     written = [atomic_write(folder / name, text) for name, text in outputs.items()]
     privacy_utility_plot(report, folder / "privacy_utility.png")

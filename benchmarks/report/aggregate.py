@@ -5,6 +5,10 @@ reference)``, where the prior-only reference of a victim is the better of the cl
 sample of the inferred class (what the attacker has without any gradient information beyond the label). The
 strongest attack of a setting is the one with the largest such gain; ``best`` holds the best value of every metric
 of ``ggl.metrics.METRIC_TABLE`` over attacks (in the direction the table gives). Lower leakage ranks first.
+
+A report shows one configuration: given a ``SuiteConfig`` it takes exactly that suite's cells (rows of other
+budgets, defenses, victims or seeds in the same store are left out and counted) and the utility costs computed with
+its utility options. Failed cells are listed; a defense setting whose every cell failed is shown, unranked.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from benchmarks.config import REFERENCE_KINDS, REFERENCE_PREFIX
-from benchmarks.store import CellRow, ResultsStore
+from benchmarks.cells import CellKey, expand_cells
+from benchmarks.config import REFERENCE_KINDS, REFERENCE_PREFIX, SuiteConfig
+from benchmarks.store import CellRow, FailureRow, ResultsStore
 from ggl.io import canonical_json
 from ggl.metrics import METRIC_TABLE
 
@@ -90,7 +95,8 @@ class DefenseSummary:
     utility: dict[str, Any] | None
     strongest: PairSummary | None
     best: dict[str, float]
-    rank: int = 0
+    rank: int = 0  # 0: unranked (every cell of the setting failed)
+    failures: list[FailureRow] = field(default_factory=list)
 
     @property
     def leakage(self) -> float:
@@ -117,6 +123,9 @@ class Report:
     seeds: list[int]
     config_hashes: list[str]
     code_versions: list[str]
+    rows: list[CellRow] = field(default_factory=list)
+    failures: list[FailureRow] = field(default_factory=list)
+    left_out: int = 0  # stored rows of this suite that belong to another configuration
 
 
 def _row_ref(row: CellRow) -> dict[str, Any]:
@@ -214,10 +223,11 @@ def _defense_summary(
 
 
 def _rank_key(summary: DefenseSummary) -> tuple[Any, ...]:
-    """Known leakage first, lower leakage first, then smaller accuracy drop, then label."""
+    """Settings with rows first, known leakage first, lower leakage first, then smaller accuracy drop, then label."""
     leakage = summary.leakage
     drop = summary.utility_value("accuracy_drop")
     return (
+        not summary.pairs,
         math.isnan(leakage),
         leakage if not math.isnan(leakage) else 0.0,
         drop if drop is not None else math.inf,
@@ -225,15 +235,68 @@ def _rank_key(summary: DefenseSummary) -> tuple[Any, ...]:
     )
 
 
-def build_report(store: ResultsStore, suite: str) -> Report:
-    """Aggregate the rows of ``suite`` (see the module docstring for the definitions)."""
-    rows = store.cells(suite)
-    if not rows:
+def _scope(suite: str | SuiteConfig) -> tuple[str, frozenset[CellKey] | None, dict[str, Any] | None]:
+    """The suite's name, the keys of its cells and its utility options (None and None for a bare name)."""
+    if isinstance(suite, str):
+        return suite, None, None
+    keys = frozenset(cell.key() for cell in expand_cells(suite))
+    return suite.name, keys, {"seed": suite.utility.seed, **dict(suite.utility.options)}
+
+
+def _utilities(
+    store: ResultsStore, suite_config: dict[str, Any] | None, options: dict[str, Any] | None
+) -> dict[str, dict[str, Any]]:
+    """Utility costs by defense JSON, computed with ``options`` (default: those the suite was last run with)."""
+    if options is None and suite_config and "utility" in suite_config:
+        options = {"seed": suite_config["utility"]["seed"], **suite_config["utility"]["options"]}
+    return store.utilities(options)
+
+
+def _defense_summaries(
+    by_defense: dict[str, dict[str, list[CellRow]]],
+    failures: Sequence[FailureRow],
+    order: dict[str, int],
+    attainable: dict[int, float],
+    utilities: dict[str, dict[str, Any]],
+) -> list[DefenseSummary]:
+    """Every defense setting with rows or failed cells, ranked; one whose every cell failed comes last, unranked."""
+    failed: dict[str, list[FailureRow]] = defaultdict(list)
+    for failure in failures:
+        if failure.kind != "reference":
+            failed[canonical_json(failure.defense)].append(failure)
+    defenses = []
+    for defense_json in [*by_defense, *(key for key in failed if key not in by_defense)]:
+        utility = utilities.get(defense_json)
+        if defense_json in by_defense:
+            summary = _defense_summary(by_defense[defense_json], order, attainable, utility)
+        else:
+            first = failed[defense_json][0]
+            summary = DefenseSummary(first.defense_label, first.defense or {}, [], utility, None, {})
+        summary.failures = failed.get(defense_json, [])
+        defenses.append(summary)
+    defenses.sort(key=_rank_key)
+    for index, summary in enumerate((s for s in defenses if s.pairs), start=1):
+        summary.rank = index
+    return defenses
+
+
+def build_report(store: ResultsStore, suite: str | SuiteConfig) -> Report:
+    """Aggregate the rows of ``suite`` (see the module docstring for the definitions).
+
+    A ``SuiteConfig`` reports exactly its own cells and utility options; a suite name, every stored row of that
+    suite and the utility options it was last run with.
+    """
+    name, keys, options = _scope(suite)
+    stored = store.cells(name)
+    rows = [row for row in stored if keys is None or row.key in keys]
+    failures = [failure for failure in store.failures(name) if keys is None or failure.key in keys]
+    if not rows and not failures:
+        other = f" as configured now ({len(stored)} stored rows are of another configuration)" if stored else ""
         raise ValueError(
-            f"the results store {store.path} has no rows for suite {suite!r}; "
+            f"the results store {store.path} has no rows for suite {name!r}{other}; "
             f"suites stored: {', '.join(store.suites()) or 'none'}"
         )
-    meta = store.get_meta(f"suite:{suite}")
+    meta = store.get_meta(f"suite:{name}")
     suite_config = json.loads(meta) if meta else None
     by_reference: dict[str, list[CellRow]] = defaultdict(list)
     by_defense: dict[str, dict[str, list[CellRow]]] = defaultdict(lambda: defaultdict(list))
@@ -243,17 +306,10 @@ def build_report(store: ResultsStore, suite: str) -> Report:
         else:
             by_defense[row.defense_json][row.attack_json].append(row)
     attainable = _attainable_psnr(by_reference)
-    order = _attack_order(suite_config)
-    utilities = store.utilities()
-    defenses = [
-        _defense_summary(pairs, order, attainable, utilities.get(defense_json))
-        for defense_json, pairs in by_defense.items()
-    ]
-    defenses.sort(key=_rank_key)
-    for index, summary in enumerate(defenses, start=1):
-        summary.rank = index
+    utilities = _utilities(store, suite_config, options)
+    defenses = _defense_summaries(by_defense, failures, _attack_order(suite_config), attainable, utilities)
     return Report(
-        suite=suite,
+        suite=name,
         description=str((suite_config or {}).get("description", "")),
         defenses=defenses,
         references=_reference_summaries(by_reference, attainable),
@@ -261,4 +317,7 @@ def build_report(store: ResultsStore, suite: str) -> Report:
         seeds=sorted({r.seed for r in rows}),
         config_hashes=sorted({r.config_hash for r in rows}),
         code_versions=sorted({r.code_version for r in rows}),
+        rows=rows,
+        failures=failures,
+        left_out=len(stored) - len(rows),
     )

@@ -122,19 +122,15 @@ def _grid(
 
 
 def reconstruction_grids(store: ResultsStore, report: Report, folder: Path, max_victims: int = 8) -> list[Path]:
-    """One PNG per defense setting: rows = victims, columns = original, prior-only references, every attack."""
+    """One PNG per defense setting with rows: rows = victims, columns = original, prior-only references, attacks."""
     plt = _pyplot()
-    seed = report.seeds[0]
+    seed = report.seeds[0] if report.seeds else None
     originals = {v.victim: v.images for v in store.victims(report.suite)}
-    images = {
-        (row.defense_json, row.attack_json, row.victim): row.images
-        for row in store.cells(report.suite)
-        if row.seed == seed
-    }
+    images = {(row.defense_json, row.attack_json, row.victim): row.images for row in report.rows if row.seed == seed}
     victims = sorted(originals)[:max_victims]
     reference_columns = [(canonical_json(None), canonical_json(r.attack), r.attack_label) for r in report.references]
     written = []
-    for summary in report.defenses:
+    for summary in (s for s in report.defenses if s.pairs):
         defense_json = canonical_json(summary.spec)
         columns = [
             ("original", "", "original"),

@@ -3,6 +3,7 @@
 Metric columns, their titles, directions and number formats come from ``ggl.metrics.METRIC_TABLE``: a metric
 added there appears in every table. The leaderboard lists the best value over attacks of each image metric (the
 higher-is-better ones first: ``Best PSNR``, then the lower-is-better ones: ``Lowest MSE``), then the label metrics.
+Failed cells are listed below the leaderboard (and in ``leaderboard.json``) only when there are some.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from benchmarks.report.aggregate import PairSummary, Report, plain
-from benchmarks.store import ResultsStore
+from benchmarks.store import FailureRow
 from ggl.metrics import METRIC_TABLE
 
 SCHEMA = "ggl-bench-leaderboard-v1"
@@ -38,9 +39,13 @@ HEADERS = {
     "attack": "Attack",
     "evaluations": "Evaluations",
     "seconds": "Seconds",
+    "victim": "Victim",
+    "seed": "Seed",
+    "reason": "Reason",
 }
 """Titles of the report's own columns; metric titles come from ``METRIC_TABLE``."""
-TEXT_COLUMNS = ("defense", "attack", "strongest_attack")
+TEXT_COLUMNS = ("defense", "attack", "strongest_attack", "reason")
+FAILURE_COLUMNS = ("defense", "attack", "victim", "seed", "reason")
 
 
 def fmt(name: str, value: float | None) -> str:
@@ -99,6 +104,31 @@ def pair_headers() -> dict[str, str]:
     return {**HEADERS, **{m.name: m.title for m in METRIC_TABLE.values()}}
 
 
+def _no_attack(pairs: Sequence[PairSummary]) -> str:
+    """The strongest-attack cell of a setting without one: no attack has a PSNR gain, or every cell failed."""
+    return "-" if pairs else "all cells failed"
+
+
+def reason_text(reason: str, limit: int = 160) -> str:
+    """A failure's reason on one line, at most ``limit`` characters."""
+    line = " ".join(reason.split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def failure_rows(failures: Sequence[FailureRow]) -> list[dict[str, str]]:
+    """Failed cells as table rows."""
+    return [
+        {
+            "defense": f.defense_label,
+            "attack": f.attack_label,
+            "victim": str(f.victim),
+            "seed": str(f.seed),
+            "reason": reason_text(f.reason),
+        }
+        for f in failures
+    ]
+
+
 def leaderboard_rows(report: Report) -> list[dict[str, str]]:
     """The leaderboard as formatted strings, reference rows last."""
     metrics = best_metric_columns()
@@ -107,11 +137,11 @@ def leaderboard_rows(report: Report) -> list[dict[str, str]]:
         strongest = summary.strongest
         table.append(
             {
-                "rank": str(summary.rank),
+                "rank": str(summary.rank) if summary.rank else "-",
                 "defense": summary.label,
                 "update_cosine": fmt("update_cosine", summary.utility_value("update_cosine")),
                 "accuracy_drop": fmt("accuracy_drop", summary.utility_value("accuracy_drop")),
-                "strongest_attack": strongest.attack_label if strongest else "-",
+                "strongest_attack": strongest.attack_label if strongest else _no_attack(summary.pairs),
                 "psnr_gain": fmt("psnr_gain", summary.leakage),
                 **{name: fmt(name, summary.best.get(name)) for name in metrics},
                 "victims": str(max((p.victims for p in summary.pairs), default=0)),
@@ -184,10 +214,8 @@ def leaderboard_markdown(report: Report) -> str:
     lines = [f"# Leaderboard: suite `{report.suite}`", ""]
     if report.description:
         lines += [report.description.strip(), ""]
+    lines += _provenance(report)
     lines += [
-        f"Victims: {report.victims}; seeds: {', '.join(map(str, report.seeds))}; "
-        f"config hash: {', '.join(report.config_hashes)}; code: {', '.join(report.code_versions)}.",
-        "",
         "Ranked by **PSNR above prior**: the mean over victims of the strongest attack's PSNR minus the best "
         "prior-only reference PSNR of that victim (class-mean image or random prior sample of the inferred class). "
         "Lower is more private; near or below 0 dB the attack recovers no more than the prior alone. "
@@ -199,7 +227,34 @@ def leaderboard_markdown(report: Report) -> str:
         "[rows.csv](rows.csv).",
         "",
     ]
+    if report.failures:
+        lines += [
+            "## Failed cells",
+            "",
+            f"{len(report.failures)} cells failed and are in no table above; running the suite again retries them.",
+            "",
+            markdown_table(failure_rows(report.failures), FAILURE_COLUMNS, HEADERS),
+        ]
     return "\n".join(lines)
+
+
+def _provenance(report: Report) -> list[str]:
+    """The leaderboard's lines on what its rows are (and, when there are some, on rows left out)."""
+    if report.rows:
+        lines = [
+            f"Victims: {report.victims}; seeds: {', '.join(map(str, report.seeds))}; "
+            f"config hash: {', '.join(report.config_hashes)}; code: {', '.join(report.code_versions)}.",
+            "",
+        ]
+    else:
+        lines = ["**Every cell failed**: nothing is ranked; the failed cells are listed below.", ""]
+    if report.left_out:
+        lines += [
+            f"{report.left_out} stored rows of this suite belong to another configuration (other attacks, budgets, "
+            "defenses, victims or seeds) and are left out; `--report-only` with that configuration shows them.",
+            "",
+        ]
+    return lines
 
 
 def attacks_markdown(report: Report) -> str:
@@ -219,7 +274,7 @@ def leaderboard_json(report: Report) -> dict[str, Any]:
     """``leaderboard.json``: the ranking with every number's spec, utility and source rows."""
     entries = [
         {
-            "rank": summary.rank,
+            "rank": summary.rank or None,
             "defense": summary.label,
             "spec": summary.spec,
             "utility": summary.utility,
@@ -230,19 +285,38 @@ def leaderboard_json(report: Report) -> dict[str, Any]:
         }
         for summary in report.defenses
     ]
-    return plain(
-        {
-            "schema": SCHEMA,
-            "suite": report.suite,
-            "victims": report.victims,
-            "seeds": report.seeds,
-            "config_hashes": report.config_hashes,
-            "code_versions": report.code_versions,
-            "ranking": "psnr_gain_over_prior of the strongest attack, ascending (lower = more private)",
-            "references": [reference.to_json() for reference in report.references],
-            "leaderboard": entries,
-        }
-    )
+    document = {
+        "schema": SCHEMA,
+        "suite": report.suite,
+        "victims": report.victims,
+        "seeds": report.seeds,
+        "config_hashes": report.config_hashes,
+        "code_versions": report.code_versions,
+        "ranking": "psnr_gain_over_prior of the strongest attack, ascending (lower = more private)",
+        "references": [reference.to_json() for reference in report.references],
+        "leaderboard": entries,
+    }
+    if report.failures:
+        document["failed_cells"] = [failure_json(failure) for failure in report.failures]
+    if report.left_out:
+        document["rows_of_other_configurations"] = report.left_out
+    return plain(document)
+
+
+def failure_json(failure: FailureRow) -> dict[str, Any]:
+    """One failed cell as ``leaderboard.json`` lists it."""
+    return {
+        "defense": failure.defense_label,
+        "defense_spec": failure.defense,
+        "attack": failure.attack_label,
+        "attack_spec": failure.attack,
+        "victim": failure.victim,
+        "seed": failure.seed,
+        "reason": failure.reason,
+        "failed_at": failure.failed_at,
+        "config_hash": failure.config_hash,
+        "code_version": failure.code_version,
+    }
 
 
 ROW_COLUMNS = (
@@ -263,9 +337,9 @@ ROW_COLUMNS = (
 """Columns of ``rows.csv`` before the metrics (every metric stored, sorted by name)."""
 
 
-def rows_csv(store: ResultsStore, suite: str) -> str:
-    """``rows.csv``: every stored cell of ``suite`` with its key, provenance and metrics."""
-    rows = store.cells(suite)
+def rows_csv(report: Report) -> str:
+    """``rows.csv``: every row of the report with its key, provenance and metrics."""
+    rows = report.rows
     names = sorted({name for row in rows for name in row.metrics})
     records = [
         {

@@ -65,7 +65,7 @@ def test_every_number_is_traceable(store: ResultsStore) -> None:
 
 
 def test_rows_csv_lists_every_cell_and_metric(store: ResultsStore) -> None:
-    lines = rows_csv(store, "s").splitlines()
+    lines = rows_csv(build_report(store, "s")).splitlines()
     assert len(lines) == 1 + 15
     assert lines[0].endswith(",labels,label_accuracy,mse,psnr,ssim")
 
