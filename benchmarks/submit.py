@@ -75,9 +75,13 @@ class Submission:
     source: str = ""
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring = 3, 5, 5, 80
+
+
 def _shown(value: Any) -> str:
-    """A bounded repr of entry data for messages (a YAML file's aliases can nest a huge structure)."""
-    return reprlib.repr(value)
+    """A short repr of entry data for messages (a YAML file's aliases can nest a huge structure)."""
+    return _SHORT.repr(value)
 
 
 def _label_key(label: str) -> str:
