@@ -216,7 +216,8 @@ class ClaimOwner:
 
 def _stale(pid: int, host: str, heartbeat: float, ttl: float) -> bool:
     """A claim whose owner is gone: its process no longer exists on this host, or it stopped beating."""
-    if time.time() - heartbeat > ttl:
+    age = time.time() - heartbeat
+    if pid <= 0 or not -ttl <= age <= ttl:  # no beat for ttl seconds, or a heartbeat from a clock far ahead
         return True
     if host != socket.gethostname():
         return False
