@@ -16,6 +16,10 @@ import copy
 import hashlib
 import itertools
 import json
+import math
+import os
+import re
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -24,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from ggl.checks import non_negative_int, positive_int, positive_number
+from ggl.checks import boolean, non_negative_int, positive_int, positive_number
 from ggl.io import canonical_json
 
 SUITES_PACKAGE = "benchmarks"
@@ -45,6 +49,23 @@ TOP_LEVEL_FIELDS = (
     "utility",
     "requires",
 )
+MAX_SUITE_BYTES = 1 << 20
+"""Largest suite file read (1 MiB); real suites are a few KiB."""
+MAX_VALUES = 100_000
+"""Most values a suite may hold once its YAML aliases are expanded (a billion-laughs file is refused at once)."""
+MAX_DEPTH = 32
+"""Deepest nesting of a suite's values (and most parts of a dotted ``--set`` key)."""
+MAX_SETTINGS = 10_000
+"""Most defense settings a suite's strength sweeps may expand into."""
+MAX_CELLS = 1_000_000
+"""Most cells (victims x seeds x (defense settings x attacks + references)) one suite may hold."""
+MAX_SEED = 2**63 - 1
+"""Largest seed: every seed must fit the 64-bit signed integer torch's generators take."""
+SUITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+"""A suite name is part of file names (``results/NAME``): letters, digits, ``.``, ``_``, ``-``, at most 100."""
+
+Check = Callable[[str, Any], Any]
+"""A value check of ``ggl.checks``' shape: ``check(field, value)`` returns the value or raises ``ValueError``."""
 
 
 class SuiteError(ValueError):
@@ -233,6 +254,65 @@ class SuiteConfig:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Option tables: what a datamodule and the utility cost accept, checked when the suite is read (no torch needed)
+
+
+def seed_value(field_name: str, value: Any) -> int:
+    """An integer seed in [0, 2**63 - 1] (what torch's generators take)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+        raise ValueError(f"{field_name} must be an integer from 0 to 2**63 - 1, got {value!r}")
+    return value
+
+
+def text_value(field_name: str, value: Any) -> str:
+    """A non-empty string."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{field_name} must be a non-empty string, got {value!r}")
+    return value
+
+
+def optional_text(field_name: str, value: Any) -> str | None:
+    """A non-empty string, or None."""
+    return None if value is None else text_value(field_name, value)
+
+
+def embedded_image_size(field_name: str, value: Any) -> int:
+    """Side of the embedded Fashion-MNIST images: an integer from 8 to 512 (the originals are 28 px)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 8 <= value <= 512:
+        raise ValueError(f"{field_name} must be an integer from 8 to 512, got {value!r}")
+    return value
+
+
+_LOADER_OPTIONS: dict[str, Check] = {
+    "data_root": optional_text,
+    "batch_size": positive_int,
+    "num_workers": non_negative_int,
+    "seed": seed_value,
+}
+DATAMODULE_OPTIONS: dict[str, dict[str, Check]] = {
+    "embedded": {**_LOADER_OPTIONS, "download": boolean, "image_size": embedded_image_size},
+    "fashion-mnist": {**_LOADER_OPTIONS, "download": boolean, "image_size": embedded_image_size},
+    "celeba": {**_LOADER_OPTIONS, "image_size": positive_int, "attribute": text_value},
+    "imagenet": {**_LOADER_OPTIONS, "normalization": text_value},
+}
+"""Datamodule name -> its constructor's keyword arguments and their checks (``ggl.data.DATAMODULES``; a test keeps
+the two in step). The constructors check the values that need their data (CelebA sizes and attributes, ImageNet
+normalisations)."""
+
+UTILITY_OPTIONS: dict[str, Check] = {
+    "steps": positive_int,
+    "batch_size": positive_int,
+    "lr": positive_number,
+    "hidden": positive_int,
+    "eval_images": positive_int,
+    "cosine_victim": text_value,
+    "cosine_victims": positive_int,
+    "cosine_batch_size": positive_int,
+}
+"""Options of ``benchmarks.utility.utility_cost`` and their checks; ``utility.UtilityConfig`` has these fields."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Reading and validating
 
 
@@ -251,14 +331,91 @@ def available_suites() -> list[str]:
     return sorted(p.stem for p in folder.glob("*.yaml"))
 
 
-def read_yaml(path: Path, source: str) -> dict[str, Any]:
-    """``yaml.safe_load`` a mapping, with ``SuiteError`` for missing files and YAML syntax errors."""
+class _TooLarge(yaml.YAMLError):
+    """A YAML document past the bounds of a suite (values after alias expansion, nesting, recursion)."""
+
+
+class _BoundedLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """The safe loader (libyaml's when installed: fast, nesting capped at 1,000 levels) refusing a document whose
+    aliases would expand past ``MAX_VALUES`` values."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _check_expansion(node)
+        return super().construct_document(node)
+
+
+def _node_children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [item for pair in node.value for item in pair]
+    return []
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Count the values of ``root`` with every alias expanded, without expanding them (each node sized once).
+
+    Raises ``_TooLarge`` past ``MAX_VALUES`` values, ``MAX_DEPTH`` levels or on a recursive alias.
+    """
+    sizes: dict[int, int] = {}
+    path = [(root, iter(_node_children(root)))]
+    on_path = {id(root)}
+    while path:
+        node, children = path[-1]
+        child = next(children, None)
+        if child is None:
+            path.pop()
+            on_path.discard(id(node))
+            sizes[id(node)] = min(MAX_VALUES + 1, 1 + sum(sizes[id(c)] for c in _node_children(node)))
+            if sizes[id(node)] > MAX_VALUES:
+                raise _TooLarge(f"its aliases expand to more than {MAX_VALUES:,} values; write the values out")
+        elif id(child) in on_path:
+            raise _TooLarge("an alias refers to a value that contains it (a recursive structure)")
+        elif id(child) not in sizes:
+            if len(path) >= MAX_DEPTH:
+                raise _TooLarge(f"values are nested deeper than {MAX_DEPTH} levels")
+            on_path.add(id(child))
+            path.append((child, iter(_node_children(child))))
+
+
+def parse_yaml(text: str, source: str, field_name: str) -> Any:
+    """YAML text -> plain data, safely and within the bounds above; ``SuiteError`` naming ``field_name`` otherwise."""
+    try:
+        return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a safe loader
+    except _TooLarge as error:
+        raise SuiteError(source, field_name, f"refused: {error}") from None
+    except yaml.YAMLError as error:
+        raise SuiteError(source, field_name, f"not valid YAML: {error}") from None
+    except RecursionError:
+        raise SuiteError(source, field_name, f"values are nested deeper than {MAX_DEPTH} levels") from None
+
+
+def _suite_text(path: Path, source: str) -> str:
+    """The suite file's text: an existing regular file of at most ``MAX_SUITE_BYTES`` bytes of UTF-8."""
+    if path.is_dir():
+        raise SuiteError(source, "<file>", "is a folder; give a suite name or the path of a .yaml file")
     if not path.is_file():
         raise SuiteError(source, "<file>", f"no such file; shipped suites: {', '.join(available_suites())}")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise SuiteError(source, "<file>", f"not valid YAML: {error}") from None
+        with path.open("rb") as handle:
+            data = handle.read(MAX_SUITE_BYTES + 1)
+    except OSError as error:
+        raise SuiteError(source, "<file>", f"cannot be read: {error.strerror or error}") from None
+    if len(data) > MAX_SUITE_BYTES:
+        raise SuiteError(source, "<file>", f"is larger than {MAX_SUITE_BYTES:,} bytes; a suite is a few KiB of YAML")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise SuiteError(
+            source, "<file>", f"is not UTF-8 text (byte {data[error.start]:#04x} at offset {error.start}); save it as UTF-8"
+        ) from None
+
+
+def read_yaml(path: Path, source: str) -> dict[str, Any]:
+    """The suite file as a mapping (see ``_suite_text`` and ``parse_yaml`` for the bounds); ``SuiteError`` otherwise."""
+    data = parse_yaml(_suite_text(path, source), source, "<file>")
+    if data is None:
+        raise SuiteError(source, "<file>", "is empty; a suite needs at least name, attacks and defenses")
     if not isinstance(data, dict):
         raise SuiteError(source, "<file>", f"must be a mapping of fields, got {type(data).__name__}")
     return data
@@ -272,16 +429,42 @@ def parse_override(text: str) -> tuple[str, Any]:
     key = key.strip()
     if not key:
         raise SuiteError("--set", text, "empty key")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as error:
-        raise SuiteError("--set", key, f"value {raw!r} is not valid YAML: {error}") from None
+    if len(key.split(".")) > MAX_DEPTH:
+        raise SuiteError("--set", key[:80], f"a key has at most {MAX_DEPTH} dotted parts")
+    if len(raw) > MAX_SUITE_BYTES:
+        raise SuiteError("--set", key, f"the value is longer than {MAX_SUITE_BYTES:,} characters")
+    value = parse_yaml(raw, "--set", key) if raw.strip() else None
     return key, value
+
+
+def count_values(data: Any, limit: int = MAX_VALUES) -> int:
+    """Values in ``data`` (mappings count keys and values), shared ones once per use; stops past ``limit``.
+
+    Nesting deeper than ``MAX_DEPTH`` counts as past the limit.
+    """
+    count = 0
+    pending: list[tuple[Any, int]] = [(data, 0)]
+    while pending and count <= limit:
+        value, depth = pending.pop()
+        count += 1 if depth <= MAX_DEPTH else limit + 1
+        if isinstance(value, dict):
+            pending.extend((item, depth + 1) for pair in value.items() for item in pair)
+        elif isinstance(value, list):
+            pending.extend((item, depth + 1) for item in value)
+    return count
 
 
 def apply_override(data: dict[str, Any], key: str, value: Any) -> None:
     """Set ``value`` at the dotted ``key`` in ``data`` (integers index lists; ``*`` sets every list entry)."""
     parts = key.split(".")
+    size = count_values(value)
+    copies = [0]
+
+    def place(node: Any, where: Any, here: str) -> None:
+        copies[0] += size
+        if copies[0] > MAX_VALUES:
+            raise SuiteError("--set", here, f"would copy more than {MAX_VALUES:,} values into the suite")
+        node[where] = copy.deepcopy(value)
 
     def descend(node: Any, index: int, trail: str) -> None:
         part = parts[index]
@@ -290,21 +473,21 @@ def apply_override(data: dict[str, Any], key: str, value: Any) -> None:
         if isinstance(node, list):
             if part == "*":
                 targets = list(range(len(node)))
-            elif part.lstrip("-").isdigit() and -len(node) <= int(part) < len(node):
+            elif re.fullmatch(r"-?[0-9]{1,18}", part) and -len(node) <= int(part) < len(node):
                 targets = [int(part)]
             else:
                 allowed = f"use an index 0..{len(node) - 1} or *"
                 raise SuiteError("--set", here, f"is a list of {len(node)} entries: {allowed}")
             for target in targets:
                 if last:
-                    node[target] = copy.deepcopy(value)
+                    place(node, target, here)
                 else:
                     descend(node[target], index + 1, here)
             return
         if not isinstance(node, dict):
             raise SuiteError("--set", here, f"cannot set a field inside a {type(node).__name__}")
         if last:
-            node[part] = copy.deepcopy(value)
+            place(node, part, here)
             return
         if part not in node or node[part] is None:
             node[part] = {}
@@ -326,7 +509,7 @@ class _Fields:
         if not isinstance(data, dict):
             raise SuiteError(source, prefix, f"must be a mapping, got {type(data).__name__}")
         if allowed is not None:
-            unknown = sorted(set(data) - set(allowed))
+            unknown = sorted(set(data) - set(allowed), key=str)
             if unknown:
                 raise SuiteError(source, self.name(unknown[0]), f"unknown field; allowed: {', '.join(allowed)}")
         self.data = data
@@ -347,11 +530,9 @@ class _Fields:
             raise self.error(key, f"must be a non-empty string, got {value!r}")
         return value
 
-    def integer(self, key: str, default: int) -> int:
-        value = self.data.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.error(key, f"must be an integer, got {value!r}")
-        return value
+    def seed(self, key: str) -> int:
+        """A seed: an integer in [0, 2**63 - 1] (default 0)."""
+        return int(self.checked(key, 0, seed_value))
 
     def checked(self, key: str, default: Any, check: Callable[[str, Any], Any]) -> Any:
         """``check(field, value)`` from ``ggl.checks`` on one field; its error becomes a ``SuiteError``."""
@@ -368,7 +549,8 @@ class _Fields:
         return value
 
     def mapping(self, key: str) -> dict[str, Any]:
-        value = self.data.get(key) or {}
+        value = self.data.get(key)
+        value = {} if value is None else value
         if not isinstance(value, dict):
             raise self.error(key, f"must be a mapping, got {type(value).__name__}")
         return dict(value)
@@ -378,6 +560,8 @@ def _check_plain(source: str, where: str, value: Any) -> None:
     """Parameters must be plain data (they become JSON keys)."""
     if isinstance(value, dict):
         for key, item in value.items():
+            if not isinstance(key, str):
+                raise SuiteError(source, f"{where}.{key}", f"parameter names must be strings, got {key!r}")
             _check_plain(source, f"{where}.{key}", item)
     elif isinstance(value, list):
         for index, item in enumerate(value):
@@ -431,10 +615,12 @@ def _read_attacks(source: str, data: Any, adaptive_flags: tuple[bool, ...]) -> t
         for flag in flags:
             shown = base if len(flags) == 1 else f"{base}{'' if flag else ' non-adaptive'}"
             attacks.append(AttackConfig(shown, spec, flag))
-    keys = [canonical_json(a.key()) for a in attacks]
-    for index, key in enumerate(keys):
-        if keys.index(key) != index:
+    seen: set[str] = set()
+    for index, attack in enumerate(attacks):
+        key = canonical_json(attack.key())
+        if key in seen:
             raise SuiteError(source, f"attacks.{index}", "duplicates an earlier attack (same name and parameters)")
+        seen.add(key)
     return tuple(attacks)
 
 
@@ -460,6 +646,8 @@ def expand_defense(source: str, where: str, entry: Any) -> list[DefenseConfig]:
     for key in swept:
         if not spec[key]:
             raise SuiteError(source, f"{where}.{key}", "an empty list sweeps nothing; give one value or more")
+    if math.prod(len(spec[k]) for k in swept) > MAX_SETTINGS:
+        raise SuiteError(source, where, f"its lists sweep more than {MAX_SETTINGS:,} settings; sweep fewer values")
     settings = []
     for values in itertools.product(*(spec[k] for k in swept)):
         setting = {**spec, **dict(zip(swept, values))}
@@ -479,24 +667,43 @@ def _read_defenses(source: str, data: Any) -> tuple[DefenseConfig, ...]:
     defenses: list[DefenseConfig] = []
     for index, entry in enumerate(data):
         defenses.extend(expand_defense(source, f"defenses.{index}", entry))
-    keys = [canonical_json(dict(d.spec)) for d in defenses]
-    for index, key in enumerate(keys):
-        if keys.index(key) != index:
-            raise SuiteError(source, "defenses", f"setting {defenses[index].label} appears twice")
+        if len(defenses) > MAX_SETTINGS:
+            raise SuiteError(source, "defenses", f"sweeps more than {MAX_SETTINGS:,} settings; sweep fewer values")
+    seen: set[str] = set()
+    for defense in defenses:
+        key = canonical_json(dict(defense.spec))
+        if key in seen:
+            raise SuiteError(source, "defenses", f"setting {defense.label} appears twice")
+        seen.add(key)
     return tuple(defenses)
 
 
 def _read_datamodule(source: str, data: Any) -> DataModuleConfig:
     fields = _Fields(source, "datamodule", data, ("name", "options"))
+    name = fields.text("name", default="embedded") or "embedded"
+    if name not in DATAMODULE_OPTIONS:
+        raise fields.error("name", f"unknown datamodule {name!r}; allowed: {', '.join(DATAMODULE_OPTIONS)}")
+    return DataModuleConfig(name, _read_options(fields, DATAMODULE_OPTIONS[name]))
+
+
+def _read_options(fields: _Fields, table: Mapping[str, Check]) -> dict[str, Any]:
+    """The ``options`` mapping of a section, each option checked against ``table`` (names and values)."""
     options = fields.mapping("options")
-    _check_plain(source, "datamodule.options", options)
-    return DataModuleConfig(fields.text("name", default="embedded") or "embedded", options)
+    for name, value in options.items():
+        field_name = fields.name(f"options.{name}")
+        if name not in table:
+            raise SuiteError(fields.source, field_name, f"is not an option; allowed: {', '.join(table)}")
+        try:
+            table[name](field_name, value)
+        except ValueError as error:
+            raise SuiteError(fields.source, field_name, str(error).removeprefix(f"{field_name} ")) from None
+    return options
 
 
 def _read_model(source: str, data: Any) -> ModelConfig:
     fields = _Fields(source, "model", data, ("name", "seed", "checkpoint"))
     name = fields.text("name", default="lenet") or "lenet"
-    return ModelConfig(name, fields.integer("seed", 0), fields.text("checkpoint"))
+    return ModelConfig(name, fields.seed("seed"), fields.text("checkpoint"))
 
 
 def _read_prior(source: str, prior: Any) -> str | None:
@@ -509,7 +716,7 @@ def _read_victims(source: str, data: Any) -> VictimsConfig:
     fields = _Fields(source, "victims", data, ("count", "seed", "batch_size"))
     return VictimsConfig(
         fields.checked("count", 8, positive_int),
-        fields.integer("seed", 0),
+        fields.seed("seed"),
         fields.checked("batch_size", 1, positive_int),
     )
 
@@ -521,10 +728,11 @@ def _read_seeds(source: str, seeds: Any) -> tuple[int, ...]:
     if (
         not isinstance(seeds, list)
         or not seeds
-        or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds)
+        or any(isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED for s in seeds)
         or len(set(seeds)) != len(seeds)
     ):
-        raise SuiteError(source, "seeds", f"must be a non-empty list of distinct integers >= 0, got {seeds!r}")
+        shown = repr(seeds) if len(repr(seeds)) < 200 else repr(seeds)[:200] + "..."
+        raise SuiteError(source, "seeds", f"must be a non-empty list of distinct integers from 0 to 2**63 - 1, got {shown}")
     return tuple(seeds)
 
 
@@ -556,9 +764,8 @@ def _read_references(source: str, data: Any) -> ReferencesConfig:
 
 def _read_utility(source: str, data: Any) -> UtilityConfig:
     fields = _Fields(source, "utility", data, ("enabled", "seed", "options"))
-    options = fields.mapping("options")
-    _check_plain(source, "utility.options", options)
-    return UtilityConfig(fields.flag("enabled", True), fields.integer("seed", 0), options)
+    options = _read_options(fields, UTILITY_OPTIONS)
+    return UtilityConfig(fields.flag("enabled", True), fields.seed("seed"), options)
 
 
 def _read_requires(source: str, data: Any) -> RequiresConfig:
@@ -571,9 +778,12 @@ def _read_requires(source: str, data: Any) -> RequiresConfig:
 
 def build_suite(data: dict[str, Any], source: str) -> SuiteConfig:
     """Validate a suite mapping (as read from YAML, overrides applied) into a ``SuiteConfig``."""
+    if count_values(data) > MAX_VALUES:
+        raise SuiteError(source, "<file>", f"holds more than {MAX_VALUES:,} values or {MAX_DEPTH} levels of nesting")
     top = _Fields(source, "", data, TOP_LEVEL_FIELDS)
     name = top.text("name", required=True)
-    assert name is not None
+    if name is None or not SUITE_NAME.fullmatch(name):
+        raise top.error("name", f"must be 1-100 letters, digits, '.', '_' or '-' (it names files), got {name!r}")
     description = data.get("description") or ""
     if not isinstance(description, str):
         raise SuiteError(source, "description", f"must be a string, got {description!r}")
@@ -583,7 +793,7 @@ def build_suite(data: dict[str, Any], source: str) -> SuiteConfig:
     victims = _read_victims(source, data.get("victims"))
     seeds = _read_seeds(source, data.get("seeds", [0]))
     attacks = _read_attacks(source, data.get("attacks"), _read_adaptive(source, data.get("adaptive", [True])))
-    return SuiteConfig(
+    suite = SuiteConfig(
         name=name,
         description=description,
         datamodule=datamodule,
@@ -598,6 +808,12 @@ def build_suite(data: dict[str, Any], source: str) -> SuiteConfig:
         requires=_read_requires(source, data.get("requires")),
         source=source,
     )
+    per_victim = len(suite.seeds) * (len(suite.defenses) * len(suite.attacks) + len(suite.reference_attacks()))
+    if suite.victims.count * per_victim > MAX_CELLS:
+        raise SuiteError(
+            source, "victims.count", f"victims x seeds x (defense settings x attacks + references) exceeds {MAX_CELLS:,}"
+        )
+    return suite
 
 
 def load_suite(name_or_path: str | Path, overrides: Sequence[str] = ()) -> SuiteConfig:
@@ -609,3 +825,35 @@ def load_suite(name_or_path: str | Path, overrides: Sequence[str] = ()) -> Suite
         key, value = parse_override(text)
         apply_override(data, key, value)
     return build_suite(data, source)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Output paths, checked before any work so that hours of results are never lost at the end
+
+
+def output_folder(option: str, path: str | Path) -> Path:
+    """``path`` as a folder this process can write in, or create; ``ValueError`` naming ``option`` otherwise.
+
+    Nothing is created: the nearest existing folder on the way is probed with a temporary folder, removed at once.
+    """
+    folder = Path(path).expanduser()
+    if os.path.lexists(folder) and not folder.is_dir():
+        raise ValueError(f"{option} {str(path)!r} is a file, not a folder; name a folder (it is created if missing)")
+    existing = next(p for p in (folder, *folder.parents) if os.path.lexists(p))
+    if not existing.is_dir():
+        raise ValueError(f"{option} {str(path)!r}: {str(existing)!r} is a file, so no folder can be made under it")
+    try:
+        tempfile.TemporaryDirectory(dir=existing, prefix=".ggl-probe-").cleanup()
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise ValueError(f"{option} {str(path)!r}: cannot write in {str(existing)!r} ({reason}); name a writable folder")
+    return folder
+
+
+def output_file(option: str, path: str | Path) -> Path:
+    """``path`` as a file this process can write (its folder writable or creatable, itself not a folder)."""
+    file = Path(path).expanduser()
+    if file.is_dir() or str(path).endswith(("/", os.sep)):
+        raise ValueError(f"{option} {str(path)!r} is a folder; name a file")
+    output_folder(option, file.parent)
+    return file

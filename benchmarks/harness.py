@@ -42,12 +42,12 @@ from benchmarks.store import (
     ResultsStore,
     VictimRow,
 )
-from benchmarks.utility import utility_cost
+from benchmarks.utility import UtilityConfig, utility_cost
 from ggl.attacks import AttackTarget, make_attack
 from ggl.checks import positive_number
 from ggl.data import make_datamodule
 from ggl.defenses import build_defense
-from ggl.fl import infer_labels, make_victim, shared_update
+from ggl.fl import VICTIMS, infer_labels, make_victim, shared_update
 from ggl.metrics import reconstruction_metrics
 from ggl.priors import load_prior
 
@@ -212,9 +212,11 @@ class Harness:
             self.model()
         except FileNotFoundError as error:
             raise MissingRequirement(f"suite {suite.name!r}: victim model checkpoint missing: {error}") from None
-        except ValueError as error:
+        except (ValueError, TypeError) as error:
             raise SuiteError(suite.source, "model", str(error)) from None
         self._check_defenses_and_attacks()
+        if suite.utility.enabled and not self.references_only:
+            self._check_utility()
         if any(r.name == REFERENCE_PREFIX + "class-mean" for r in suite.reference_attacks()) and not hasattr(
             self.datamodule(), "class_means"
         ):
@@ -236,13 +238,16 @@ class Harness:
                 missing.append(f"file {expanded}")
         try:
             self.datamodule()
-            self._victim_indices()
-        except (FileNotFoundError, ValueError, RuntimeError) as error:
-            if isinstance(error, ValueError) and "unknown datamodule" in str(error):
-                missing.append(f"datamodule: {error}")
-            elif isinstance(error, ValueError):
-                raise SuiteError(suite.source, "datamodule", str(error)) from None
-            else:
+        except (ValueError, TypeError) as error:
+            raise SuiteError(suite.source, "datamodule", str(error)) from None
+        except (FileNotFoundError, RuntimeError) as error:
+            missing.append(f"data: {error}")
+        else:
+            try:
+                self._victim_indices()
+            except ValueError as error:
+                raise SuiteError(suite.source, "victims", f"victims.count x victims.batch_size: {error}") from None
+            except (FileNotFoundError, RuntimeError) as error:
                 missing.append(f"data: {error}")
         if suite.prior is not None:
             try:
@@ -270,6 +275,15 @@ class Harness:
                 raise SuiteError(suite.source, f"attacks ({attack.label})", str(error)) from None
             except FileNotFoundError as error:
                 raise MissingRequirement(f"suite {suite.name!r}: attack {attack.label}: {error}") from None
+
+    def _check_utility(self) -> None:
+        """The utility options as ``utility_cost`` takes them, its victim included (a typo fails here, not 23 times
+        after the run)."""
+        try:
+            config = UtilityConfig.from_options(self.suite.utility.options)
+            VICTIMS.lookup(config.cosine_victim)
+        except (ValueError, TypeError) as error:
+            raise SuiteError(self.suite.source, "utility.options", str(error)) from None
 
     # ------------------------------------------------------------------------------------------- lazy pieces
     def datamodule(self) -> Any:

@@ -16,7 +16,6 @@ Two numbers, both pure functions of (defense spec, seed, configuration):
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -25,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmarks.config import UTILITY_OPTIONS
 from ggl.defenses import Defense, build_defense, make_defense
 from ggl.fl import make_victim, shared_update
 
@@ -58,13 +58,9 @@ class UtilityConfig:
     cosine_batch_size: int = 1
 
     def __post_init__(self) -> None:
-        positive = ("steps", "batch_size", "hidden", "eval_images", "cosine_victims", "cosine_batch_size")
-        for name in positive:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"utility option {name} must be a positive integer, got {value!r}")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"utility option lr must be a positive number, got {self.lr!r}")
+        """Every field checked by its entry of ``benchmarks.config.UTILITY_OPTIONS`` (what suites are checked by)."""
+        for name, check in UTILITY_OPTIONS.items():
+            check(f"utility option {name}", getattr(self, name))
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> UtilityConfig:

@@ -12,6 +12,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ggl.checks import non_negative_int, positive_int
 from ggl.fl.normalization import Normalization
 
 
@@ -35,9 +36,9 @@ class VictimDataModule(pl.LightningDataModule):
 
     def __init__(self, batch_size: int = 64, num_workers: int = 0, seed: int = 0) -> None:
         super().__init__()
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.seed = seed
+        self.batch_size = positive_int("batch_size", batch_size)
+        self.num_workers = non_negative_int("num_workers", num_workers)
+        self.seed = non_negative_int("seed", seed)
         self.public: Dataset[Any] | None = None
         self.victims: Dataset[Any] | None = None
 

@@ -190,9 +190,9 @@ class CelebADataModule(VictimDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
-        if image_size not in IMAGE_SIZES:
+        if isinstance(image_size, bool) or image_size not in IMAGE_SIZES:
             raise ValueError(f"image_size must be one of {', '.join(map(str, IMAGE_SIZES))}; got {image_size!r}")
-        if attribute not in ATTRIBUTES:
+        if not isinstance(attribute, str) or attribute not in ATTRIBUTES:
             raise ValueError(
                 f"attribute must be one of the 40 CelebA attributes: {', '.join(ATTRIBUTES)}; got {attribute!r}"
             )

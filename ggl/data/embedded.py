@@ -24,9 +24,12 @@ from torch.utils.data import TensorDataset
 
 from ggl.data.base import DataNotFoundError, VictimDataModule
 from ggl.fl.normalization import Normalization
+from ggl.checks import boolean
 from ggl.io import atomic_write_with
 
 DEBIAN_ROOT = Path("/usr/share/datasets/fashion-mnist")
+MAX_IMAGE_SIZE = 512
+"""Largest image side (the originals are 28 px; 1,000 victims at 512 px already take 1 GB)."""
 RAW_FILES = (
     "train-images-idx3-ubyte",
     "train-labels-idx1-ubyte",
@@ -184,10 +187,10 @@ class EmbeddedFashionMNIST(VictimDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
-        if image_size < 8:
-            raise ValueError(f"image_size must be >= 8, got {image_size}")
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or not 8 <= image_size <= MAX_IMAGE_SIZE:
+            raise ValueError(f"image_size must be an integer from 8 to {MAX_IMAGE_SIZE}, got {image_size!r}")
         self.data_root = data_root
-        self.download = download
+        self.download = boolean("download", download)
         self.image_size = image_size
         self.image_shape = (1, image_size, image_size)
         # Statistics of the train split at the chosen size (zero padding lowers both at 32 px).

@@ -196,7 +196,7 @@ class ImageNetDataModule(VictimDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
-        if normalization not in NORMALIZATIONS:
+        if not isinstance(normalization, str) or normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}; got {normalization!r}")
         self.save_hyperparameters()
         self.data_root = data_root

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ggl.checks import non_negative_int, positive_int
+
 
 @dataclass(frozen=True)
 class DCGANConfig:
@@ -34,8 +36,12 @@ class DCGANConfig:
     embedding_dim: int = 32
 
     def __post_init__(self) -> None:
-        if self.image_size < 8 or self.image_size & (self.image_size - 1):
-            raise ValueError(f"image_size must be a power of two >= 8, got {self.image_size}")
+        for name in ("latent_dim", "channels", "width", "embedding_dim"):
+            positive_int(name, getattr(self, name))
+        non_negative_int("num_classes", self.num_classes)
+        size = self.image_size
+        if isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= 1024 or size & (size - 1):
+            raise ValueError(f"image_size must be a power of two from 8 to 1024, got {size!r}")
 
     @property
     def num_upsamplings(self) -> int:

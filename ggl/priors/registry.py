@@ -11,6 +11,7 @@ Every prior comes back in eval mode with frozen weights: attacks optimise latent
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -55,10 +56,53 @@ def load_dcgan_checkpoint(path: str | Path, map_location: str | torch.device = "
             f"prior checkpoint {str(path)!r} has format {found!r}; expected {CHECKPOINT_FORMAT!r} "
             "(written by `python -m benchmarks.train_prior`)"
         )
-    generator = DCGANGenerator(DCGANConfig(**checkpoint["config"]))
-    generator.load_state_dict(checkpoint["state_dict"])
-    generator.training_info = dict(checkpoint.get("training", {}))  # type: ignore[assignment]
+    shown = str(path)
+    config = checkpoint_config(shown, checkpoint.get("config"))
+    state = checkpoint_state(shown, checkpoint.get("state_dict"), config)
+    training = checkpoint.get("training", {})
+    if not isinstance(training, dict):
+        raise ValueError(f"prior checkpoint {shown!r}: field 'training' must be a mapping, got {type(training).__name__}")
+    generator = DCGANGenerator(config)
+    generator.load_state_dict(state)
+    generator.training_info = dict(training)  # type: ignore[assignment]
     return freeze(generator)  # type: ignore[return-value]
+
+
+def checkpoint_config(path: str, config: Any) -> DCGANConfig:
+    """The ``config`` field of a prior checkpoint as a ``DCGANConfig``; ``ValueError`` naming the checkpoint and the
+    field when it is missing, not a mapping, has a name ``DCGANConfig`` lacks or a bad value."""
+    names = [f.name for f in fields(DCGANConfig)]
+    if not isinstance(config, dict):
+        found = "missing" if config is None else f"a {type(config).__name__}"
+        raise ValueError(
+            f"prior checkpoint {path!r}: field 'config' is {found}; expected a mapping of {', '.join(names)} "
+            "(as `python -m benchmarks.train_prior` writes it)"
+        )
+    unknown = sorted((key for key in config if key not in names), key=str)
+    if unknown:
+        raise ValueError(f"prior checkpoint {path!r}: field 'config.{unknown[0]}' is unknown; allowed: {', '.join(names)}")
+    try:
+        return DCGANConfig(**config)
+    except ValueError as error:
+        name, _, problem = str(error).partition(" ")
+        raise ValueError(f"prior checkpoint {path!r}: field 'config.{name}' {problem}") from None
+
+
+def checkpoint_state(path: str, state: Any, config: DCGANConfig) -> dict[str, torch.Tensor]:
+    """The ``state_dict`` field of a prior checkpoint, checked against the shapes ``config`` makes (built on the
+    meta device, so a huge config allocates nothing) before any weight is built."""
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"prior checkpoint {path!r}: field 'state_dict' must be a mapping of tensor names to tensors")
+    with torch.device("meta"):
+        expected = {name: tuple(value.shape) for name, value in DCGANGenerator(config).state_dict().items()}
+    found = {name: tuple(value.shape) for name, value in state.items()}
+    for name in sorted(set(expected) | set(found), key=str):
+        if expected.get(name) != found.get(name):
+            raise ValueError(
+                f"prior checkpoint {path!r}: field 'state_dict.{name}' has shape {found.get(name)}, but its 'config' "
+                f"makes {expected.get(name)}; the file is damaged or its config does not belong to its weights"
+            )
+    return state
 
 
 def embedded_prior_path() -> Path:

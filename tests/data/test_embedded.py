@@ -104,8 +104,13 @@ def test_bad_arguments() -> None:
         make_datamodule("cifar10")
     with pytest.raises(ValueError, match="did you mean 'celeba'"):
         make_datamodule("celebA")
-    with pytest.raises(ValueError, match="image_size must be >= 8"):
-        EmbeddedFashionMNIST(image_size=4)
+    for size in (4, 513, "abc", True):
+        with pytest.raises(ValueError, match="image_size must be an integer from 8 to 512"):
+            EmbeddedFashionMNIST(image_size=size)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        EmbeddedFashionMNIST(batch_size="64")
+    with pytest.raises(ValueError, match="download must be True or False"):
+        EmbeddedFashionMNIST(download="no")
 
 
 @pytest.mark.skipif(
