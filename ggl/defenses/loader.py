@@ -23,7 +23,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 from ggl.defenses.base import Defense, make_defense
 
@@ -36,11 +36,13 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PLUGIN_MODULE_PREFIX = "ggl_plugin_"
 """Prefix of the ``sys.modules`` name of a loaded plugin, so a plugin never shadows an installed module."""
 
+T = TypeVar("T")
+
 _CUSTOM_NAME = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
 _PLUGINS: dict[str, ModuleType] = {}
 _HOW = (
-    "a custom defense is module:Class where module is a project module (ggl.<...>, benchmarks.<...>) or the "
-    "file stem of a plugin named on the command line (--plugin path/to/my_defense.py, then my_defense:Class)"
+    "a custom {kind} is module:Class where module is a project module (ggl.<...>, benchmarks.<...>) or the "
+    "file stem of a plugin named on the command line (--plugin path/to/my_{kind}.py, then my_{kind}:Class)"
 )
 
 
@@ -89,22 +91,27 @@ def _execute_plugin(shown: str, file: Path, module_name: str) -> ModuleType:
     return module
 
 
-def resolve_defense_class(name: str) -> type[Defense]:
-    """The ``Defense`` subclass a ``module:Class`` name denotes, found without instantiating or calling it."""
+def resolve_class(name: str, base: type[T], kind: str) -> type[T]:
+    """The subclass of ``base`` a ``module:Class`` name denotes, found without instantiating or calling anything.
+
+    ``kind`` (``"defense"``) names what is resolved in messages. Nothing here depends on defenses, so victims and
+    datamodules can resolve their custom classes the same way.
+    """
+    how = _HOW.format(kind=kind)
     if not _CUSTOM_NAME.fullmatch(name):
-        raise ValueError(f"defense {name!r}: not a registered defense or module:Class name; {_HOW}{_file_hint(name)}")
+        raise ValueError(f"{kind} {name!r}: not a registered {kind} or module:Class name; {how}{_file_hint(name)}")
     module_name, class_name = name.split(":")
     if module_name.split(".")[0] in PROJECT_PACKAGES:
-        module = _project_module(name, module_name)
+        module = _project_module(f"{kind} {name!r}", module_name, how)
     elif module_name in _PLUGINS:
         module = _PLUGINS[module_name]
     else:
-        raise ValueError(f"defense {name!r}: module {module_name!r} is neither a project module nor a plugin; {_HOW}")
+        raise ValueError(f"{kind} {name!r}: module {module_name!r} is neither a project module nor a plugin; {how}")
     cls = vars(module).get(class_name)  # the namespace itself: no module __getattr__ runs
-    if not (isinstance(cls, type) and issubclass(cls, Defense)) or cls is Defense:
+    if not (isinstance(cls, type) and issubclass(cls, base)) or cls is base:
         raise ValueError(
-            f"defense {name!r}: {class_name!r} in {module_name!r} is not a subclass of ggl.defenses.Defense "
-            f"(got {type(cls).__name__ if cls is not None else 'nothing'}); name a Defense subclass"
+            f"{kind} {name!r}: {class_name!r} in {module_name!r} is not a subclass of {base.__module__}."
+            f"{base.__qualname__} (got {type(cls).__name__ if cls is not None else 'nothing'}); name a subclass"
         )
     return cls
 
@@ -117,29 +124,29 @@ def _file_hint(name: str) -> str:
     return f"; a file runs only when the command line names it: --plugin {path}, then {Path(path).stem}:{class_name}"
 
 
-def _project_module(name: str, module_name: str) -> ModuleType:
+def _project_module(what: str, module_name: str, how: str) -> ModuleType:
     """Import ``module_name`` after checking that its top-level package is the project's own folder."""
     parts = module_name.split(".")
     if "__main__" in parts:
-        raise ValueError(f"defense {name!r}: {module_name!r} is a program, not a module of defenses")
+        raise ValueError(f"{what}: {module_name!r} is a program, not a module of classes")
     top = importlib.util.find_spec(parts[0])  # locates the package without executing it
     locations = [Path(p).resolve() for p in (top.submodule_search_locations or [])] if top else []
     if locations != [PROJECT_ROOT / parts[0]]:
-        raise ValueError(f"defense {name!r}: package {parts[0]!r} on sys.path is not this project's; {_HOW}")
+        raise ValueError(f"{what}: package {parts[0]!r} on sys.path is not this project's; {how}")
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as error:
-        raise ValueError(f"defense {name!r}: no project module {module_name!r} ({error})") from None
+        if error.name == module_name:
+            raise ValueError(f"{what}: no project module {module_name!r}") from None
+        raise ValueError(f"{what}: importing module {module_name!r} failed: {error}") from None
     except (Exception, SystemExit) as error:
-        raise ValueError(
-            f"defense {name!r}: importing module {module_name!r} failed: {type(error).__name__}: {error}"
-        ) from None
+        raise ValueError(f"{what}: importing module {module_name!r} failed: {type(error).__name__}: {error}") from None
 
 
 def build_defense(spec: Mapping[str, Any]) -> Defense:
     """A defense from ``{"name": ..., **params}``: ``make_defense`` for registered names, else ``module:Class``.
 
-    A ``module:Class`` defense is resolved by ``resolve_defense_class`` (a ``Defense`` subclass of a project
+    A ``module:Class`` defense is resolved by ``resolve_class`` (a ``Defense`` subclass of a project
     module or a loaded plugin); its parameters must be in the class's ``parameters``. Every problem, including
     any error its constructor raises, is a ``ValueError`` naming the defense.
     """
@@ -147,7 +154,7 @@ def build_defense(spec: Mapping[str, Any]) -> Defense:
     params = {k: v for k, v in spec.items() if k != "name"}
     if ":" not in name:
         return make_defense(name, **params)
-    cls = resolve_defense_class(name)
+    cls = resolve_class(name, Defense, "defense")
     unknown = sorted(set(params) - set(cls.parameters))
     if unknown:
         allowed = ", ".join(cls.parameters) or "none"

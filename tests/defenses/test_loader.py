@@ -86,8 +86,8 @@ def test_a_plugin_is_imported_once(toy_plugin: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("name", "params", "message"),
     [
-        ("{plugin}:Missing", {}, "'Missing' in 'toy_loader_defenses' is not a subclass of ggl.defenses.Defense"),
-        ("{plugin}:NotADefense", {}, "is not a subclass of ggl.defenses.Defense .got type"),
+        ("{plugin}:Missing", {}, "'Missing' in 'toy_loader_defenses' is not a subclass of ggl.defenses.base.Defense"),
+        ("{plugin}:NotADefense", {}, "is not a subclass of ggl.defenses.base.Defense .got type"),
         ("{plugin}:Defense", {}, "is not a subclass"),
         ("{plugin}:Halve", {"strength": 3}, "has no parameter strength; allowed parameters: factor"),
         ("{plugin}:Picky", {}, r"bad parameters \[\] \(RuntimeError: factor must be blue\)"),
