@@ -124,10 +124,8 @@ def test_plugin_defense(tmp_path: Path, plugins: None, capsys: pytest.CaptureFix
 def test_display_names_are_unique(tmp_path: Path, name: str, clash: str, capsys: pytest.CaptureFixture[str]) -> None:
     entry_file(tmp_path, "taken name", file="Other.yaml")
     entry = entry_file(tmp_path, repr(name))
-    suite = tmp_path / "smoke.yaml"
-    suite.write_text((ROOT / "benchmarks" / "suites" / "smoke.yaml").read_text() + "\n")
     labelled = ["--set", "defenses=[{name: laplacian, scale: 0.01, label: laplacian-ish (scale=0.01)}]"]
-    assert main([str(entry), "--suite", str(suite), *labelled, "--out", str(tmp_path / "results")]) == 2
+    assert main([str(entry), "--suite", "smoke", *labelled, "--out", str(tmp_path / "results")]) == 2
     error = capsys.readouterr().err
     assert "field 'name'" in error and clash in error and "Traceback" not in error
     assert not (tmp_path / "results").exists()

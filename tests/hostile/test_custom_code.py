@@ -8,6 +8,8 @@ imported), and an audit hook saw no process started, no victim file removed and 
 
 from __future__ import annotations
 
+import importlib
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -88,6 +90,15 @@ def watched(box: Sandbox, action: Callable[[], Any]) -> Any:
         return action()
     finally:
         _WATCH.pop()
+
+
+def test_the_traps_catch_code_that_runs(box: Sandbox) -> None:
+    """Positive control: importing the evil module and deleting the folder are both seen."""
+    watched(box, lambda: (importlib.import_module("evil_mod"), shutil.rmtree(box.victim)))
+    assert box.marker.exists() and not box.victim.exists()
+    assert {event.split()[0] for event in box.events} >= {"exec", "open", "shutil.rmtree"}
+    with pytest.raises(AssertionError, match="marker"):
+        box.untouched()
 
 
 SPECS: dict[str, Callable[[Sandbox], dict[str, Any]]] = {
@@ -210,6 +221,13 @@ def test_bad_plugin_file_is_refused(box: Sandbox, case: str) -> None:
     assert loader._PLUGINS == {} and loader.PLUGIN_MODULE_PREFIX + path.stem not in sys.modules
 
 
+def billion_laughs(levels: int) -> str:
+    """YAML whose ``defense`` expands through aliases to 9 * 4**levels leaves."""
+    lines = ["l0: &l0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"l{i}: &l{i} [*l{i - 1}, *l{i - 1}, *l{i - 1}, *l{i - 1}]" for i in range(1, levels + 1)]
+    return "\n".join([*lines, f"defense: *l{levels}"])
+
+
 ENTRIES: dict[str, Callable[[Sandbox], str]] = {
     "os:system": lambda b: f"defense: {{name: 'os:system', command: 'touch {b.marker}'}}",
     "shutil:rmtree": lambda b: f"defense: {{name: 'shutil:rmtree', path: '{b.victim}'}}",
@@ -218,10 +236,7 @@ ENTRIES: dict[str, Callable[[Sandbox], str]] = {
     "file path without --plugin": lambda b: f"defense: {{name: '{b.evil}:Evil'}}",
     "python/object tag": lambda b: f"defense: !!python/object/apply:os.system ['touch {b.marker}']",
     "python/name tag": lambda b: "defense: {name: !!python/name:os.system ''}",
-    "billion laughs": lambda b: "a: &a [x, x, x, x, x, x, x, x, x]\n"
-    + "".join(f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n"
-              for i in range(12))
-    + "defense: *m",
+    "billion laughs": lambda b: billion_laughs(12),
     "deep nesting": lambda b: "defense: " + "[" * 5000 + "]" * 5000,
     "built-in name": lambda b: "defense: {name: none}\nname: none",
 }
