@@ -262,8 +262,7 @@ def _check_file(path: Path, readonly: bool) -> None:
 def _create(path: Path) -> None:
     """Build a new store in a temporary file and link it into place (never over an existing one)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    partial.unlink(missing_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")
     try:
         connection = sqlite3.connect(str(partial), isolation_level=None)
         try:

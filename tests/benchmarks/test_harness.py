@@ -1,7 +1,9 @@
-"""Harness: real tiny cells, resume after an interruption, failures, same key same numbers, references."""
+"""Harness: real tiny cells, resume after an interruption, failures, time limits, claims, same key same numbers."""
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,8 @@ import benchmarks.harness
 from benchmarks.cells import expand_cells
 from benchmarks.config import build_suite
 from benchmarks.harness import Harness
-from benchmarks.store import ResultsStore, StoreError
+from benchmarks.report import write_report
+from benchmarks.store import ClaimOwner, ResultsStore, StoreError
 
 SUITE = {
     "name": "tiny",
@@ -114,11 +117,14 @@ def test_failed_cells_are_listed_and_others_kept(tmp_path: Path, monkeypatch: py
     assert len(summary.failed) == 2 * 3
     assert all("DLG" in what and "attack exploded" in why for what, why in summary.failed)
     assert summary.computed == len(expand_cells(run.suite)) - 6
+    failures = run.store.failures("tiny")  # recorded with their reasons, for the report
+    assert len(failures) == 6 and all(f.reason == "RuntimeError: attack exploded" for f in failures)
     run.store.close()
     counting(monkeypatch)
     retry = harness(tmp_path)
     summary = retry.run()
     assert summary.computed == 6 and not summary.failed
+    assert retry.store.failures("tiny") == [] and retry.store.claims() == []  # cleared by the rows
 
 
 def test_same_key_gives_the_same_numbers(tmp_path: Path) -> None:
@@ -189,3 +195,140 @@ def test_a_store_refuses_a_different_victim_setup(tmp_path: Path) -> None:
     changed = build_suite({**SUITE, "victims": {"count": 1, "batch_size": 2}}, "tiny.yaml")
     with pytest.raises(StoreError, match="victims"):
         Harness(changed, run.store, progress=False).run()
+
+
+class TinyAttack:
+    """A stand-in for an attack, without Lightning: a grey image after ``sleep`` seconds."""
+
+    def __init__(self, sleep: float = 0.0) -> None:
+        self.sleep = sleep
+
+    def reconstruct(self, target: Any, **options: Any) -> Any:
+        from ggl.attacks import Reconstruction
+
+        time.sleep(self.sleep)
+        return Reconstruction(torch.full((1, *target.image_shape), 0.5), torch.zeros(1, dtype=torch.long), [], 1, 0.0)
+
+
+def tiny_attacks(monkeypatch: pytest.MonkeyPatch, sleeps: dict[str, float] | None = None) -> None:
+    """Route the harness's ``make_attack`` to ``TinyAttack``s (``sleeps``: seconds by attack name)."""
+    sleeps = sleeps or {}
+    monkeypatch.setattr(benchmarks.harness, "make_attack", lambda **params: TinyAttack(sleeps.get(params["name"], 0)))
+
+
+def test_a_cell_past_its_time_limit_fails_with_its_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tiny_attacks(monkeypatch, {"dlg": 60.0})
+    suite = {**SUITE, "victims": {"count": 1}, "defenses": [{"name": "none"}]}
+    config = build_suite(suite, "tiny.yaml")
+    run = Harness(config, ResultsStore(tmp_path / "results.sqlite"), progress=False, log=lambda m: None, cell_seconds=1)
+    start = time.perf_counter()
+    summary = run.run()
+    assert time.perf_counter() - start < 30
+    limit = "CellTimeout: the cell ran longer than the per-cell time limit of 1 s"
+    assert [why for _, why in summary.failed] == [limit]
+    assert summary.computed == len(expand_cells(config)) - 1
+    [failure] = run.store.failures("tiny")
+    assert failure.attack_label == "DLG" and failure.reason.startswith("CellTimeout")
+    write_report(run.store, tmp_path / "report", config)
+    markdown = (tmp_path / "report" / "leaderboard.md").read_text()
+    assert "## Failed cells" in markdown and "| none | DLG | 0 | 0 | CellTimeout: the cell ran longer" in markdown
+
+
+def test_two_runs_on_one_store_compute_each_cell_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tiny_attacks(monkeypatch, {"idlg": 0.05, "dlg": 0.05})
+    monkeypatch.setattr(benchmarks.harness, "CLAIM_POLL_SECONDS", 0.05)
+    computed: list[tuple] = []
+    compute = Harness.compute
+
+    def counted(self: Harness, cell: Any) -> Any:
+        computed.append(cell.key())
+        return compute(self, cell)
+
+    monkeypatch.setattr(Harness, "compute", counted)
+    config = build_suite(SUITE, "tiny.yaml")
+    summaries = []
+
+    def one_run() -> None:
+        with ResultsStore(tmp_path / "results.sqlite") as store:
+            summaries.append(Harness(config, store, progress=False, log=lambda m: None).run())
+
+    threads = [threading.Thread(target=one_run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    keys = [cell.key() for cell in expand_cells(config)]
+    assert sorted(computed) == sorted(keys)  # every cell once: none twice, none lost
+    assert sum(s.computed for s in summaries) == len(keys) and not any(s.failed for s in summaries)
+    assert all(s.computed > 0 for s in summaries)  # the two runs shared the work
+    with ResultsStore(tmp_path / "results.sqlite") as store:
+        assert store.finished_keys("tiny") == set(keys) and store.count("tiny") == len(keys)
+        assert store.claims() == []
+
+
+def test_claims_of_a_killed_run_are_taken_over_and_live_ones_awaited(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+    import sys
+
+    tiny_attacks(monkeypatch)
+    monkeypatch.setattr(benchmarks.harness, "CLAIM_POLL_SECONDS", 0.05)
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    killed = ClaimOwner("killed", process.pid, ClaimOwner.new().host)  # as after kill -9: claims stay, pid is gone
+    live = ClaimOwner.new()
+    run = harness(tmp_path)
+    cells = expand_cells(run.suite)
+    for cell in cells[:-1]:
+        assert run.store.take_claim("tiny", cell.key(), killed) is None
+    assert run.store.take_claim("tiny", cells[-1].key(), live) is None
+    release = threading.Timer(0.5, lambda: ResultsStore(tmp_path / "results.sqlite").release_claims(live))
+    release.start()
+    messages: list[str] = []
+    run.log = messages.append
+    summary = run.run()
+    release.join()
+    assert summary.computed == len(cells) and not summary.failed
+    assert "waiting for 1 cells another run on this store is computing" in messages
+    assert run.store.count("tiny") == len(cells) and run.store.claims() == []
+
+
+def test_the_report_shows_the_configuration_it_is_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tiny_attacks(monkeypatch)
+    def utility(spec: dict, seed: int, steps: int = 1) -> dict[str, float]:
+        return {"update_cosine": steps / 10, "accuracy_drop": 0.0}
+
+    monkeypatch.setattr(benchmarks.harness, "utility_cost", utility)
+    small = {**SUITE, "victims": {"count": 1}, "defenses": [{"name": "gaussian", "sigma": 0.1}]}
+    old = build_suite({**small, "utility": {"options": {"steps": 3}}}, "tiny.yaml")
+    new = build_suite(
+        {**small, "attacks": [{"name": "idlg", "iterations": 5, "max_iter": 3}], "utility": {"options": {"steps": 7}}},
+        "tiny.yaml",
+    )
+    store = ResultsStore(tmp_path / "results.sqlite")
+    for config in (old, new):  # a rerun with other budgets and utility options into the same store
+        assert not Harness(config, store, progress=False, log=lambda m: None).run().failed
+    write_report(store, tmp_path / "new", new)
+    rows = (tmp_path / "new" / "rows.csv").read_text().splitlines()
+    assert len(rows) == 1 + len(expand_cells(new)) and all('""iterations"":2' not in line for line in rows)
+    markdown = (tmp_path / "new" / "leaderboard.md").read_text()
+    assert "| 1 | gaussian(sigma=0.1) | 0.700 |" in markdown  # the current utility options' cost, not 0.300
+    assert "2 stored rows of this suite belong to another configuration" in markdown
+    write_report(store, tmp_path / "old", old)
+    assert "| 1 | gaussian(sigma=0.1) | 0.300 |" in (tmp_path / "old" / "leaderboard.md").read_text()
+
+
+def test_a_run_where_every_cell_fails_still_writes_its_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    counting(monkeypatch, fail_name="idlg")
+    suite = {**SUITE, "attacks": [{"name": "idlg"}], "references": {"class_mean": False}, "utility": {"enabled": False}}
+    config = build_suite(suite, "tiny.yaml")
+    run = Harness(config, ResultsStore(tmp_path / "results.sqlite"), progress=False, log=lambda m: None)
+    summary = run.run()
+    assert summary.computed == 0 and len(summary.failed) == len(expand_cells(config))
+    write_report(run.store, tmp_path / "report", config)
+    markdown = (tmp_path / "report" / "leaderboard.md").read_text()
+    assert "**Every cell failed**" in markdown
+    for label in ("none", "gaussian(sigma=0.01)", "gaussian(sigma=0.1)"):  # every defense shown, unranked
+        assert f"| - | {label} | - | - | all cells failed |" in markdown
+    assert markdown.count("RuntimeError: attack exploded") == len(expand_cells(config))
