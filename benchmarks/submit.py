@@ -215,6 +215,8 @@ def entry_evaluation(
     if not matches:
         raise RuntimeError(f"the report has no row for {submission.name}; did every cell fail?")
     entry = matches[0]
+    if not entry["attacks"]:
+        raise RuntimeError(f"every cell of {submission.name} failed; no evaluation is recorded (see the errors above)")
     measured = (entry.get("utility") or {}).get("metrics", {})
     check = {}
     for key, claimed in submission.claimed_utility.items():

@@ -188,13 +188,15 @@ def _check_fedsgd_batch(name: str, update: SharedUpdate, images: torch.Tensor | 
 
 
 def non_finite(gradients: Sequence[torch.Tensor]) -> str:
-    """Where ``gradients`` hold NaN or inf (``"gradients[2] (NaN)"``, joined by commas); empty when all finite."""
+    """Where ``gradients`` hold NaN or inf (``"gradients[2] (NaN)"``, the first three and a count of the rest);
+    empty when all are finite."""
     found = []
     for index, gradient in enumerate(gradients):
         if not bool(torch.isfinite(gradient).all()):
             kinds = [kind for kind, bad in (("NaN", gradient.isnan()), ("inf", gradient.isinf())) if bool(bad.any())]
             found.append(f"gradients[{index}] ({', '.join(kinds)})")
-    return ", ".join(found)
+    more = f" and {len(found) - 3} more tensors" if len(found) > 3 else ""
+    return ", ".join(found[:3]) + more
 
 
 def check_output(name: str, update: SharedUpdate, gradients: Any) -> None:

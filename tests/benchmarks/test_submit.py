@@ -110,6 +110,33 @@ def test_plugin_defense(tmp_path: Path, plugins: None, capsys: pytest.CaptureFix
     assert not (tmp_path / "results").exists()
 
 
+NAN_PLUGIN = """
+import torch
+from ggl.defenses import Defense
+
+
+class Poison(Defense):
+    name = "poison"
+
+    def apply(self, update, **_):
+        return [torch.full_like(g, float("nan")) for g in update.gradients]
+"""
+
+
+def test_non_finite_plugin_defense_fails_its_cells_naming_it(
+    tmp_path: Path, plugins: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plugin = tmp_path / "poison_defense.py"
+    plugin.write_text(NAN_PLUGIN)
+    entry = entry_file(tmp_path, "Poison", "{name: 'poison_defense:Poison'}")
+    small = [*SMALL[:-1], "attacks=[{name: idlg, iterations: 1, max_iter: 2}]", "--set", "utility.enabled=false"]
+    options = ["--plugin", str(plugin), "--out", str(tmp_path / "results"), "--entry-out", str(tmp_path / "e.json")]
+    assert main([str(entry), *small, *options, "--no-progress"]) == 1
+    error = capsys.readouterr().err
+    assert "defense 'poison' returned non-finite values in gradients[0] (NaN)" in error
+    assert not (tmp_path / "e.json").exists()
+
+
 @pytest.mark.parametrize(
     ("name", "clash"),
     [
