@@ -20,7 +20,7 @@ the finished cells. Rows are inserted with ``INSERT OR IGNORE``: a cell is never
 * **Opening**: a missing store is created whole (the schema is built in a temporary file and linked into place); an
   empty, non-SQLite, foreign, newer or damaged file is refused with a ``StoreError`` naming the file and the fix.
   ``readonly=True`` (``--report-only``) opens with SQLite's ``mode=ro`` (``immutable=1`` when no write-ahead log
-  exists) and never creates or changes a file.
+  exists; a log a killed run left is read from a private temporary copy) and never creates or changes a file.
 """
 
 from __future__ import annotations
@@ -29,9 +29,11 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import socket
 import sqlite3
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -300,6 +302,7 @@ class ResultsStore:
         self.path = Path(path)
         self.readonly = readonly
         self.legacy = False
+        self._scratch: Path | None = None
         _check_file(self.path, readonly)
         if not readonly and not self.path.exists():
             _create(self.path)
@@ -310,17 +313,26 @@ class ResultsStore:
                 raise sqlite3.DatabaseError(f"integrity check says {check[0] if check else 'nothing'}")
             self._check_schema()
         except sqlite3.DatabaseError as error:
+            self.close()
             raise self._damaged(error) from None
+        except BaseException:
+            self.close()
+            raise
 
     def _damaged(self, error: Exception) -> StoreError:
         return StoreError(f"results store {self.path} is damaged or not a ggl-bench store ({error}); {FIX}")
 
     def _connect(self, timeout: float) -> sqlite3.Connection:
-        """Read-write in WAL mode; read-only with ``mode=ro`` (``immutable=1`` when no log is there to read)."""
+        """Read-write in WAL mode; read-only with ``mode=ro`` (``immutable=1`` when no log is there to read, and a
+        log a killed run left without its index is read from a private copy: SQLite would add the index beside it)."""
         if self.readonly:
-            mode = "mode=ro" if _has_log(self.path) else "mode=ro&immutable=1"
+            source, mode = self.path, "mode=ro&immutable=1"
+            if _has_log(self.path):
+                mode = "mode=ro"
+                if not Path(f"{self.path}-shm").exists():
+                    source = self._private_copy()
             connection = sqlite3.connect(
-                f"{self.path.resolve().as_uri()}?{mode}", uri=True, timeout=timeout, isolation_level=None
+                f"{source.resolve().as_uri()}?{mode}", uri=True, timeout=timeout, isolation_level=None
             )
         else:
             connection = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None)
@@ -436,8 +448,20 @@ class ResultsStore:
         )
         return cursor.rowcount
 
+    def _private_copy(self) -> Path:
+        """The store and its write-ahead log copied into a temporary folder (removed by ``close``)."""
+        self._scratch = Path(tempfile.mkdtemp(prefix="ggl-store-"))
+        copy = self._scratch / self.path.name
+        shutil.copyfile(self.path, copy)
+        shutil.copyfile(f"{self.path}-wal", f"{copy}-wal")
+        return copy
+
     def close(self) -> None:
-        self._connection.close()
+        if hasattr(self, "_connection"):
+            self._connection.close()
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
 
     def __enter__(self) -> ResultsStore:
         return self

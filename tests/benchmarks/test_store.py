@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -165,6 +166,21 @@ def test_read_only_store_sees_rows_still_in_the_write_ahead_log(tmp_path: Path) 
     with existing_store(tmp_path) as reader:
         assert reader.count("s") == 1
     writer.close()
+
+
+def test_read_only_store_reads_the_log_a_killed_run_left_without_adding_files(tmp_path: Path) -> None:
+    writer = ResultsStore(tmp_path / "run" / "results.sqlite")
+    writer._connection.execute("PRAGMA wal_autocheckpoint = 0")
+    writer.put_cell(row())
+    left = tmp_path / "left"  # what kill -9 leaves: the store and its log, no live index
+    left.mkdir()
+    for name in ("results.sqlite", "results.sqlite-wal"):
+        shutil.copyfile(tmp_path / "run" / name, left / name)
+    writer.close()
+    before = {p.name: p.read_bytes() for p in left.iterdir()}
+    with existing_store(left) as store:
+        assert store.count("s") == 1
+    assert {p.name: p.read_bytes() for p in left.iterdir()} == before
 
 
 def test_a_read_only_file_is_refused_for_writing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
