@@ -337,13 +337,11 @@ class ResultsStore:
         else:
             connection = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None)
         connection.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-        if not self.readonly:
-            connection.execute("PRAGMA journal_mode = WAL")
-            connection.execute("PRAGMA synchronous = NORMAL")
         return connection
 
     def _check_schema(self) -> None:
-        """Refuse a foreign or newer file; read a schema-1 store unverified, or bring it to schema 2 when writing."""
+        """Refuse a foreign or newer file (before anything is written to it); read a schema-1 store unverified, or
+        bring it to schema 2 when writing."""
         tables = {str(r[0]) for r in self._connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         version = self.get_meta("schema_version") if "meta" in tables else None
         if version is None or not version.isdigit():
@@ -357,6 +355,9 @@ class ResultsStore:
                 f"results store {self.path} has schema version {version}, newer than this code reads "
                 f"({LEGACY_VERSION} and {SCHEMA_VERSION}); update ggl-bench, or give another --out"
             )
+        if not self.readonly:
+            self._connection.execute("PRAGMA journal_mode = WAL")
+            self._connection.execute("PRAGMA synchronous = NORMAL")
         if version == LEGACY_VERSION and self.readonly:
             self.legacy = True
             print(

@@ -88,7 +88,7 @@ def write_report(store: ResultsStore, folder: str | Path, suite: str | SuiteConf
     if grids.is_dir():
         for old in grids.glob("*.png"):
             old.unlink()
-    written += reconstruction_grids(store, report, grids)
+    written += reconstruction_grids(report, grids)
     return written
 
 

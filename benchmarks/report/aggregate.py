@@ -22,7 +22,7 @@ from typing import Any
 
 from benchmarks.cells import CellKey, expand_cells
 from benchmarks.config import REFERENCE_KINDS, REFERENCE_PREFIX, SuiteConfig
-from benchmarks.store import CellRow, FailureRow, ResultsStore
+from benchmarks.store import CellRow, FailureRow, ResultsStore, VictimRow
 from ggl.io import canonical_json
 from ggl.metrics import METRIC_TABLE
 
@@ -125,6 +125,7 @@ class Report:
     code_versions: list[str]
     rows: list[CellRow] = field(default_factory=list)
     failures: list[FailureRow] = field(default_factory=list)
+    originals: list[VictimRow] = field(default_factory=list)
     left_out: int = 0  # stored rows of this suite that belong to another configuration
 
 
@@ -284,7 +285,8 @@ def build_report(store: ResultsStore, suite: str | SuiteConfig) -> Report:
     """Aggregate the rows of ``suite`` (see the module docstring for the definitions).
 
     A ``SuiteConfig`` reports exactly its own cells and utility options; a suite name, every stored row of that
-    suite and the utility options it was last run with.
+    suite and the utility options it was last run with. Everything is read (and checked) here, before any file of
+    the report is written.
     """
     name, keys, options = _scope(suite)
     stored = store.cells(name)
@@ -319,5 +321,6 @@ def build_report(store: ResultsStore, suite: str | SuiteConfig) -> Report:
         code_versions=sorted({r.code_version for r in rows}),
         rows=rows,
         failures=failures,
+        originals=store.victims(name),
         left_out=len(stored) - len(rows),
     )

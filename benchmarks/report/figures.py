@@ -16,7 +16,6 @@ import numpy as np
 
 from benchmarks.config import short_hash
 from benchmarks.report.aggregate import DefenseSummary, Report
-from benchmarks.store import ResultsStore
 from ggl.io import atomic_write, canonical_json
 
 UTILITY_AXES = (
@@ -121,11 +120,11 @@ def _grid(
     return figure
 
 
-def reconstruction_grids(store: ResultsStore, report: Report, folder: Path, max_victims: int = 8) -> list[Path]:
+def reconstruction_grids(report: Report, folder: Path, max_victims: int = 8) -> list[Path]:
     """One PNG per defense setting with rows: rows = victims, columns = original, prior-only references, attacks."""
     plt = _pyplot()
     seed = report.seeds[0] if report.seeds else None
-    originals = {v.victim: v.images for v in store.victims(report.suite)}
+    originals = {v.victim: v.images for v in report.originals}
     images = {(row.defense_json, row.attack_json, row.victim): row.images for row in report.rows if row.seed == seed}
     victims = sorted(originals)[:max_victims]
     reference_columns = [(canonical_json(None), canonical_json(r.attack), r.attack_label) for r in report.references]

@@ -20,8 +20,8 @@ def test_plot_and_grids_are_byte_identical_when_redrawn(store: ResultsStore, tmp
     privacy_utility_plot(report, tmp_path / "a.png")
     privacy_utility_plot(report, tmp_path / "b.png")
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
-    first = reconstruction_grids(store, report, tmp_path / "one")
-    second = reconstruction_grids(store, report, tmp_path / "two")
+    first = reconstruction_grids(report, tmp_path / "one")
+    second = reconstruction_grids(report, tmp_path / "two")
     assert [p.name for p in first] == [f"{slug(d.label)}.png" for d in report.defenses]
     assert [p.read_bytes() for p in first] == [p.read_bytes() for p in second]
     assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
