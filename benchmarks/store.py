@@ -704,12 +704,11 @@ class CellClaims:
         return self.store.take_claim(self.suite, key, self.owner, self.ttl, retry_failed)
 
     def _heartbeat(self) -> None:
-        connection = sqlite3.connect(str(self.store.path), timeout=self.beat)
+        connection = sqlite3.connect(str(self.store.path), timeout=self.beat, isolation_level=None)
         try:
             while not self._stop.wait(self.beat):
-                try:
+                try:  # one statement, its own transaction
                     connection.execute("UPDATE claims SET heartbeat = ? WHERE owner = ?", (time.time(), self.owner.id))
-                    connection.commit()
                 except sqlite3.Error:
                     pass  # a busy store: the next beat tries again
         finally:
