@@ -20,7 +20,8 @@ the finished cells. Rows are inserted with ``INSERT OR IGNORE``: a cell is never
 * **Opening**: a missing store is created whole (the schema is built in a temporary file and linked into place); an
   empty, non-SQLite, foreign, newer or damaged file is refused with a ``StoreError`` naming the file and the fix.
   ``readonly=True`` (``--report-only``) opens with SQLite's ``mode=ro`` (``immutable=1`` when no write-ahead log
-  exists; a log a killed run left is read from a private temporary copy) and never creates or changes a file.
+  exists; a log a killed run left without its index is read from a private temporary copy) and never creates or
+  changes the store or its log (beside a log, SQLite's shared-memory index is used as by any reader).
 """
 
 from __future__ import annotations
