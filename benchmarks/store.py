@@ -604,8 +604,8 @@ class ResultsStore:
             failure = connection.execute("SELECT reason FROM failures" + where, (suite, *key)).fetchone()
             if failure is not None and not retry_failed:
                 return FAILED, str(failure[0])
-            held = connection.execute("SELECT owner, pid, host, heartbeat FROM claims" + where, (suite, *key))
-            held = held.fetchone()
+            holder = "SELECT owner, pid, host, heartbeat FROM claims" + where
+            held = connection.execute(holder, (suite, *key)).fetchone()
             if held is not None and held[0] != owner.id and not _stale(int(held[1]), str(held[2]), float(held[3]), ttl):
                 return HELD, f"pid {held[1]} on {held[2]}"
             connection.execute(
