@@ -19,9 +19,12 @@ Exit status: 0 done; 2 bad input or missing data/weights/device (the message say
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -29,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from benchmarks.cells import expand_cells
-from benchmarks.config import SuiteConfig, SuiteError, load_suite
+from benchmarks.config import SuiteConfig, load_suite, output_folder
 from ggl.io import canonical_json
 
 if TYPE_CHECKING:
@@ -37,6 +40,10 @@ if TYPE_CHECKING:
     from benchmarks.store import ResultsStore
 
 SHARDS = "shards"
+LAUNCHER_PID = "GGL_LAUNCHER_PID"
+"""Environment variable naming the ``--devices`` launcher's process id in each of its workers."""
+PR_SET_PDEATHSIG = 1
+"""Linux ``prctl`` option: the signal a process receives when its parent dies."""
 
 
 @dataclass(frozen=True)
@@ -50,9 +57,11 @@ class RankInfo:
 
 
 def detect_rank() -> RankInfo | None:
-    """The rank of a process started by torchrun, SLURM (srun) or ``--devices``; None when not launched."""
-    from lightning_fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+    """The rank of a process started by torchrun, SLURM (srun) or ``--devices``; None when not launched.
 
+    Lightning's cluster detection is imported only when a launcher's variables are set, so a plain command starts
+    (and answers bad input) without it.
+    """
     if "GGL_RUN_ID" in os.environ and "RANK" in os.environ:
         return RankInfo(
             int(os.environ["RANK"]),
@@ -60,6 +69,10 @@ def detect_rank() -> RankInfo | None:
             int(os.environ.get("LOCAL_RANK", 0)),
             os.environ["GGL_RUN_ID"],
         )
+    if "RANK" not in os.environ and "SLURM_NTASKS" not in os.environ:
+        return None
+    from lightning_fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
     if TorchElasticEnvironment.detect():
         environment = TorchElasticEnvironment()
         run_id = os.environ.get("TORCHELASTIC_RUN_ID", "") + os.environ.get("MASTER_PORT", "")
@@ -82,6 +95,88 @@ def pin_gpu(local_rank: int) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(local_rank)
 
 
+def visible_gpus() -> int:
+    """GPUs this process may use, counted without starting CUDA: the NVIDIA device files (``/dev/nvidiaN``),
+    at most as many as ``CUDA_VISIBLE_DEVICES`` names when it is set (CUDA stops at its first invalid entry)."""
+    present = sum(1 for entry in Path("/dev").glob("nvidia[0-9]*") if entry.name[6:].isdigit())
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return present
+    named = 0
+    for entry in visible.split(","):
+        if not entry.strip() or entry.strip().startswith("-"):
+            break
+        named += 1
+    return min(named, present)
+
+
+def device_limit() -> tuple[int, str]:
+    """The most ``--devices`` workers this machine can hold, and why: one per GPU, or one per CPU core."""
+    gpus = visible_gpus()
+    if gpus:
+        return gpus, f"{gpus} visible GPU{'s' if gpus > 1 else ''} (one worker each)"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return cores, f"{cores} CPU core{'s' if cores > 1 else ''} and no GPU"
+
+
+def check_counts(args: argparse.Namespace, info: RankInfo | None) -> None:
+    """``--devices`` and ``--num-nodes`` at least 1; a local ``--devices`` launch at most ``device_limit()``."""
+    if args.devices < 1 or args.num_nodes < 1:
+        raise ValueError(f"--devices and --num-nodes must be >= 1, got {args.devices} and {args.num_nodes}")
+    limit, why = device_limit()
+    if info is None and args.devices > limit:
+        raise ValueError(
+            f"--devices {args.devices}: this machine has {why}, so at most --devices {limit}; "
+            "more workers than that only slow each other down"
+        )
+
+
+def end_with_launcher(launcher: int) -> None:
+    """A ``--devices`` worker ends (SIGTERM) when its launcher ends, even by ``kill -9``: never left running alone.
+
+    Linux's parent-death signal (``prctl(PR_SET_PDEATHSIG)``) does it; elsewhere, or if prctl fails, a daemon thread
+    polls the parent's process id. SIGTERM raises ``SystemExit`` at once (Lightning's own handler would only note it
+    until the attack's fit ends), so the run leaves through its ``finally`` blocks and releases its cell claims.
+    """
+    signal.signal(signal.SIGTERM, _end_worker)
+    if sys.platform.startswith("linux"):
+        try:
+            armed = ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+        if armed:
+            if os.getppid() != launcher:  # the launcher ended before the signal was armed
+                os.kill(os.getpid(), signal.SIGTERM)
+            return
+    threading.Thread(target=_watch_launcher, args=(launcher,), name="launcher-watch", daemon=True).start()
+
+
+def _end_worker(signum: int, frame: object) -> None:
+    """SIGTERM in a worker: leave now, with the conventional status 128 + signal."""
+    raise SystemExit(128 + signum)
+
+
+def _watch_launcher(launcher: int, every: float = 1.0) -> None:
+    """Poll the parent's process id; once it is no longer ``launcher``, end this process with SIGTERM."""
+    while os.getppid() == launcher:
+        time.sleep(every)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def output_paths(args: argparse.Namespace, suite: SuiteConfig) -> tuple[Path, Path]:
+    """``--out`` and ``--report-dir`` (defaults ``results/SUITE`` and ``--out``), checked before any work: folders this
+    process can write in or create (``--report-only`` only reads ``--out``)."""
+    out = Path(args.out) if args.out else Path("results") / suite.name
+    report_dir = Path(args.report_dir) if args.report_dir else out
+    if args.report_only and os.path.lexists(out) and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a file; name the folder holding results.sqlite")
+    if not args.report_only:
+        output_folder("--out", out)
+    if not args.references_only:
+        output_folder("--report-dir", report_dir)
+    return out, report_dir
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -98,8 +193,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from the store; compute nothing")
     parser.add_argument("--report-dir", default=None, help="where the report goes (default: the output folder)")
-    parser.add_argument("--devices", type=int, default=1, help="worker processes on this node (one GPU each)")
+    parser.add_argument(
+        "--devices", type=int, default=1, help="worker processes on this node: at most one per GPU, or per CPU core"
+    )
     parser.add_argument("--num-nodes", type=int, default=1, help="nodes (launch with srun or torchrun on each)")
+    parser.add_argument(
+        "--plugin",
+        dest="plugins",
+        action="append",
+        default=[],
+        metavar="PATH.py",
+        help="a Python file defining custom defenses, then named module:Class by its file stem (repeatable)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard event files")
     parser.add_argument(
@@ -194,7 +299,7 @@ def run_rank(suite: SuiteConfig, out: Path, info: RankInfo, args: argparse.Names
     )
     try:
         harness.preflight()
-    except (SuiteError, MissingRequirement) as error:
+    except (ValueError, MissingRequirement) as error:  # SuiteError and every other bad input
         return _error(str(error))
     try:
         if info.world_size > 1:
@@ -237,7 +342,7 @@ def evaluate(
     try:
         harness.preflight()
         store.claim_context(suite.name, suite.context())
-    except (SuiteError, MissingRequirement, StoreError) as error:
+    except (ValueError, MissingRequirement, StoreError) as error:  # SuiteError and every other bad input
         _error(str(error))
         return None
     return harness.run()
@@ -267,6 +372,7 @@ def launch_local(args: argparse.Namespace, argv: list[str]) -> list[int]:
             "WORLD_SIZE": str(args.devices),
             "LOCAL_RANK": str(rank),
             "GGL_RUN_ID": run_id,
+            LAUNCHER_PID: str(os.getpid()),
             "OMP_NUM_THREADS": threads,
         }
         processes.append(subprocess.Popen([sys.executable, "-m", "benchmarks.run", *argv], env=environment))
@@ -375,17 +481,27 @@ def run_suite(
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    info = detect_rank()
+    if "GGL_RUN_ID" in os.environ and LAUNCHER_PID in os.environ:
+        end_with_launcher(int(os.environ[LAUNCHER_PID]))
+    try:  # the input checks, before torch, Lightning or the harness is imported: a bad input answers at once
+        info = detect_rank()
+        suite = load_suite(args.suite, args.overrides)
+        check_counts(args, info)
+        out, report_dir = output_paths(args, suite)
+        missing = [path for path in args.plugins if not (Path(path).is_file() and path.endswith(".py"))]
+        if missing:
+            raise ValueError(f"--plugin {missing[0]!r}: not an existing .py file; give the path of the plugin's file")
+    except ValueError as error:  # SuiteError included
+        return _error(str(error))
     if info is not None and info.world_size > 1:
         pin_gpu(info.local_rank)
-    try:
-        suite = load_suite(args.suite, args.overrides)
-    except SuiteError as error:
-        return _error(str(error))
-    if args.devices < 1 or args.num_nodes < 1:
-        return _error("--devices and --num-nodes must be >= 1")
-    out = Path(args.out) if args.out else Path("results") / suite.name
-    report_dir = Path(args.report_dir) if args.report_dir else out
+    if args.plugins:
+        from ggl.defenses import load_plugins
+
+        try:
+            load_plugins(args.plugins)  # the only custom code a run imports; any error it raises is a ValueError
+        except ValueError as error:
+            return _error(str(error))
     if args.report_only:
         return report_only(suite, out, report_dir)
     return run_suite(suite, out, report_dir, info, args, argv)
