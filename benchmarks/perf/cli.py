@@ -1,41 +1,41 @@
 """``python -m benchmarks.perf``: candidates per second, batched vs serial, share of the FLOP limit, memory.
 
 Writes a JSON list of rows (one per victim x population x engine, serial included, plus end-to-end GGL-CMA
-rows) and a Markdown table next to it. Exit status 0 when done, 2 on bad input.
+rows) and a Markdown table next to it. Exit status 0 when done, 2 on bad input. Every argument, the output path
+included, is checked before torch is imported and before anything is measured.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import statistics
+import math
+import re
 import sys
-import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-import torch
-
-from benchmarks.perf.measure import (
-    LOSSES_CHECKED,
-    Setting,
-    batched_losses,
-    build_setting,
-    candidate_flops,
-    latents,
-    peak_memory_mib,
-    reference_rate,
-    serial_losses,
-    timings,
-)
-from ggl.attacks.batched import ENGINES, choose_engine
-from ggl.fl import VICTIMS
+from benchmarks.config import MAX_SEED, output_file
 from ggl.io import atomic_write
+
+VICTIM_NAMES = ("convnet", "lenet", "resnet18", "resnet18-224")
+"""``ggl.fl.VICTIMS``, named here so that the arguments are checked without torch (a test keeps them equal)."""
+ENGINE_NAMES = ("auto", "hooks", "inner", "vmap")
+"""``ggl.attacks.batched.ENGINES`` but ``serial`` (always timed), plus ``auto`` (a test keeps them equal)."""
+MAX_POPULATION = 16_384
+"""Largest population, chunk or candidate count: bounds the memory one measurement may take."""
+INT_BOUNDS = {
+    "channels": (1, 16),
+    "batch": (1, 256),
+    "repeats": (1, 1_000),
+    "serial_candidates": (1, MAX_POPULATION),
+    "e2e_population": (1, MAX_POPULATION),
+    "e2e_budget": (0, 1_000_000),
+    "chunk_size": (0, MAX_POPULATION),
+    "seed": (0, MAX_SEED),
+}
+"""Integer options and their allowed ranges."""
 
 
 class BadInput(ValueError):
@@ -43,12 +43,12 @@ class BadInput(ValueError):
 
 
 def _int_list(option: str, text: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise BadInput(f"{option} must be comma-separated positive integers, got {text!r}") from None
-    if not values or min(values) < 1:
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts or not all(re.fullmatch(r"[0-9]{1,18}", part) for part in parts):
         raise BadInput(f"{option} must be comma-separated positive integers, got {text!r}")
+    values = [int(part) for part in parts]
+    if min(values) < 1 or max(values) > MAX_POPULATION:
+        raise BadInput(f"{option} values must be from 1 to {MAX_POPULATION}, got {text!r}")
     return values
 
 
@@ -60,10 +60,10 @@ def _name_list(option: str, text: str, allowed: Sequence[str]) -> list[str]:
     return values
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.perf", description=__doc__)
     parser.add_argument("--victim", default="lenet,convnet,resnet18", help="comma list of victims")
-    parser.add_argument("--image-size", type=int, default=32, help="square image side (power of two >= 8)")
+    parser.add_argument("--image-size", type=int, default=32, help="square image side (power of two, 8 to 512)")
     parser.add_argument("--channels", type=int, default=3, help="image channels")
     parser.add_argument("--batch", type=int, default=1, help="images per candidate (the client's batch B)")
     parser.add_argument("--population", default="8,32,128", help="comma list of population sizes P")
@@ -81,261 +81,46 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--out", default="perf.json", help="JSON output; the Markdown table goes beside it (.md)")
-    args = parser.parse_args(argv)
-    args.victims = _name_list("--victim", args.victim, sorted(VICTIMS))
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The arguments, every one checked (names, ranges, device spelling, a writable ``--out``); ``BadInput`` else."""
+    args = build_parser().parse_args(argv)
+    args.victims = _name_list("--victim", args.victim, VICTIM_NAMES)
     args.populations = _int_list("--population", args.population)
-    args.engine_names = _name_list("--engines", args.engines, ["auto", *sorted(set(ENGINES) - {"serial"})])
-    if args.image_size < 8 or args.image_size & (args.image_size - 1):
-        raise BadInput(f"--image-size must be a power of two >= 8, got {args.image_size}")
-    for option in ("channels", "batch", "repeats", "serial_candidates", "e2e_population"):
-        if getattr(args, option) < 1:
-            raise BadInput(f"--{option.replace('_', '-')} must be >= 1, got {getattr(args, option)}")
-    if args.e2e_budget < 0:
-        raise BadInput(f"--e2e-budget must be >= 0, got {args.e2e_budget}")
-    if args.e2e_budget and args.e2e_victim not in VICTIMS:
-        raise BadInput(f"--e2e-victim {args.e2e_victim!r} not allowed; allowed: {', '.join(sorted(VICTIMS))}")
-    if args.chunk_size < 0:
-        raise BadInput(f"--chunk-size must be >= 0, got {args.chunk_size}")
+    args.engine_names = _name_list("--engines", args.engines, ENGINE_NAMES)
+    if not 8 <= args.image_size <= 512 or args.image_size & (args.image_size - 1):
+        raise BadInput(f"--image-size must be a power of two from 8 to 512, got {args.image_size}")
+    for option, (low, high) in INT_BOUNDS.items():
+        if not low <= getattr(args, option) <= high:
+            raise BadInput(f"--{option.replace('_', '-')} must be from {low} to {high}, got {getattr(args, option)}")
+    if args.threads is not None and not 1 <= args.threads <= 1024:
+        raise BadInput(f"--threads must be from 1 to 1024, got {args.threads}")
+    if not (math.isfinite(args.max_seconds) and 0 < args.max_seconds <= 86_400):
+        raise BadInput(f"--max-seconds must be a number of seconds above 0, at most a day, got {args.max_seconds}")
+    if args.e2e_budget and args.e2e_victim not in VICTIM_NAMES:
+        raise BadInput(f"--e2e-victim {args.e2e_victim!r} not allowed; allowed: {', '.join(VICTIM_NAMES)}")
+    if not re.fullmatch(r"cpu|cuda(:[0-9]{1,3})?", args.device):
+        raise BadInput(f"--device must be cpu or cuda[:index], got {args.device!r}")
     args.chunk_size = args.chunk_size or None
     try:
-        args.torch_device = torch.device(args.device)
-    except RuntimeError:
-        raise BadInput(f"--device must be cpu or cuda[:index], got {args.device!r}") from None
-    if args.torch_device.type not in ("cpu", "cuda"):
-        raise BadInput(f"--device must be cpu or cuda[:index], got {args.device!r}")
-    if args.torch_device.type == "cuda" and not torch.cuda.is_available():
-        raise BadInput("--device cuda was asked for but no CUDA device is available")
+        output_file("--out", output_file("--out", args.out).with_suffix(".md"))
+    except ValueError as error:
+        raise BadInput(str(error)) from None
     return args
 
 
-def _relative_difference(losses: torch.Tensor, reference: torch.Tensor) -> float:
-    return float((losses - reference).abs().max() / reference.abs().max().clamp_min(1e-30))
+def _device(args: argparse.Namespace) -> str | None:
+    """Set ``args.torch_device``; why the device cannot be used here, or None when it can."""
+    import torch
 
-
-def measure_setting(setting: Setting, population: int, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Rows for one victim and population: serial first, then every batched engine."""
-    device = setting.device
-    z = latents(setting, population, args.seed)
-    serial_count = min(population, args.serial_candidates)
-    z_serial = z[: serial_count * setting.batch]
-    serial_objective = setting.objective("serial")
-    checked = min(population, LOSSES_CHECKED)
-    reference = serial_losses(setting, serial_objective, z[: checked * setting.batch])
-    serial_seconds = statistics.median(
-        timings(lambda: serial_losses(setting, serial_objective, z_serial), device, args.repeats, args.max_seconds)
-    )
-    serial_rate = serial_count / serial_seconds
-    serial_memory, method = peak_memory_mib(lambda: serial_losses(setting, serial_objective, z_serial), device)
-    flops = candidate_flops(setting)
-    reference_flops_per_s, _ = reference_rate(setting, population * setting.batch, args.repeats, args.max_seconds)
-    limit_rate = reference_flops_per_s / flops
-    common = {
-        "victim": setting.victim,
-        "image_size": setting.image_size,
-        "channels": setting.channels,
-        "batch": setting.batch,
-        "population": population,
-        "device": str(device),
-        "auto_engine": choose_engine(setting.model),
-        "serial_candidates_per_s": serial_rate,
-        "flops_per_candidate": flops,
-        "reference_flops_per_s": reference_flops_per_s,
-        "limit_candidates_per_s": limit_rate,
-        "memory_method": method,
-        "serial_losses": reference.tolist(),
-    }
-    rows = [
-        {
-            **common,
-            "measurement": "throughput",
-            "engine": "serial",
-            "candidates_per_s": serial_rate,
-            "speedup": 1.0,
-            "limit_share": serial_rate / limit_rate,
-            "peak_memory_mib": serial_memory,
-            "seconds_median": serial_seconds,
-            "candidates_timed": serial_count,
-            "losses": reference.tolist(),
-            "loss_max_relative_difference": 0.0,
-        }
-    ]
-    for engine in args.engine_names:
-        rows.append(engine_row(setting, engine, z, reference, serial_rate, limit_rate, common, args))
-    return rows
-
-
-def engine_row(
-    setting: Setting,
-    engine: str,
-    z: torch.Tensor,
-    reference: torch.Tensor,
-    serial_rate: float,
-    limit_rate: float,
-    common: dict[str, Any],
-    args: argparse.Namespace,
-) -> dict[str, Any]:
-    """The throughput row of one batched engine, its losses checked against the serial ``reference``."""
-    population = common["population"]
-    checked = reference.numel()
-    objective = setting.objective(engine, args.chunk_size)
-    losses = batched_losses(setting, objective, z)
-    seconds = statistics.median(
-        timings(lambda: batched_losses(setting, objective, z), setting.device, args.repeats, args.max_seconds)
-    )
-    memory, _ = peak_memory_mib(lambda: batched_losses(setting, objective, z), setting.device)
-    rate = population / seconds
-    return {
-        **common,
-        "measurement": "throughput",
-        "engine": engine if engine != "auto" else f"auto:{objective.engine_name}",
-        "candidates_per_s": rate,
-        "speedup": rate / serial_rate,
-        "limit_share": rate / limit_rate,
-        "peak_memory_mib": memory,
-        "seconds_median": seconds,
-        "candidates_timed": population,
-        "losses": losses[:checked].tolist(),
-        "loss_max_relative_difference": _relative_difference(losses[:checked], reference),
-    }
-
-
-def cma_reconstruction(
-    setting: Setting, population: int, budget: int, engine: str, seed: int
-) -> tuple[float, float, int]:
-    """One GGL-CMA run over the generator's latent: (seconds, best loss, evaluations).
-
-    nevergrad's ``ParametrizedCMA(popsize=P, elitist=False)`` with ``num_workers=P``: ask P, score them (one
-    batched call, or one candidate at a time for ``serial``), tell P.
-    """
-    import nevergrad as ng
-
-    parametrization = ng.p.Array(shape=(setting.generator.latent_dim,))
-    parametrization.random_state = np.random.RandomState(seed)
-    optimizer = ng.optimizers.ParametrizedCMA(popsize=population, elitist=False)(
-        parametrization=parametrization, budget=budget, num_workers=population
-    )
-    objective = setting.objective(engine)
-    score = serial_losses if engine == "serial" else batched_losses
-    score(setting, objective, latents(setting, population, seed))  # warm-up, as in the throughput timings
-    best, evaluations = float("inf"), 0
-    began = time.perf_counter()
-    while evaluations < budget:
-        asked = [optimizer.ask() for _ in range(min(population, budget - evaluations))]
-        z = torch.as_tensor(np.stack([candidate.value for candidate in asked]), dtype=torch.float32)
-        z = z.repeat_interleave(setting.batch, dim=0).to(setting.device)
-        losses = score(setting, objective, z).tolist()
-        for candidate, loss in zip(asked, losses):
-            optimizer.tell(candidate, loss)
-        best = min(best, *losses)
-        evaluations += len(asked)
-    return time.perf_counter() - began, best, evaluations
-
-
-def end_to_end_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
-    setting = build_setting(args.e2e_victim, args.image_size, args.channels, args.batch, args.torch_device, args.seed)
-    limit_rate = reference_rate(setting, args.e2e_population * setting.batch, 1, args.max_seconds)[0]
-    limit_rate /= candidate_flops(setting)
-    serial_seconds, serial_best, _ = cma_reconstruction(
-        setting, args.e2e_population, args.e2e_budget, "serial", args.seed
-    )
-    rows = []
-    for engine in ["serial", *args.engine_names]:
-        if engine == "serial":
-            seconds, best, evaluations = serial_seconds, serial_best, args.e2e_budget
-        else:
-            seconds, best, evaluations = cma_reconstruction(
-                setting, args.e2e_population, args.e2e_budget, engine, args.seed
-            )
-        rate = evaluations / seconds
-        rows.append(
-            {
-                "measurement": "end_to_end",
-                "victim": setting.victim,
-                "image_size": setting.image_size,
-                "channels": setting.channels,
-                "batch": setting.batch,
-                "population": args.e2e_population,
-                "device": str(setting.device),
-                "engine": engine,
-                "budget": evaluations,
-                "seconds": seconds,
-                "serial_seconds": serial_seconds,
-                "best_loss": best,
-                "serial_best_loss": serial_best,
-                "candidates_per_s": rate,
-                "serial_candidates_per_s": evaluations / serial_seconds,
-                "speedup": serial_seconds / seconds,
-                "limit_share": rate / limit_rate,
-            }
-        )
-    return rows
-
-
-def markdown_table(rows: Sequence[dict[str, Any]], header: str) -> str:
-    """The rows as Markdown: throughput table, then the end-to-end table."""
-    lines = [header, ""]
-    throughput = [row for row in rows if row["measurement"] == "throughput"]
-    if throughput:
-        lines += [
-            "| victim | size | P | engine | cand/s | serial cand/s | speedup | FLOP-limit cand/s | limit share "
-            "| peak MiB | max rel. loss diff |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for row in throughput:
-            lines.append(
-                f"| {row['victim']} | {row['channels']}x{row['image_size']} | {row['population']} | {row['engine']} "
-                f"| {row['candidates_per_s']:.1f} | {row['serial_candidates_per_s']:.1f} | {row['speedup']:.2f} "
-                f"| {row['limit_candidates_per_s']:.1f} | {row['limit_share']:.0%} | {row['peak_memory_mib']:.0f} "
-                f"| {row['loss_max_relative_difference']:.1e} |"
-            )
-    e2e = [row for row in rows if row["measurement"] == "end_to_end"]
-    if e2e:
-        lines += [
-            "",
-            "| end-to-end GGL-CMA | P | budget | engine | seconds | serial seconds | speedup | best loss |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for row in e2e:
-            lines.append(
-                f"| {row['victim']} {row['channels']}x{row['image_size']} | {row['population']} | {row['budget']} "
-                f"| {row['engine']} | {row['seconds']:.2f} | {row['serial_seconds']:.2f} | {row['speedup']:.2f} "
-                f"| {row['best_loss']:.4g} |"
-            )
-    return "\n".join(lines) + "\n"
-
-
-def machine_description(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
-
-
-def run(args: argparse.Namespace) -> list[dict[str, Any]]:
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    rows: list[dict[str, Any]] = []
-    for victim in args.victims:
-        setting = build_setting(victim, args.image_size, args.channels, args.batch, args.torch_device, args.seed)
-        for population in args.populations:
-            for row in measure_setting(setting, population, args):
-                rows.append(row)
-                print(
-                    f"{row['victim']:>9} P={population:<4} {row['engine']:>11}: {row['candidates_per_s']:8.1f} cand/s "
-                    f"x{row['speedup']:5.2f} serial, {row['limit_share']:5.0%} of FLOP limit",
-                    file=sys.stderr,
-                    flush=True,
-                )
-    if args.e2e_budget:
-        rows += end_to_end_rows(args)
-    return rows
+    args.torch_device = torch.device(args.device)
+    if args.torch_device.type != "cuda":
+        return None
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = args.torch_device.index or 0
+    return None if index < count else f"--device {args.device}: this machine has {count} CUDA devices"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -344,6 +129,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BadInput as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    unusable = _device(args)
+    if unusable is not None:
+        print(f"error: {unusable}", file=sys.stderr)
+        return 2
+    import torch
+
+    from benchmarks.perf.rows import machine_description, markdown_table, run
+
     rows = run(args)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     for row in rows:

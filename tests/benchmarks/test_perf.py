@@ -54,3 +54,37 @@ def test_perf_cli_rejects_bad_options(tmp_path, capsys):
     assert main(["--engines", "turbo", "--out", str(tmp_path / "x.json")]) == 2
     assert "--engines" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+
+
+def test_perf_cli_checks_every_argument_before_measuring(tmp_path, capsys, monkeypatch):
+    import benchmarks.perf.cli as cli
+
+    def never(*args, **kwargs):  # measuring would mean an input passed unchecked
+        raise AssertionError("measured")
+
+    monkeypatch.setattr(cli, "_device", never)
+    (tmp_path / "file").write_text("")
+    bad = {
+        "--out": [str(tmp_path / "file" / "perf.json"), str(tmp_path), "/proc/ggl-perf.json"],
+        "--population": ["99999999", "1,-2", "1e3"],
+        "--image-size": ["12", "4096"],
+        "--batch": ["0", "100000"],
+        "--max-seconds": ["nan", "-1", "inf"],
+        "--device": ["tpu", "cuda:x"],
+        "--seed": ["-1"],
+        "--threads": ["0"],
+    }
+    for option, values in bad.items():
+        for value in values:
+            assert main([option, value, "--out", str(tmp_path / "p.json")][: 2 if option == "--out" else 4]) == 2
+            assert option in capsys.readouterr().err, (option, value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_perf_name_tables_are_the_registries():
+    from benchmarks.perf.cli import ENGINE_NAMES, VICTIM_NAMES
+    from ggl.attacks.batched import ENGINES
+    from ggl.fl import VICTIMS
+
+    assert set(VICTIM_NAMES) == set(VICTIMS)
+    assert set(ENGINE_NAMES) == (set(ENGINES) - {"serial"}) | {"auto"}
