@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from benchmarks.config import REFERENCE_PREFIX, format_value
+from benchmarks.config import MAX_SEED, REFERENCE_PREFIX, format_value, output_file
 from ggl.io import atomic_write, pretty_json
 
 if TYPE_CHECKING:
@@ -241,6 +241,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:  # every output path is checked before the store is read
+        if not 0 <= args.seed <= MAX_SEED:
+            raise ValueError(f"--seed must be an integer from 0 to 2**63 - 1, got {args.seed}")
+        for option in ("table", "json"):
+            if getattr(args, option):
+                output_file(f"--{option}", getattr(args, option))
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     from benchmarks.store import StoreError, existing_store
 
     try:

@@ -29,17 +29,19 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
-from benchmarks.config import REFERENCE_PREFIX, AttackConfig, SuiteConfig, SuiteError, load_suite
+from benchmarks.config import REFERENCE_PREFIX, AttackConfig, SuiteConfig, load_suite, output_file, output_folder
 from ggl.io import atomic_write, pretty_json
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch is imported where it is used, so the command line checks its input without it
+    import torch
+
     from benchmarks.store import CellRow, VictimRow
 
 CEILING = REFERENCE_PREFIX + "prior-ceiling"
 CLASS_MEAN = REFERENCE_PREFIX + "class-mean"
 SUMMARY_METRICS = ("mse", "psnr", "ssim")
+MAX_VICTIMS = 100_000
+"""Most victims ``--victims`` may ask for (ImageNet's validation split has 50,000 images)."""
 
 
 def class_mean_reference(datamodule: Any, labels: torch.Tensor) -> torch.Tensor:
@@ -61,6 +63,8 @@ def prior_sample_reference(
     device: torch.device,
 ) -> torch.Tensor:
     """One prior sample per label (latents from ``generator``), adapted to ``image_shape``, on the CPU in [0, 1]."""
+    import torch
+
     from ggl.priors.registry import adapt_images
 
     z = prior.sample(len(labels), generator=generator).to(device)
@@ -86,6 +90,8 @@ def fit_prior_ceiling(
     ``restarts`` latents per image (drawn from ``generator``) are fitted together by ``steps`` Adam steps at
     ``lr`` on the pixel MSE; per image the restart with the lowest final MSE is kept. Returns the fits on the CPU.
     """
+    import torch
+
     from ggl.priors.registry import adapt_images
 
     batch = images.shape[0]
@@ -252,6 +258,7 @@ def write_fits(
     path: Path, rows: Sequence[CellRow], victim_rows: Sequence[VictimRow], key: Mapping[str, Any], seed: int
 ) -> None:
     """Victims (top row) above their ceiling fits of ``seed`` (bottom row), up to 16, from the stored images."""
+    import torch
     from torchvision.utils import save_image
 
     fits = {r.victim: r.images for r in rows if r.kind == "reference" and r.attack == dict(key) and r.seed == seed}
@@ -266,6 +273,7 @@ def write_fits(
 
 def write_samples(path: Path, prior_name: str, seed: int = 0) -> None:
     """Ten samples of each class of a class-conditional prior, one row per class (latents seeded with ``seed``)."""
+    import torch
     from torchvision.utils import save_image
 
     from ggl.priors import load_prior
@@ -280,23 +288,37 @@ def write_samples(path: Path, prior_name: str, seed: int = 0) -> None:
     save_image(samples, str(path), nrow=10, padding=1, pad_value=1.0)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from benchmarks.store import StoreError, existing_store
-
-    try:
-        suite = load_suite(args.suite, args.overrides)
-    except SuiteError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+def check_outputs(args: argparse.Namespace, suite: SuiteConfig) -> tuple[int, Path]:
+    """The victim count and the store folder, every output path checked before anything is computed; ``ValueError``
+    naming the option otherwise."""
     victims = args.victims if args.victims is not None else suite.victims.count
-    if victims < 1:
-        print("error: --victims must be >= 1", file=sys.stderr)
-        return 2
+    if not 1 <= victims <= MAX_VICTIMS:
+        raise ValueError(f"--victims must be from 1 to {MAX_VICTIMS:,}, got {victims}")
     default = f"{suite.name}-references" if args.compute else suite.name
     folder = Path(args.store) if args.store else Path("results") / default
+    if args.compute:
+        output_folder("--store", folder)
+    for option in ("json", "fits", "samples"):
+        if getattr(args, option):
+            output_file(f"--{option}", getattr(args, option))
+    names = {reference.name for reference in suite.reference_attacks()}
+    if CEILING not in names:
+        raise ValueError(f"suite {suite.name!r} has no prior ceiling (it needs a prior and references.ceiling_steps)")
+    return victims, folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        suite = load_suite(args.suite, args.overrides)
+        victims, folder = check_outputs(args, suite)
+    except ValueError as error:  # SuiteError included
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if args.compute and (status := compute(args.suite, args.overrides, victims, folder)) != 0:
         return status
+    from benchmarks.store import StoreError, existing_store
+
     try:
         with existing_store(folder) as store:
             rows, victim_rows = store.cells(suite.name), store.victims(suite.name)
@@ -312,7 +334,11 @@ def main(argv: list[str] | None = None) -> int:
         shown = [v for v in victim_rows if v.victim < victims]
         write_fits(Path(args.fits), rows, shown, ceiling.key(), suite.seeds[0])
     if args.samples:
-        write_samples(Path(args.samples), str(suite.prior))
+        try:
+            write_samples(Path(args.samples), str(suite.prior))
+        except ValueError as error:
+            print(f"error: --samples: {error}", file=sys.stderr)
+            return 2
     return 0 if "ceiling" in summary else 1
 
 

@@ -10,12 +10,17 @@ Lightning checkpoint (``--resume`` continues from it).
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
+from benchmarks.config import MAX_SEED, output_file, output_folder
+
 DATA_CHOICES = ("fashion-mnist", "celeba")
+POSITIVE_INTS = ("latent_dim", "width", "generator_steps", "batch_size", "critic_steps", "save_every")
+"""Integer options that must be at least 1."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,9 +66,29 @@ def _datamodule(args: argparse.Namespace) -> Any:
         "batch_size": args.batch_size,
         "seed": args.seed,
     }
-    if name == "celeba" and args.data_root is None:
-        raise SystemExit("error: --data celeba needs --data-root (the folder holding celeba/)")
     return make_datamodule(name, **options)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Every option checked before torch is imported or any step trained; ``ValueError`` naming the option."""
+    if args.data == "celeba" and args.data_root is None:
+        raise ValueError("--data celeba needs --data-root (the folder holding celeba/)")
+    for option in POSITIVE_INTS:
+        if getattr(args, option) < 1:
+            raise ValueError(f"--{option.replace('_', '-')} must be >= 1, got {getattr(args, option)}")
+    if not 8 <= args.image_size <= 1024 or args.image_size & (args.image_size - 1):
+        raise ValueError(f"--image-size must be a power of two from 8 to 1024, got {args.image_size}")
+    for option, value in (("lr", args.lr), ("penalty", args.penalty), ("max_minutes", args.max_minutes)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"--{option.replace('_', '-')} must be a positive number, got {value}")
+    for option, value in (("beta1", args.beta1), ("beta2", args.beta2), ("ema_decay", args.ema_decay)):
+        if not 0 <= value < 1:
+            raise ValueError(f"--{option.replace('_', '-')} must be in [0, 1), got {value}")
+    if not 0 <= args.seed <= MAX_SEED or (args.threads is not None and args.threads < 1):
+        raise ValueError(f"--seed must be from 0 to 2**63 - 1 and --threads >= 1, got {args.seed}, {args.threads}")
+    out = output_file("--out", args.out)
+    output_file("--out", out.with_suffix(".json"))
+    output_folder("--log-dir", args.log_dir or out.parent / f"{out.stem}_logs")
 
 
 def _module(args: argparse.Namespace, datamodule: Any) -> Any:
@@ -132,6 +157,11 @@ def _trainer(args: argparse.Namespace, out: Path, log_dir: Path, extra: dict[str
 def main(argv: list[str] | None = None) -> int:
     """Train and save a prior; 2 when the data is missing or the options are invalid."""
     args = build_parser().parse_args(argv)
+    try:
+        check_args(args)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     import pytorch_lightning as pl
     import torch
 
