@@ -385,15 +385,26 @@ def parse_yaml(text: str, source: str, field_name: str) -> Any:
     except _TooLarge as error:
         raise SuiteError(source, field_name, f"refused: {error}") from None
     except yaml.YAMLError as error:
-        raise SuiteError(source, field_name, f"not valid YAML: {error}") from None
+        raise SuiteError(source, field_name, f"not valid YAML: {_yaml_problem(error)}") from None
     except RecursionError:
         raise SuiteError(source, field_name, f"values are nested deeper than {MAX_DEPTH} levels") from None
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """One line saying what is wrong and where (line and column counted from 1)."""
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    context = getattr(error, "context", None)
+    mark = getattr(error, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return f"{context}: {problem}{where}" if context else f"{problem}{where}"
 
 
 def _suite_text(path: Path, source: str) -> str:
     """The suite file's text: an existing regular file of at most ``MAX_SUITE_BYTES`` bytes of UTF-8."""
     if path.is_dir():
         raise SuiteError(source, "<file>", "is a folder; give a suite name or the path of a .yaml file")
+    if path.exists() and not path.is_file():
+        raise SuiteError(source, "<file>", "is not a regular file; give the path of a .yaml file")
     if not path.is_file():
         raise SuiteError(source, "<file>", f"no such file; shipped suites: {', '.join(available_suites())}")
     try:
@@ -406,9 +417,8 @@ def _suite_text(path: Path, source: str) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise SuiteError(
-            source, "<file>", f"is not UTF-8 text (byte {data[error.start]:#04x} at offset {error.start}); save it as UTF-8"
-        ) from None
+        where = f"byte {data[error.start]:#04x} at offset {error.start}"
+        raise SuiteError(source, "<file>", f"is not UTF-8 text ({where}); save it as UTF-8") from None
 
 
 def read_yaml(path: Path, source: str) -> dict[str, Any]:
@@ -485,7 +495,7 @@ def apply_override(data: dict[str, Any], key: str, value: Any) -> None:
                     descend(node[target], index + 1, here)
             return
         if not isinstance(node, dict):
-            raise SuiteError("--set", here, f"cannot set a field inside a {type(node).__name__}")
+            raise SuiteError("--set", here, f"cannot set a field inside a value of type {type(node).__name__}")
         if last:
             place(node, part, here)
             return
@@ -732,7 +742,8 @@ def _read_seeds(source: str, seeds: Any) -> tuple[int, ...]:
         or len(set(seeds)) != len(seeds)
     ):
         shown = repr(seeds) if len(repr(seeds)) < 200 else repr(seeds)[:200] + "..."
-        raise SuiteError(source, "seeds", f"must be a non-empty list of distinct integers from 0 to 2**63 - 1, got {shown}")
+        needs = "must be a non-empty list of distinct integers from 0 to 2**63 - 1"
+        raise SuiteError(source, "seeds", f"{needs}, got {shown}")
     return tuple(seeds)
 
 
@@ -810,9 +821,8 @@ def build_suite(data: dict[str, Any], source: str) -> SuiteConfig:
     )
     per_victim = len(suite.seeds) * (len(suite.defenses) * len(suite.attacks) + len(suite.reference_attacks()))
     if suite.victims.count * per_victim > MAX_CELLS:
-        raise SuiteError(
-            source, "victims.count", f"victims x seeds x (defense settings x attacks + references) exceeds {MAX_CELLS:,}"
-        )
+        product = "victims x seeds x (defense settings x attacks + references)"
+        raise SuiteError(source, "victims.count", f"{product} exceeds {MAX_CELLS:,} cells")
     return suite
 
 
@@ -839,21 +849,26 @@ def output_folder(option: str, path: str | Path) -> Path:
     folder = Path(path).expanduser()
     if os.path.lexists(folder) and not folder.is_dir():
         raise ValueError(f"{option} {str(path)!r} is a file, not a folder; name a folder (it is created if missing)")
-    existing = next(p for p in (folder, *folder.parents) if os.path.lexists(p))
-    if not existing.is_dir():
-        raise ValueError(f"{option} {str(path)!r}: {str(existing)!r} is a file, so no folder can be made under it")
-    try:
-        tempfile.TemporaryDirectory(dir=existing, prefix=".ggl-probe-").cleanup()
-    except OSError as error:
-        reason = error.strerror or str(error)
-        raise ValueError(f"{option} {str(path)!r}: cannot write in {str(existing)!r} ({reason}); name a writable folder")
+    _check_writable(option, str(path), folder)
     return folder
 
 
 def output_file(option: str, path: str | Path) -> Path:
-    """``path`` as a file this process can write (its folder writable or creatable, itself not a folder)."""
+    """``path`` as a file this process can write: not a folder, in a folder it can write in or create."""
     file = Path(path).expanduser()
     if file.is_dir() or str(path).endswith(("/", os.sep)):
         raise ValueError(f"{option} {str(path)!r} is a folder; name a file")
-    output_folder(option, file.parent)
+    _check_writable(option, str(path), file.parent)
     return file
+
+
+def _check_writable(option: str, shown: str, folder: Path) -> None:
+    """``ValueError`` unless a file can be made in ``folder`` or in the nearest existing folder above it."""
+    existing = next(p for p in (folder, *folder.parents) if os.path.lexists(p))
+    if not existing.is_dir():
+        raise ValueError(f"{option} {shown!r}: {str(existing)!r} is a file, so nothing can be made under it")
+    try:
+        tempfile.TemporaryDirectory(dir=existing, prefix=".ggl-probe-").cleanup()
+    except OSError as error:
+        where = f"{option} {shown!r}: cannot write in {str(existing)!r}"
+        raise ValueError(f"{where} ({error.strerror or error}); name a writable place") from None
