@@ -147,3 +147,54 @@ def test_defaults_and_types_of_checked_fields() -> None:
     assert (suite.references.ceiling_steps, suite.references.ceiling_restarts) == (200, 2)
     assert suite.references.ceiling_lr == 0.05 and isinstance(suite.references.ceiling_lr, float)
     assert isinstance(build_suite({**MINIMAL, "references": {"ceiling_lr": 1}}, "x.yaml").references.ceiling_lr, float)
+
+
+def test_option_tables_are_what_the_datamodules_and_utility_take() -> None:
+    """The tables that check suites without torch name exactly the constructors' keyword arguments."""
+    import inspect
+    from dataclasses import fields
+
+    from benchmarks.config import DATAMODULE_OPTIONS, UTILITY_OPTIONS
+    from benchmarks.utility import UtilityConfig
+    from ggl.data import DATAMODULES
+
+    assert set(DATAMODULE_OPTIONS) == set(DATAMODULES)
+    for name, table in DATAMODULE_OPTIONS.items():
+        parameters = inspect.signature(DATAMODULES[name]).parameters
+        assert set(table) == set(parameters), name
+        for option, check in table.items():  # every default passes its own check
+            assert check(option, parameters[option].default) == parameters[option].default
+    assert list(UTILITY_OPTIONS) == [f.name for f in fields(UtilityConfig)]
+    UtilityConfig()  # the defaults pass the table
+
+
+def test_yaml_bounds_refuse_at_once(tmp_path: Path) -> None:
+    from benchmarks.config import MAX_VALUES, count_values, parse_yaml
+
+    levels = ["&a0 [x, x, x, x, x, x, x, x, x, x]"] + [f"&a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    with pytest.raises(SuiteError, match="aliases expand to more than"):
+        parse_yaml("[" + ", ".join(levels) + "]", "f.yaml", "<file>")
+    shared = parse_yaml("[&a [1, 2], *a, *a]", "f.yaml", "<file>")  # small alias use is fine
+    assert shared == [[1, 2], [1, 2], [1, 2]] and count_values(shared) == 10
+    assert count_values([[0] * 10] * (MAX_VALUES // 10 + 1)) > MAX_VALUES
+    with pytest.raises(SuiteError, match="is not UTF-8"):
+        (tmp_path / "latin.yaml").write_bytes("name: café\n".encode("latin-1"))
+        load_suite(tmp_path / "latin.yaml")
+
+
+def test_output_paths(tmp_path: Path) -> None:
+    from benchmarks.config import output_file, output_folder
+
+    (tmp_path / "file").write_text("x")
+    assert output_folder("--out", tmp_path / "new" / "deeper") == tmp_path / "new" / "deeper"
+    assert output_file("--json", tmp_path / "new" / "x.json") == tmp_path / "new" / "x.json"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # nothing created
+    for check, path, message in [
+        (output_folder, tmp_path / "file", "is a file"),
+        (output_folder, tmp_path / "file" / "sub", "is a file, so nothing can be made under it"),
+        (output_folder, Path("/proc/ggl-out"), "cannot write in '/proc'"),
+        (output_file, tmp_path, "is a folder"),
+        (output_file, tmp_path / "file" / "x.json", "nothing can be made under it"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            check("--opt", path)

@@ -107,3 +107,31 @@ def test_adapt_prior(tmp_path) -> None:  # type: ignore[no-untyped-def]
     expected = F.avg_pool2d(original(latents, labels), 2).expand(-1, 3, -1, -1)
     assert torch.allclose(adapted(latents, labels), expected, atol=1e-6)
     assert adapted.sample(5).shape == (5, 8)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"config": None}, "field 'config' is missing"),
+        ({"config": [8, 3]}, "field 'config' is a list"),
+        ({"config": {"latent_dim": 8, "depth": 2}}, "field 'config.depth' is unknown"),
+        ({"config": {"latent_dim": "eight"}}, "field 'config.latent_dim' must be a positive integer"),
+        ({"config": {"image_size": 12}}, "field 'config.image_size' must be a power of two"),
+        ({"config": {"width": 10**9}}, "field 'state_dict.blocks.0.weight' has shape"),
+        ({"state_dict": None}, "field 'state_dict' must be a mapping"),
+        ({"training": 3}, "field 'training' must be a mapping"),
+    ],
+)
+def test_malformed_checkpoint_names_the_file_and_field(tmp_path, change, field) -> None:  # type: ignore[no-untyped-def]
+    _, path = _tiny_checkpoint(tmp_path)
+    checkpoint = torch.load(path, weights_only=True)
+    for key, value in change.items():
+        if key == "config" and isinstance(value, dict):
+            value = {**checkpoint["config"], **value}
+        if value is None:
+            checkpoint.pop(key)
+        else:
+            checkpoint[key] = value
+    torch.save(checkpoint, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match=f"prior checkpoint '{tmp_path / 'bad.pt'}': {field}"):
+        load_prior(tmp_path / "bad.pt")
