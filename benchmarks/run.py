@@ -95,10 +95,10 @@ def pin_gpu(local_rank: int) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(local_rank)
 
 
-def visible_gpus() -> int:
+def visible_gpus(devices: Path = Path("/dev")) -> int:
     """GPUs this process may use, counted without starting CUDA: the NVIDIA device files (``/dev/nvidiaN``),
     at most as many as ``CUDA_VISIBLE_DEVICES`` names when it is set (CUDA stops at its first invalid entry)."""
-    present = sum(1 for entry in Path("/dev").glob("nvidia[0-9]*") if entry.name[6:].isdigit())
+    present = sum(1 for entry in devices.glob("nvidia[0-9]*") if entry.name[6:].isdigit())
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is None:
         return present
@@ -135,8 +135,8 @@ def end_with_launcher(launcher: int) -> None:
     """A ``--devices`` worker ends (SIGTERM) when its launcher ends, even by ``kill -9``: never left running alone.
 
     Linux's parent-death signal (``prctl(PR_SET_PDEATHSIG)``) does it; elsewhere, or if prctl fails, a daemon thread
-    polls the parent's process id. SIGTERM raises ``SystemExit`` at once (Lightning's own handler would only note it
-    until the attack's fit ends), so the run leaves through its ``finally`` blocks and releases its cell claims.
+    polls the parent's process id. SIGTERM raises ``SystemExit`` wherever the worker is (Lightning passes it on
+    inside a fit), so the worker leaves through its ``finally`` blocks and releases its cell claims.
     """
     signal.signal(signal.SIGTERM, _end_worker)
     if sys.platform.startswith("linux"):

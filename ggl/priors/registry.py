@@ -61,7 +61,8 @@ def load_dcgan_checkpoint(path: str | Path, map_location: str | torch.device = "
     state = checkpoint_state(shown, checkpoint.get("state_dict"), config)
     training = checkpoint.get("training", {})
     if not isinstance(training, dict):
-        raise ValueError(f"prior checkpoint {shown!r}: field 'training' must be a mapping, got {type(training).__name__}")
+        found = type(training).__name__
+        raise ValueError(f"prior checkpoint {shown!r}: field 'training' must be a mapping, got {found}")
     generator = DCGANGenerator(config)
     generator.load_state_dict(state)
     generator.training_info = dict(training)  # type: ignore[assignment]
@@ -80,7 +81,8 @@ def checkpoint_config(path: str, config: Any) -> DCGANConfig:
         )
     unknown = sorted((key for key in config if key not in names), key=str)
     if unknown:
-        raise ValueError(f"prior checkpoint {path!r}: field 'config.{unknown[0]}' is unknown; allowed: {', '.join(names)}")
+        allowed = ", ".join(names)
+        raise ValueError(f"prior checkpoint {path!r}: field 'config.{unknown[0]}' is unknown; allowed: {allowed}")
     try:
         return DCGANConfig(**config)
     except ValueError as error:

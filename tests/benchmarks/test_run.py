@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -306,3 +307,126 @@ def test_workers_reuse_utility_costs_of_the_main_store(tmp_path: Path) -> None:
         _copy_cached_utility(tmp_path, shard_store)
         cached = shard_store.utility(spec, options)
     assert cached == {"metrics": metrics, "config_hash": "hash", "code_version": "v1"}
+
+
+def test_visible_gpus_counts_device_files_and_cuda_visible_devices(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from benchmarks.run import visible_gpus
+
+    for name in ("nvidia0", "nvidia1", "nvidia2", "nvidiactl", "nvidia-uvm", "nvidia-caps"):
+        (tmp_path / name).write_text("")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert visible_gpus(tmp_path) == 3
+    for visible, count in (("0,2", 2), ("", 0), ("1,-1,2", 1), ("GPU-a,GPU-b,GPU-c,GPU-d", 3)):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+        assert visible_gpus(tmp_path) == count, visible
+    assert visible_gpus(tmp_path / "no-such-folder") == 0
+
+
+def test_devices_are_capped_by_the_machine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import benchmarks.run
+
+    for name in RANK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(benchmarks.run, "visible_gpus", lambda: 4)
+    assert main(["--suite", "smoke", "--out", str(tmp_path / "o"), "--devices", "5"]) == 2
+    assert "--devices 5: this machine has 4 visible GPUs (one worker each), so at most --devices 4" in (
+        capsys.readouterr().err
+    )
+    monkeypatch.setattr(benchmarks.run, "visible_gpus", lambda: 0)
+    cores = benchmarks.run.device_limit()[0]
+    assert main(["--suite", "smoke", "--out", str(tmp_path / "o"), "--devices", str(cores + 1)]) == 2
+    assert f"{cores} CPU core" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("platform", ["linux", "other"])
+def test_a_worker_whose_launcher_is_gone_ends(platform: str) -> None:
+    """The parent-death signal (Linux) or the polling thread (elsewhere) ends a worker whose launcher is gone."""
+    code = (
+        "import os, sys, time\n"
+        f"sys.platform = sys.platform if {platform!r} == 'linux' else 'other'\n"
+        "from benchmarks.run import end_with_launcher\n"
+        "end_with_launcher(os.getppid() + 1_000_000)\n"  # not this process's parent: its launcher is gone
+        "time.sleep(20)\n"
+        "print('still running')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 128 + signal.SIGTERM and "still running" not in done.stdout
+
+
+def _children(pid: int) -> list[int]:
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        children += [int(child) for child in (task / "children").read_text().split()]
+    return children
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for its new parent to reap it counts as ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _kill_launcher_and_watch_workers(tmp_path: Path, ready: Callable[[Path], bool], *extra: str) -> list[int]:
+    """Start a 2-worker run, wait until ``ready(out)``, kill -9 the launcher; the workers still alive 30 s later."""
+    out = tmp_path / "run"
+    launcher = subprocess.Popen(
+        _cli("--suite", "smoke", "--out", str(out), "--devices", "2", "--no-progress", *TINY, *extra),
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while (len(workers) < 2 or not ready(out)) and time.monotonic() < deadline and launcher.poll() is None:
+            workers = _children(launcher.pid)
+            time.sleep(0.1)
+        assert len(workers) == 2, "the launcher did not start its two workers"
+        launcher.kill()
+        launcher.wait()
+        deadline = time.monotonic() + 30
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return [pid for pid in workers if _alive(pid)]
+    finally:
+        for pid in workers:  # only if the test failed: never leave a worker behind
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_end_when_their_launcher_is_killed(tmp_path: Path) -> None:
+    from benchmarks.run import device_limit
+
+    if device_limit()[0] < 2:
+        pytest.skip("this machine allows one worker")
+    assert _kill_launcher_and_watch_workers(tmp_path, lambda out: True) == []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_computing_cells_end_when_their_launcher_is_killed(tmp_path: Path) -> None:
+    """Killed while the workers are inside an attack's Lightning fit (Lightning's SIGTERM handler is active)."""
+    from benchmarks.run import device_limit
+
+    if device_limit()[0] < 2:
+        pytest.skip("this machine allows one worker")
+    shards = [f"shards/rank{rank}.sqlite" for rank in range(2)]
+    seen: list[float] = []
+
+    def in_their_cells(out: Path) -> bool:
+        """Both shard stores exist (preflight done) since 15 s: the workers are inside a cell's fit."""
+        if not seen and all((out / shard).is_file() for shard in shards):
+            seen.append(time.monotonic())
+        return bool(seen) and time.monotonic() - seen[0] > 15
+
+    long_cells = ("--set", "attacks=[{name: inverting_gradients, iterations: 1000000}]")
+    assert _kill_launcher_and_watch_workers(tmp_path, in_their_cells, *long_cells) == []
