@@ -181,6 +181,23 @@ def test_preflight_names_bad_defense_and_attack_parameters(tmp_path: Path) -> No
         bad_attack.preflight()
 
 
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"utility": {"enabled": True, "options": {"cosine_victim": "vgg"}}}, "utility.options"),
+        ({"victims": {"count": 5000}}, "victims"),
+        ({"model": {"name": "vgg"}}, "model"),
+        ({"prior": "no-such-prior"}, "prior"),
+    ],
+)
+def test_preflight_names_what_only_the_library_can_check(tmp_path: Path, change: dict, field: str) -> None:
+    from benchmarks.config import SuiteError
+
+    with pytest.raises(SuiteError) as caught:
+        harness(tmp_path, {**SUITE, **change}).preflight()
+    assert caught.value.field == field
+
+
 def test_a_store_refuses_a_different_victim_setup(tmp_path: Path) -> None:
     run = harness(
         tmp_path,
