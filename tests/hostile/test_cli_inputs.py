@@ -408,7 +408,7 @@ def test_fast_inputs_import_no_library(sandbox: Path) -> None:
     )
     results = json.loads(done.stdout.splitlines()[-1])
     assert [(name, status, heavy) for name, status, _, heavy in results] == [(c[0], 2, []) for c in FAST]
-    assert max(seconds for _, _, seconds, _ in results) < 2.0  # measured: 0.1 s at most (a loaded 2-core machine)
+    assert max(seconds for _, _, seconds, _ in results) < 3.0  # measured: 0.02 s at most (a command: 0.2 s)
 
 
 @pytest.mark.parametrize(
