@@ -354,7 +354,8 @@ def test_a_worker_whose_launcher_is_gone_ends(platform: str) -> None:
         "time.sleep(20)\n"
         "print('still running')\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=60)
+    command = [sys.executable, "-c", code]
+    done = subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=60)
     assert done.returncode == 128 + signal.SIGTERM and "still running" not in done.stdout
 
 
