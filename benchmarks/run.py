@@ -2,7 +2,7 @@
 
     python -m benchmarks.run --suite smoke|all|paper-celeba|paper-imagenet|PATH.yaml [--out DIR]
                              [--set key=value ...] [--report-only] [--report-dir DIR] [--devices N --num-nodes M]
-                             [--references-only]
+                             [--references-only] [--plugin PATH.py ...]
 
 The suite expands into cells (victim x defense x attack x seed) plus prior-only reference rows; each finished cell
 is committed to ``DIR/results.sqlite`` (default ``results/SUITE``), so a stopped run resumes where it stopped.
@@ -10,10 +10,12 @@ At the end the report (leaderboard tables, plots, grids) is written to ``--repor
 ``--report-only`` rewrites it from the store alone. ``--references-only`` computes only the prior-only reference
 rows and writes no report (``python -m benchmarks.references --compute`` uses it).
 
-Scale-out: ``--devices N`` runs N worker processes on this machine (one GPU each when GPUs exist); under torchrun
-or SLURM (detected with Lightning's cluster environments) every launched process runs its share of the cells.
-Exit status: 0 done; 2 bad input or missing data/weights/device (the message says what); 1 some cells failed
-(listed; the finished ones are kept, and running again retries only the failed ones).
+Scale-out: ``--devices N`` runs N worker processes on this machine (one GPU each when GPUs exist; at most one per
+GPU, or per CPU core without GPUs), which end when their launcher ends; under torchrun or SLURM (detected with
+Lightning's cluster environments) every launched process runs its share of the cells.
+Exit status: 0 done; 2 bad input or missing data/weights/device (the message says what; input that needs no library
+is answered before torch is imported); 1 some cells failed (listed; the finished ones are kept, and running again
+retries only the failed ones).
 """
 
 from __future__ import annotations
