@@ -680,11 +680,21 @@ def _read_defenses(source: str, data: Any) -> tuple[DefenseConfig, ...]:
         if len(defenses) > MAX_SETTINGS:
             raise SuiteError(source, "defenses", f"sweeps more than {MAX_SETTINGS:,} settings; sweep fewer values")
     seen: set[str] = set()
+    labels: dict[str, str] = {}
     for defense in defenses:
         key = canonical_json(dict(defense.spec))
         if key in seen:
             raise SuiteError(source, "defenses", f"setting {defense.label} appears twice")
         seen.add(key)
+        label = " ".join(defense.label.split()).casefold()
+        if label in labels:
+            raise SuiteError(
+                source,
+                "defenses",
+                f"settings {labels[label]} and {defense.label} share a display label; labels name the table rows "
+                "and grid files, so they must differ",
+            )
+        labels[label] = defense.label
     return tuple(defenses)
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import math
 import os
 import signal
 import subprocess
@@ -122,9 +123,12 @@ def device_limit() -> tuple[int, str]:
 
 
 def check_counts(args: argparse.Namespace, info: RankInfo | None) -> None:
-    """``--devices`` and ``--num-nodes`` at least 1; a local ``--devices`` launch at most ``device_limit()``."""
+    """``--devices`` and ``--num-nodes`` at least 1, a local ``--devices`` launch at most ``device_limit()``, and
+    ``--cell-seconds`` positive."""
     if args.devices < 1 or args.num_nodes < 1:
         raise ValueError(f"--devices and --num-nodes must be >= 1, got {args.devices} and {args.num_nodes}")
+    if args.cell_seconds is not None and not (math.isfinite(args.cell_seconds) and args.cell_seconds > 0):
+        raise ValueError(f"--cell-seconds must be a positive number of seconds, got {args.cell_seconds}")
     limit, why = device_limit()
     if info is None and args.devices > limit:
         raise ValueError(
@@ -207,6 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH.py",
         help="a Python file defining custom defenses, then named module:Class by its file stem (repeatable)",
     )
+    parser.add_argument(
+        "--cell-seconds",
+        type=float,
+        default=None,
+        metavar="S",
+        help="per-cell time limit: a cell still running after S seconds is recorded as failed, with the reason",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard event files")
     parser.add_argument(
@@ -244,6 +255,8 @@ def merge_shards(out: Path) -> int:
                     main.put_victim(victim)
                 for row in shard.cells():
                     merged += int(main.put_cell(row))
+                for failure in shard.failures():
+                    main.put_failure(failure)
                 for defense, options, record in shard.utility_records():
                     main.put_utility(
                         defense,
@@ -298,6 +311,7 @@ def run_rank(suite: SuiteConfig, out: Path, info: RankInfo, args: argparse.Names
         progress=not args.no_progress and info.rank == 0,
         tensorboard_dir=None if args.no_tensorboard else out / "tensorboard",
         references_only=args.references_only,
+        cell_seconds=args.cell_seconds,
     )
     try:
         harness.preflight()
@@ -314,16 +328,16 @@ def run_rank(suite: SuiteConfig, out: Path, info: RankInfo, args: argparse.Names
         harness.store = store
         try:
             store.claim_context(suite.name, suite.context())
-        except StoreError as error:
+            store.set_meta(f"suite:{suite.name}", canonical_json(suite.to_dict()))
+            extra: set[tuple[int, str, str, int]] = set()
+            if info.world_size > 1:
+                extra = _finished_elsewhere(out, suite.name)
+                _copy_cached_utility(out, store)
+            summary = harness.run(also_finished=extra)
+            if info.world_size > 1:
+                store.set_meta(f"finished:{info.run_id}", "1")
+        except StoreError as error:  # a store made unwritable, full or damaged mid-run
             return _error(str(error))
-        store.set_meta(f"suite:{suite.name}", canonical_json(suite.to_dict()))
-        extra: set[tuple[int, str, str, int]] = set()
-        if info.world_size > 1:
-            extra = _finished_elsewhere(out, suite.name)
-            _copy_cached_utility(out, store)
-        summary = harness.run(also_finished=extra)
-        if info.world_size > 1:
-            store.set_meta(f"finished:{info.run_id}", "1")
     prefix = f"[rank {info.rank}/{info.world_size}] " if info.world_size > 1 else ""
     for line in summary.lines():
         print(prefix + line, file=sys.stderr)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from benchmarks.config import SuiteConfig
 from benchmarks.report.aggregate import (
     ATTAINABLE_REFERENCES,
     DefenseSummary,
@@ -50,7 +51,6 @@ from benchmarks.report.tables import (
     markdown_table,
     rows_csv,
 )
-from benchmarks.config import SuiteConfig
 from benchmarks.store import ResultsStore
 from ggl.io import atomic_write, pretty_json
 

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from ggl.checks import boolean
 from ggl.data.base import DataNotFoundError, VictimDataModule
 from ggl.fl.normalization import Normalization
-from ggl.checks import boolean
 from ggl.io import atomic_write_with
 
 DEBIAN_ROOT = Path("/usr/share/datasets/fashion-mnist")

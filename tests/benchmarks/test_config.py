@@ -62,6 +62,13 @@ def test_defense_family_expands_over_list_values() -> None:
     assert settings[0].label == "sparsification(mode=a, ratio=0.1)"
 
 
+def test_settings_that_would_share_a_display_label_are_refused() -> None:
+    with pytest.raises(SuiteError, match="share a display label") as caught:
+        build_suite({**MINIMAL, "defenses": [{"name": "gaussian", "sigma": [0.01, 0.0100000001]}]}, "bad.yaml")
+    assert caught.value.field == "defenses"
+    assert len(build_suite({**MINIMAL, "defenses": [{"name": "gaussian", "sigma": [0.01, 0.02]}]}, "ok").defenses) == 2
+
+
 def test_overrides_dotted_indexed_and_wildcard(tmp_path: Path) -> None:
     data = {**MINIMAL, "attacks": [{"name": "idlg", "iterations": 2}, {"name": "dlg", "iterations": 3}]}
     suite = load_suite(

@@ -313,6 +313,7 @@ def test_claims_of_a_killed_run_are_taken_over_and_live_ones_awaited(
 
 def test_the_report_shows_the_configuration_it_is_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     tiny_attacks(monkeypatch)
+
     def utility(spec: dict, seed: int, steps: int = 1) -> dict[str, float]:
         return {"update_cosine": steps / 10, "accuracy_drop": 0.0}
 

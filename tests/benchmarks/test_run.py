@@ -234,7 +234,7 @@ def test_shards_merge_without_duplicates(tmp_path: Path) -> None:
     import numpy as np
 
     from benchmarks.run import merge_shards
-    from benchmarks.store import CellRow
+    from benchmarks.store import CellRow, FailureRow
 
     def cell(victim: int) -> CellRow:
         return CellRow(
@@ -255,17 +255,21 @@ def test_shards_merge_without_duplicates(tmp_path: Path) -> None:
             images=np.zeros((1, 1, 2, 2), dtype=np.float32),
         )
 
+    failure = FailureRow("s", 4, {"name": "none"}, {"name": "idlg"}, 0, "attack", "none", "iDLG", "c", "v", "slow")
     for rank, victims in ((0, [0, 1]), (1, [1, 2, 3])):
         with ResultsStore(tmp_path / "shards" / f"rank{rank}.sqlite") as shard:
             for victim in victims:
                 shard.put_cell(cell(victim))
             shard.put_utility({"name": "none"}, {"seed": 0}, {"update_cosine": 1.0}, "c", "v", 1.0)
+            if rank == 1:
+                shard.put_failure(failure)
     with ResultsStore(tmp_path / "results.sqlite") as main_store:
         main_store.put_cell(cell(0))
     assert merge_shards(tmp_path) == 3
     with ResultsStore(tmp_path / "results.sqlite") as merged:
         assert sorted(r.victim for r in merged.cells("s")) == [0, 1, 2, 3]
         assert len(merged.utilities()) == 1
+        assert [(f.victim, f.reason) for f in merged.failures("s")] == [(4, "slow")]
     assert not list((tmp_path / "shards").iterdir())
 
 

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ggl.defenses import GaussianNoise, build_defense, load_plugins, make_defense
-from ggl.defenses import loader
+from ggl.defenses import GaussianNoise, build_defense, load_plugins, loader, make_defense
 from ggl.fl import SharedUpdate
 
 TOY = '''

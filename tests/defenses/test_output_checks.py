@@ -34,7 +34,10 @@ def returning(output: Callable[[SharedUpdate], Any]) -> Defense:
         (lambda u: list(u.gradients[:1]), "returned 1 gradient tensors, expected 2"),
         (lambda u: [*u.gradients, torch.ones(1)], "returned 3 gradient tensors, expected 2"),
         (lambda u: [g.flatten() for g in u.gradients], r"gradients\[0\] with shape \(6,\), expected \(2, 3\)"),
-        (lambda u: [g.double() for g in u.gradients], r"gradients\[0\] with dtype torch.float64, expected torch.float32"),
+        (
+            lambda u: [g.double() for g in u.gradients],
+            r"gradients\[0\] with dtype torch.float64, expected torch.float32",
+        ),
         (lambda u: [g.half() for g in u.gradients], "dtype torch.float16"),
         (lambda u: None, "returned NoneType, expected a list of tensors"),
         (lambda u: [g.tolist() for g in u.gradients], "returned list, expected a list of tensors"),

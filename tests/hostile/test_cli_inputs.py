@@ -295,6 +295,9 @@ FAST: list[tuple[str, str, list[str], str]] = [
     ("num-nodes-zero", "run", [*tiny(), "--num-nodes", "0"], "--num-nodes"),
     ("num-nodes-without-launcher", "run", [*tiny(), "--num-nodes", "2"], "--num-nodes"),
     ("devices-text", "run", [*tiny(), "--devices", "many"], "--devices"),
+    ("cell-seconds-zero", "run", [*tiny(), "--cell-seconds", "0"], "--cell-seconds"),
+    ("cell-seconds-nan", "run", [*tiny(), "--cell-seconds", "nan"], "--cell-seconds"),
+    ("cell-seconds-text", "run", [*tiny(), "--cell-seconds", "soon"], "--cell-seconds"),
     # the other command lines
     ("perf-out-read-only", "perf", ["--out", "/proc/ggl-perf.json"], "--out"),
     ("perf-out-a-folder", "perf", ["--out", T], "--out"),

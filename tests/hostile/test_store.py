@@ -16,11 +16,11 @@ import os
 import random
 import re
 import shutil
-import tempfile
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
