@@ -315,10 +315,12 @@ def _print_outcome(submission: Submission, evaluation: dict[str, Any], entry_out
 
 
 class _Plan(NamedTuple):
-    """What ``main`` evaluates and where it writes, all checked before any evaluation."""
+    """What ``main`` evaluates (``suite``: the entry's cells), ranks it among (``ranked``: the suite's settings and
+    the entry) and where it writes, all checked before any evaluation."""
 
     submission: Submission
     suite: SuiteConfig
+    ranked: SuiteConfig
     out: Path
     report_dir: Path
     entry_out: Path
@@ -369,8 +371,10 @@ def _plan(args: argparse.Namespace) -> _Plan:
     problems += output_problems(entry_out, report_dir)
     if problems:
         raise SubmissionError(args.entry, problems)
-    suite = replace(suite, defenses=(DefenseConfig(submission.name, submission.defense),))
-    return _Plan(submission, suite, out, report_dir, entry_out)
+    entry = DefenseConfig(submission.name, submission.defense)
+    evaluated = replace(suite, defenses=(entry,))
+    ranked = replace(suite, defenses=(*suite.defenses, entry))
+    return _Plan(submission, evaluated, ranked, out, report_dir, entry_out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -384,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.run import evaluate
     from benchmarks.store import StoreError, open_store
 
-    submission, suite, out, report_dir, entry_out = plan
+    submission, suite, ranked, out, report_dir, entry_out = plan
     try:
         store = open_store(out)
     except StoreError as error:
@@ -396,8 +400,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         for line in summary.lines():
             print(line, file=sys.stderr)
-        write_report(store, report_dir, suite.name)
-        report = leaderboard_json(build_report(store, suite.name))
+        write_report(store, report_dir, ranked)
+        report = leaderboard_json(build_report(store, ranked))
     try:
         evaluation = entry_evaluation(report, submission, suite, args.overrides)
         write_entry(entry_out, submission, suite, evaluation)
