@@ -115,8 +115,11 @@ def results_from_store(store: ResultsStore, suite: str = SUITE, seed: int = 0) -
 
     meta = store.get_meta(f"suite:{suite}")
     suite_config = json.loads(meta) if meta else load_suite(suite).to_dict()
-    runs = runs_from_rows(store.cells(suite), store.victims(suite), seed)
-    return {"config": setting(suite_config), "runs": runs}
+    rows = store.cells(suite)
+    config = setting(suite_config)
+    config["config_hashes"] = sorted({row.config_hash for row in rows})
+    config["code_versions"] = sorted({row.code_version for row in rows})
+    return {"config": config, "runs": runs_from_rows(rows, store.victims(suite), seed)}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -158,7 +161,16 @@ def _setting_line(config: Mapping[str, Any]) -> str:
         f"budget {config.get('budget')} evaluations per attack (population {config.get('population')}). "
         "Cells: mean MSE / SSIM / PSNR (dB) over the victims the cell finished (n); wins = victims where the first "
         "attack is better on that metric, with both attacks' means over those common victims in brackets."
+        + _provenance_line(config)
     )
+
+
+def _provenance_line(config: Mapping[str, Any]) -> str:
+    """Where the rows came from (config hash and code version), when the results record it."""
+    hashes, versions = config.get("config_hashes"), config.get("code_versions")
+    if not hashes or not versions:
+        return ""
+    return f" Rows: config hash {', '.join(hashes)}, code {', '.join(versions)}."
 
 
 def _claim1_cell(runs: Mapping[str, Any], attack: str, defense: str, adaptive: bool) -> dict[str, Any] | None:

@@ -140,6 +140,7 @@ def test_command_line_reads_the_store(tmp_path: Path, capsys: pytest.CaptureFixt
             store.put_cell(cell)
         results = results_from_store(store)
     assert results["config"]["victim"] == "convnet"  # no suite in the store's meta: the shipped suite's setting
+    assert (results["config"]["config_hashes"], results["config"]["code_versions"]) == (["c"], ["v"])
     out, data = tmp_path / "claims.md", tmp_path / "claims.json"
     assert main(["--store", str(tmp_path), "--table", str(out), "--json", str(data)]) == 0
     assert out.read_text() == HEADER + table(results)
