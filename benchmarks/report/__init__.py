@@ -3,23 +3,27 @@
 ``write_report(store, folder, suite)`` reads only the store and writes deterministic files (regenerating them from
 the same store gives byte-identical output):
 
-* ``leaderboard.{md,csv,json}``: one row per defense setting, ranked by the **leakage above the prior**: the mean
-  over victims of ``PSNR(strongest attack) - PSNR(best prior-only reference)``, where the prior-only reference of a
-  victim is the better of the class-mean image and a random prior sample of the inferred class (what the
-  attacker has without any gradient information beyond the label). The strongest attack of a setting is the one
-  with the largest such gain; the best value of every metric over attacks (lowest MSE and LPIPS, highest PSNR and
-  SSIM: the directions of ``ggl.metrics.METRIC_TABLE``) and the utility cost (update cosine, accuracy drop) are
-  shown beside it. Lower leakage ranks first.
-* ``attacks.{md,csv}``: every (defense, attack) pair with its metrics, plus the prior-only reference rows.
+* ``leaderboard.{md,csv,json}``: one row per defense setting, ranked by the **worst-case PSNR above the prior**:
+  per victim (and seed) the best PSNR over all attacks, minus the victim's prior-only reference (the better of the
+  class-mean image and a random prior sample of the inferred class: what the attacker has without any gradient
+  information beyond the label), averaged over victims. Beside it: the share of victims recovered (worst-case SSIM
+  at least 0.6), the attacks that decided the worst case with counts, the worst case of every metric of
+  ``ggl.metrics.METRIC_TABLE`` (in its direction), each with a 95% bootstrap interval over victims, rank bands from
+  paired bootstrap differences, the utility cost (update cosine, accuracy drop), and the strongest attack on
+  average with its mean for comparison. Lower leakage ranks first.
+* ``attacks.{md,csv}``: every (defense, attack) pair with its metrics (means over victims), plus the prior-only
+  reference rows.
 * ``rows.csv``: every stored cell with its key, config hash, code version and metrics.
 * failed cells (an error, or the per-cell time limit) with their reasons, under the leaderboard and in
   ``leaderboard.json``, when there are some; a defense setting whose every cell failed is listed unranked.
-* ``privacy_utility.png``: leakage above the prior against utility cost; ``grids/*.png``: originals vs every
-  attack and reference, one image per defense setting.
+* ``privacy_utility.png``: worst-case leakage above the prior (with its interval) against utility cost;
+  ``grids/*.png``: originals vs every attack and reference, one image per defense setting.
 
-Every number in ``leaderboard.json`` lists the rows (victim, seed, config hash, code version) it comes from.
+Every number in ``leaderboard.json`` lists the rows (victim, seed, config hash, code version) it comes from; every
+victim's worst case names the attack whose row gave each value.
 
-Modules: ``aggregate`` (rows -> ``Report``), ``tables`` (Markdown, CSV, JSON), ``figures`` (PNGs).
+Modules: ``aggregate`` (rows -> ``Report``), ``worst_case`` (worst case per victim, bands), ``stats`` (means,
+bootstrap), ``tables`` (Markdown, CSV, JSON), ``figures`` (PNGs).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from benchmarks.report.tables import (
     csv_text,
     fmt,
     leaderboard_columns,
+    leaderboard_csv_columns,
     leaderboard_json,
     leaderboard_markdown,
     leaderboard_rows,
@@ -75,7 +80,7 @@ def write_report(store: ResultsStore, folder: str | Path, suite: str | SuiteConf
     report = build_report(store, suite)
     outputs = {
         "leaderboard.md": leaderboard_markdown(report),
-        "leaderboard.csv": csv_text(leaderboard_rows(report), leaderboard_columns()),
+        "leaderboard.csv": csv_text(leaderboard_rows(report), leaderboard_csv_columns()),
         "leaderboard.json": pretty_json(leaderboard_json(report)),
         "attacks.md": attacks_markdown(report),
         "attacks.csv": csv_text(attack_rows(report), attack_columns()),
@@ -107,6 +112,7 @@ __all__ = [
     "csv_text",
     "fmt",
     "leaderboard_columns",
+    "leaderboard_csv_columns",
     "leaderboard_json",
     "leaderboard_markdown",
     "leaderboard_rows",

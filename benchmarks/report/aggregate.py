@@ -1,10 +1,15 @@
-"""Aggregation: the rows of one suite become per-pair and per-defense summaries, ranked by leakage above the prior.
+"""Aggregation: the rows of one suite become per-pair and per-defense summaries, ranked by worst-case leakage.
 
-The leakage of a defense setting is the mean over victims of ``PSNR(strongest attack) - PSNR(best prior-only
-reference)``, where the prior-only reference of a victim is the better of the class-mean image and a random prior
-sample of the inferred class (what the attacker has without any gradient information beyond the label). The
-strongest attack of a setting is the one with the largest such gain; ``best`` holds the best value of every metric
-of ``ggl.metrics.METRIC_TABLE`` over attacks (in the direction the table gives). Lower leakage ranks first.
+The prior-only reference of a victim is the better (higher PSNR) of the class-mean image and a random prior sample
+of the inferred class (what the attacker has without any gradient information beyond the label). A defense
+setting's leakage is the mean over victims of its **worst case per victim** above that reference: per victim and
+seed the best PSNR over all attacks (``benchmarks.report.worst_case``), with bootstrap intervals over victims and
+rank bands. Lower leakage ranks first.
+
+Per attack (``PairSummary``) the figures are means over victims: ``psnr_gain`` is the mean of the attack's PSNR
+above each victim's reference; the strongest attack is the one with the largest mean gain, and ``best`` holds the
+best per-attack mean of every metric of ``ggl.metrics.METRIC_TABLE`` (in the direction the table gives). These
+are not the worst case: an attack that wins some victims and loses others can hide behind its mean.
 
 A report shows one configuration: given a ``SuiteConfig`` it takes exactly that suite's cells (rows of other
 budgets, defenses, victims or seeds in the same store are left out and counted) and the utility costs computed with
@@ -16,12 +21,14 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from benchmarks.cells import CellKey, expand_cells
 from benchmarks.config import REFERENCE_KINDS, REFERENCE_PREFIX, SuiteConfig
+from benchmarks.report.stats import bootstrap_seed, mean
+from benchmarks.report.worst_case import WorstCase, assign_bands, worst_case
 from benchmarks.store import CellRow, FailureRow, ResultsStore, VictimRow
 from ggl.io import canonical_json
 from ggl.metrics import METRIC_TABLE
@@ -41,17 +48,6 @@ def plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [plain(v) for v in value]
     return value
-
-
-def _mean(values: Iterable[float]) -> float:
-    """Exact mean; NaN when empty; an infinity when every infinite value has the same sign, else NaN."""
-    items = list(values)
-    if not items:
-        return math.nan
-    infinite = {v for v in items if math.isinf(v)}
-    if infinite:
-        return infinite.pop() if len(infinite) == 1 else math.nan
-    return math.fsum(items) / len(items)
 
 
 @dataclass
@@ -87,7 +83,7 @@ class PairSummary:
 
 @dataclass
 class DefenseSummary:
-    """One defense setting: its pairs, its strongest attack, its utility."""
+    """One defense setting: its pairs, its strongest attack on average, its worst case per victim, its utility."""
 
     label: str
     spec: dict[str, Any]
@@ -95,12 +91,18 @@ class DefenseSummary:
     utility: dict[str, Any] | None
     strongest: PairSummary | None
     best: dict[str, float]
+    worst: WorstCase | None = None  # None: every cell of the setting failed
     rank: int = 0  # 0: unranked (every cell of the setting failed)
     failures: list[FailureRow] = field(default_factory=list)
 
     @property
     def leakage(self) -> float:
-        """PSNR above the prior of the strongest attack (NaN when no attack has one)."""
+        """The ranking figure: mean over victims of the worst-case PSNR above the prior (NaN when there is none)."""
+        return self.worst.leakage if self.worst is not None else math.nan
+
+    @property
+    def mean_leakage(self) -> float:
+        """Mean PSNR above the prior of the strongest attack on average (NaN when no attack has one)."""
         return self.strongest.psnr_gain if self.strongest is not None else math.nan
 
     def utility_value(self, name: str) -> float | None:
@@ -119,6 +121,7 @@ class Report:
     description: str
     defenses: list[DefenseSummary]
     references: list[PairSummary]
+    reference_worst: list[WorstCase]  # one per reference, in the order of ``references``
     victims: int
     seeds: list[int]
     config_hashes: list[str]
@@ -127,6 +130,7 @@ class Report:
     failures: list[FailureRow] = field(default_factory=list)
     originals: list[VictimRow] = field(default_factory=list)
     left_out: int = 0  # stored rows of this suite that belong to another configuration
+    bootstrap_seed: int = 0
 
 
 def _row_ref(row: CellRow) -> dict[str, Any]:
@@ -141,17 +145,17 @@ def _per_victim(rows: Sequence[CellRow]) -> dict[int, dict[str, float]]:
     result = {}
     for victim, items in sorted(grouped.items()):
         names = sorted({name for item in items for name in item.metrics})
-        result[victim] = {name: _mean(item.metrics[name] for item in items if name in item.metrics) for name in names}
+        result[victim] = {name: mean(item.metrics[name] for item in items if name in item.metrics) for name in names}
     return result
 
 
-def _summarise(rows: Sequence[CellRow], reference_psnr: dict[int, float]) -> PairSummary:
+def _summarise(rows: Sequence[CellRow], references: dict[int, tuple[float, str]]) -> PairSummary:
     """Means over victims of the per-victim means, and the PSNR gain over each victim's reference."""
     victims = _per_victim(rows)
     names = sorted({name for values in victims.values() for name in values})
-    metrics = {name: _mean(values[name] for values in victims.values() if name in values) for name in names}
+    metrics = {name: mean(values[name] for values in victims.values() if name in values) for name in names}
     gains = [
-        values["psnr"] - reference_psnr[v] for v, values in victims.items() if "psnr" in values and v in reference_psnr
+        values["psnr"] - references[v][0] for v, values in victims.items() if "psnr" in values and v in references
     ]
     first = rows[0]
     return PairSummary(
@@ -159,10 +163,10 @@ def _summarise(rows: Sequence[CellRow], reference_psnr: dict[int, float]) -> Pai
         attack=first.attack,
         kind=first.kind,
         metrics=metrics,
-        psnr_gain=_mean(gains),
+        psnr_gain=mean(gains),
         victims=len(victims),
-        seconds=_mean(r.seconds for r in rows),
-        evaluations=_mean(float(r.evaluations) for r in rows),
+        seconds=mean(r.seconds for r in rows),
+        evaluations=mean(float(r.evaluations) for r in rows),
         rows=[_row_ref(r) for r in sorted(rows, key=lambda r: (r.victim, r.seed))],
     )
 
@@ -177,23 +181,29 @@ def _attack_order(suite_config: dict[str, Any] | None) -> dict[str, int]:
     return order
 
 
-def _attainable_psnr(by_reference: dict[str, list[CellRow]]) -> dict[int, float]:
-    """Per victim, the best PSNR of the references an attacker can produce from the label alone."""
-    attainable: dict[int, float] = {}
-    for rows_of_kind in by_reference.values():
+def _attainable_psnr(by_reference: dict[str, list[CellRow]]) -> dict[int, tuple[float, str]]:
+    """Per victim, the best PSNR (mean over seeds) of the references an attacker can produce from the label alone,
+    and that reference's label."""
+    attainable: dict[int, tuple[float, str]] = {}
+    for key in sorted(by_reference):
+        rows_of_kind = by_reference[key]
         if rows_of_kind[0].attack["name"] not in ATTAINABLE_REFERENCES:
             continue
         for victim, values in _per_victim(rows_of_kind).items():
-            if "psnr" in values:
-                attainable[victim] = max(attainable.get(victim, -math.inf), values["psnr"])
+            if "psnr" in values and values["psnr"] > attainable.get(victim, (-math.inf, ""))[0]:
+                attainable[victim] = (values["psnr"], rows_of_kind[0].attack_label)
     return attainable
 
 
-def _reference_summaries(by_reference: dict[str, list[CellRow]], attainable: dict[int, float]) -> list[PairSummary]:
-    """One summary per reference kind, in the order of ``REFERENCE_KINDS``."""
+def _references(
+    by_reference: dict[str, list[CellRow]], attainable: dict[int, tuple[float, str]], seed: int
+) -> tuple[list[PairSummary], list[WorstCase]]:
+    """One summary and one worst case per reference kind, in the order of ``REFERENCE_KINDS``."""
     kind_order = {REFERENCE_PREFIX + kind: index for index, kind in enumerate(REFERENCE_KINDS)}
     ordered = sorted(by_reference.items(), key=lambda item: (kind_order.get(item[1][0].attack["name"], 99), item[0]))
-    return [_summarise(items, attainable) for _, items in ordered]
+    return [_summarise(rows, attainable) for _, rows in ordered], [
+        worst_case([rows], attainable, seed) for _, rows in ordered
+    ]
 
 
 def best_values(summaries: Sequence[PairSummary]) -> dict[str, float]:
@@ -209,22 +219,30 @@ def best_values(summaries: Sequence[PairSummary]) -> dict[str, float]:
 def _defense_summary(
     pairs: dict[str, list[CellRow]],
     order: dict[str, int],
-    attainable: dict[int, float],
+    attainable: dict[int, tuple[float, str]],
     utility: dict[str, Any] | None,
+    seed: int,
 ) -> DefenseSummary:
-    """Summarise one defense setting's pairs (in suite order) and pick its strongest attack."""
+    """Summarise one defense setting's pairs (in suite order), pick its strongest attack, take its worst case."""
     ordered = sorted(pairs.items(), key=lambda item: (order.get(item[0], len(order)), item[1][0].attack_label, item[0]))
     summaries = [_summarise(items, attainable) for _, items in ordered]
     ranked = [s for s in summaries if not math.isnan(s.psnr_gain)]
     strongest = max(ranked, key=lambda s: (s.psnr_gain, s.attack_label)) if ranked else None
     first = next(iter(pairs.values()))[0]
     return DefenseSummary(
-        first.defense_label, first.defense or {}, summaries, utility, strongest, best_values(summaries)
+        first.defense_label,
+        first.defense or {},
+        summaries,
+        utility,
+        strongest,
+        best_values(summaries),
+        worst_case([rows for _, rows in ordered], attainable, seed),
     )
 
 
 def _rank_key(summary: DefenseSummary) -> tuple[Any, ...]:
-    """Settings with rows first, known leakage first, lower leakage first, then smaller accuracy drop, then label."""
+    """Settings with rows first, known leakage first, lower worst-case leakage first, then smaller accuracy drop,
+    then label."""
     leakage = summary.leakage
     drop = summary.utility_value("accuracy_drop")
     return (
@@ -257,10 +275,12 @@ def _defense_summaries(
     by_defense: dict[str, dict[str, list[CellRow]]],
     failures: Sequence[FailureRow],
     order: dict[str, int],
-    attainable: dict[int, float],
+    attainable: dict[int, tuple[float, str]],
     utilities: dict[str, dict[str, Any]],
+    seed: int,
 ) -> list[DefenseSummary]:
-    """Every defense setting with rows or failed cells, ranked; one whose every cell failed comes last, unranked."""
+    """Every defense setting with rows or failed cells, ranked and banded; one whose every cell failed comes last,
+    unranked."""
     failed: dict[str, list[FailureRow]] = defaultdict(list)
     for failure in failures:
         if failure.kind != "reference":
@@ -269,7 +289,7 @@ def _defense_summaries(
     for defense_json in [*by_defense, *(key for key in failed if key not in by_defense)]:
         utility = utilities.get(defense_json)
         if defense_json in by_defense:
-            summary = _defense_summary(by_defense[defense_json], order, attainable, utility)
+            summary = _defense_summary(by_defense[defense_json], order, attainable, utility, seed)
         else:
             first = failed[defense_json][0]
             summary = DefenseSummary(first.defense_label, first.defense or {}, [], utility, None, {})
@@ -278,6 +298,7 @@ def _defense_summaries(
     defenses.sort(key=_rank_key)
     for index, summary in enumerate((s for s in defenses if s.pairs), start=1):
         summary.rank = index
+    assign_bands([(s.label, s.worst) for s in defenses if s.worst is not None], seed)
     return defenses
 
 
@@ -308,13 +329,16 @@ def build_report(store: ResultsStore, suite: str | SuiteConfig) -> Report:
         else:
             by_defense[row.defense_json][row.attack_json].append(row)
     attainable = _attainable_psnr(by_reference)
+    seed = bootstrap_seed(name)
     utilities = _utilities(store, suite_config, options)
-    defenses = _defense_summaries(by_defense, failures, _attack_order(suite_config), attainable, utilities)
+    defenses = _defense_summaries(by_defense, failures, _attack_order(suite_config), attainable, utilities, seed)
+    references, reference_worst = _references(by_reference, attainable, seed)
     return Report(
         suite=name,
         description=str((suite_config or {}).get("description", "")),
         defenses=defenses,
-        references=_reference_summaries(by_reference, attainable),
+        references=references,
+        reference_worst=reference_worst,
         victims=len({r.victim for r in rows}),
         seeds=sorted({r.seed for r in rows}),
         config_hashes=sorted({r.config_hash for r in rows}),
@@ -323,4 +347,5 @@ def build_report(store: ResultsStore, suite: str | SuiteConfig) -> Report:
         failures=failures,
         originals=store.victims(name),
         left_out=len(stored) - len(rows),
+        bootstrap_seed=seed,
     )

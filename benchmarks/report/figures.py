@@ -16,6 +16,7 @@ import numpy as np
 
 from benchmarks.config import short_hash
 from benchmarks.report.aggregate import DefenseSummary, Report
+from benchmarks.report.worst_case import ABOVE_PRIOR
 from ggl.io import atomic_write, canonical_json
 
 UTILITY_AXES = (
@@ -48,22 +49,36 @@ def save_figure(figure: Any, path: Path) -> None:
     atomic_write(path, buffer.getvalue())
 
 
+def _point(summary: DefenseSummary, utility_name: str) -> tuple[float, float, float, float] | None:
+    """(utility, leakage, error below, error above) of one setting; None without a finite leakage or utility.
+
+    The errors reach the bounds of the leakage's bootstrap interval (0 when it has none)."""
+    x, y = summary.utility_value(utility_name), summary.leakage
+    if x is None or not math.isfinite(y) or summary.worst is None:
+        return None
+    estimate = summary.worst.figures[ABOVE_PRIOR]
+    if not (math.isfinite(estimate.low) and math.isfinite(estimate.high)):
+        return x, y, 0.0, 0.0
+    return x, y, y - estimate.low, estimate.high - y
+
+
 def _plot_families(axis: Any, families: dict[str, list[DefenseSummary]], utility_name: str, title: str) -> None:
-    """One line per defense family: leakage against one utility measure, sorted by that measure."""
+    """One line per defense family: worst-case leakage (95% interval as error bars) against one utility measure,
+    sorted by that measure."""
     for family, members in sorted(families.items()):
-        points = [(s.utility_value(utility_name), s.leakage) for s in members]
-        points = sorted((x, y) for x, y in points if x is not None and not math.isnan(y) and math.isfinite(y))
+        points = sorted(p for p in (_point(s, utility_name) for s in members) if p is not None)
         if points:
-            xs, ys = zip(*points)
-            axis.plot(xs, ys, marker="o", label=family)
+            xs, ys, below, above = zip(*points)
+            axis.errorbar(xs, ys, yerr=[below, above], marker="o", capsize=3, label=family)
     axis.axhline(0.0, color="grey", linestyle="--", linewidth=1)
     axis.set_xlabel(title)
-    axis.set_ylabel("PSNR above prior-only reference (dB)")
+    axis.set_ylabel("worst-case PSNR above prior-only reference (dB)")
     axis.grid(alpha=0.3)
 
 
 def privacy_utility_plot(report: Report, path: Path) -> None:
-    """Leakage above the prior (strongest attack) against accuracy drop and update cosine, one line a family."""
+    """Worst-case leakage above the prior (best attack per victim, with its 95% bootstrap interval) against accuracy
+    drop and update cosine, one line a family."""
     plt = _pyplot()
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     families: dict[str, list[DefenseSummary]] = defaultdict(list)
@@ -77,7 +92,7 @@ def privacy_utility_plot(report: Report, path: Path) -> None:
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:
         figure.legend(handles, labels, loc="center right", fontsize=8)
-    figure.suptitle(f"suite {report.suite}: strongest attack per defense setting")
+    figure.suptitle(f"suite {report.suite}: worst case over attacks per victim, 95% bootstrap interval over victims")
     figure.tight_layout(rect=(0, 0, 0.86, 0.95))
     save_figure(figure, path)
     plt.close(figure)

@@ -1,9 +1,13 @@
 """Tables: the leaderboard and the per-attack breakdown as Markdown, CSV and JSON, and every stored row as CSV.
 
 Metric columns, their titles, directions and number formats come from ``ggl.metrics.METRIC_TABLE``: a metric
-added there appears in every table. The leaderboard lists the best value over attacks of each image metric (the
-higher-is-better ones first: ``Best PSNR``, then the lower-is-better ones: ``Lowest MSE``), then the label metrics.
-Failed cells are listed below the leaderboard (and in ``leaderboard.json``) only when there are some.
+added there appears in every table. The leaderboard shows the worst case per victim (``worst_case``): worst-case
+PSNR above prior, victims recovered, the deciding attacks, then the worst case of each image metric (the
+higher-is-better ones first: ``Worst-case PSNR``, then the lower-is-better ones: ``Worst-case MSE``) and of the
+label metrics, each with its bootstrap interval (Markdown: ``+9.61 [+4.20, +15.00]``; CSV: ``_low`` and ``_high``
+columns); then the strongest attack on average and its mean for comparison. ``attacks.{md,csv}`` keep the
+per-attack means. Failed cells are listed below the leaderboard (and in ``leaderboard.json``) only when there are
+some.
 """
 
 from __future__ import annotations
@@ -15,6 +19,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from benchmarks.report.aggregate import PairSummary, Report, plain
+from benchmarks.report.stats import LEVEL, RESAMPLES
+from benchmarks.report.worst_case import (
+    ABOVE_PRIOR,
+    RECOVERED,
+    RECOVERED_METRIC,
+    RECOVERED_THRESHOLD,
+    Estimate,
+    WorstCase,
+)
 from benchmarks.store import FailureRow
 from ggl.metrics import METRIC_TABLE
 
@@ -22,6 +35,8 @@ SCHEMA = "ggl-bench-leaderboard-v1"
 PRIOR_ONLY = "(any: prior only)"
 REPORT_FORMATS = {
     "psnr_gain": "{:+.2f}",
+    ABOVE_PRIOR: "{:+.2f}",
+    RECOVERED: "{:.2f}",
     "update_cosine": "{:.3f}",
     "accuracy_drop": "{:+.3f}",
     "seconds": "{:.1f}",
@@ -30,6 +45,7 @@ REPORT_FORMATS = {
 """Number formats of the report's own columns; the metrics' formats are in ``METRIC_TABLE``."""
 HEADERS = {
     "rank": "Rank",
+    "band": "Band",
     "defense": "Defense",
     "update_cosine": "Update cosine",
     "accuracy_drop": "Accuracy drop",
@@ -44,7 +60,7 @@ HEADERS = {
     "reason": "Reason",
 }
 """Titles of the report's own columns; metric titles come from ``METRIC_TABLE``."""
-TEXT_COLUMNS = ("defense", "attack", "strongest_attack", "reason")
+TEXT_COLUMNS = ("defense", "attack", "strongest_attack", "deciding_attack", "reason")
 FAILURE_COLUMNS = ("defense", "attack", "victim", "seed", "reason")
 
 
@@ -64,24 +80,41 @@ def pair_metric_columns() -> tuple[str, ...]:
     return tuple(METRIC_TABLE)
 
 
-def best_metric_columns() -> tuple[str, ...]:
+def leaderboard_metric_columns() -> tuple[str, ...]:
     """Metric columns of the leaderboard: image metrics, higher-is-better first, then the label metrics."""
     image = [m for m in METRIC_TABLE.values() if m.per_image]
     labels = [m.name for m in METRIC_TABLE.values() if not m.per_image]
     return (*(m.name for m in image if m.higher_is_better), *(m.name for m in image if not m.higher_is_better), *labels)
 
 
+def figure_columns() -> tuple[str, ...]:
+    """Leaderboard columns that are worst-case estimates over victims, each with a bootstrap interval."""
+    return (ABOVE_PRIOR, RECOVERED, *leaderboard_metric_columns())
+
+
 def leaderboard_columns() -> tuple[str, ...]:
-    """Columns of ``leaderboard.{md,csv}``."""
+    """Columns of ``leaderboard.md`` (an estimate's cell also holds its interval)."""
     return (
         "rank",
+        "band",
         "defense",
         "update_cosine",
         "accuracy_drop",
+        ABOVE_PRIOR,
+        RECOVERED,
+        "deciding_attack",
+        *leaderboard_metric_columns(),
         "strongest_attack",
         "psnr_gain",
-        *best_metric_columns(),
         "victims",
+    )
+
+
+def leaderboard_csv_columns() -> tuple[str, ...]:
+    """Columns of ``leaderboard.csv``: those of the Markdown table, each estimate followed by ``_low``, ``_high``."""
+    figures = set(figure_columns())
+    return tuple(
+        part for c in leaderboard_columns() for part in ((c, f"{c}_low", f"{c}_high") if c in figures else (c,))
     )
 
 
@@ -91,12 +124,18 @@ def attack_columns() -> tuple[str, ...]:
 
 
 def leaderboard_headers() -> dict[str, str]:
-    """Leaderboard titles: an image metric is ``Best X`` or ``Lowest X`` by its direction."""
-    titles = {
-        m.name: (m.title if not m.per_image else f"{'Best' if m.higher_is_better else 'Lowest'} {m.title}")
-        for m in METRIC_TABLE.values()
+    """Leaderboard titles: every metric column is ``Worst-case X``; the worst case's own columns say their terms."""
+    ranking = METRIC_TABLE["psnr"].title
+    recovered = f"{METRIC_TABLE[RECOVERED_METRIC].title} ≥ {RECOVERED_THRESHOLD:g}"
+    return {
+        **HEADERS,
+        **{m.name: f"Worst-case {m.title if m.per_image else m.title.lower()}" for m in METRIC_TABLE.values()},
+        ABOVE_PRIOR: f"Worst-case {ranking} above prior (dB)",
+        RECOVERED: f"Victims recovered ({recovered})",
+        "deciding_attack": "Deciding attack (count)",
+        "strongest_attack": "Best attack on average",
+        "psnr_gain": f"Its mean {ranking} above prior (dB)",
     }
-    return {**HEADERS, **titles}
 
 
 def pair_headers() -> dict[str, str]:
@@ -129,9 +168,32 @@ def failure_rows(failures: Sequence[FailureRow]) -> list[dict[str, str]]:
     ]
 
 
+def _estimate_cells(name: str, estimate: Estimate | None) -> dict[str, str]:
+    """An estimate's value and interval bounds as table cells (``-`` when absent)."""
+    if estimate is None:
+        return {name: "-", f"{name}_low": "-", f"{name}_high": "-"}
+    return {
+        name: fmt(name, estimate.value),
+        f"{name}_low": fmt(name, estimate.low),
+        f"{name}_high": fmt(name, estimate.high),
+    }
+
+
+def deciding_text(worst: WorstCase | None) -> str:
+    """The deciding attacks with their counts, most often first: ``DLG 5, iDLG 3``."""
+    return ", ".join(f"{attack} {count}" for attack, count in worst.deciding) if worst and worst.deciding else "-"
+
+
+def _worst_cells(worst: WorstCase | None) -> dict[str, str]:
+    """The worst-case cells of a leaderboard row: band, deciding attacks, every estimate with its interval."""
+    cells = {"band": str(worst.band) if worst and worst.band else "-", "deciding_attack": deciding_text(worst)}
+    for name in figure_columns():
+        cells.update(_estimate_cells(name, worst.figures.get(name) if worst else None))
+    return cells
+
+
 def leaderboard_rows(report: Report) -> list[dict[str, str]]:
-    """The leaderboard as formatted strings, reference rows last."""
-    metrics = best_metric_columns()
+    """The leaderboard as formatted strings (the CSV's cells), reference rows last."""
     table = []
     for summary in report.defenses:
         strongest = summary.strongest
@@ -141,26 +203,36 @@ def leaderboard_rows(report: Report) -> list[dict[str, str]]:
                 "defense": summary.label,
                 "update_cosine": fmt("update_cosine", summary.utility_value("update_cosine")),
                 "accuracy_drop": fmt("accuracy_drop", summary.utility_value("accuracy_drop")),
+                **_worst_cells(summary.worst),
                 "strongest_attack": strongest.attack_label if strongest else _no_attack(summary.pairs),
-                "psnr_gain": fmt("psnr_gain", summary.leakage),
-                **{name: fmt(name, summary.best.get(name)) for name in metrics},
+                "psnr_gain": fmt("psnr_gain", summary.mean_leakage),
                 "victims": str(max((p.victims for p in summary.pairs), default=0)),
             }
         )
-    for reference in report.references:
+    for reference, worst in zip(report.references, report.reference_worst):
         table.append(
             {
                 "rank": "ref",
                 "defense": PRIOR_ONLY,
                 "update_cosine": "-",
                 "accuracy_drop": "-",
+                **_worst_cells(worst),
+                "band": "-",
                 "strongest_attack": reference.attack_label,
                 "psnr_gain": fmt("psnr_gain", reference.psnr_gain),
-                **{name: fmt(name, reference.metrics.get(name)) for name in metrics},
                 "victims": str(reference.victims),
             }
         )
     return table
+
+
+def with_intervals(row: dict[str, str]) -> dict[str, str]:
+    """A leaderboard row for Markdown: each estimate as ``value [low, high]``, or its value alone without one."""
+    cells = dict(row)
+    for name in figure_columns():
+        if row[f"{name}_low"] != "-":
+            cells[name] = f"{row[name]} [{row[f'{name}_low']}, {row[f'{name}_high']}]"
+    return cells
 
 
 def _pair_row(defense: str, pair: PairSummary) -> dict[str, str]:
@@ -207,24 +279,38 @@ def csv_text(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     return buffer.getvalue()
 
 
+def definitions_text() -> str:
+    """The leaderboard page's paragraph on what its columns mean."""
+    recovered = f"{METRIC_TABLE[RECOVERED_METRIC].title} ≥ {RECOVERED_THRESHOLD:g}"
+    return (
+        "Ranked by **worst-case PSNR above prior**: per victim (and seed) the best PSNR over all attacks, minus "
+        "that victim's prior-only reference PSNR (the better of the class-mean image and a random prior sample of "
+        "the inferred class), averaged over victims. Lower is more private; near or below 0 dB no attack recovers "
+        "more than the prior alone. Every worst-case metric is, per victim, the best value over attacks in that "
+        f"metric's direction, averaged over victims. **Victims recovered**: the share of victims with worst-case "
+        f"{recovered}. **Deciding attack**: how many victims (victim-seed pairs) each attack gave the worst-case "
+        f"PSNR. `[low, high]`: {LEVEL:.0%} percentile bootstrap interval over victims ({RESAMPLES:,} resamples, "
+        "a victim's seeds kept together, a fixed seed). **Band**: a new band starts at the first setting whose "
+        "paired bootstrap interval of the per-victim difference from the band's first setting excludes 0; the order "
+        "within a band is not established by these victims. The best attack on average and its mean PSNR above "
+        "prior are shown for comparison (per-attack means: [attacks.md](attacks.md)); they understate the worst "
+        "case. Rows marked `ref` are the prior-only references (no gradient used beyond the label)."
+    )
+
+
 def leaderboard_markdown(report: Report) -> str:
-    """The leaderboard page: provenance, the ranked table, the definition of the ranking."""
-    headers = leaderboard_headers()
-    best = "/".join(METRIC_TABLE[name].title for name in best_metric_columns() if METRIC_TABLE[name].per_image)
+    """The leaderboard page: provenance, the definitions, the ranked table."""
     lines = [f"# Leaderboard: suite `{report.suite}`", ""]
     if report.description:
         lines += [report.description.strip(), ""]
     lines += _provenance(report)
+    rows = [with_intervals(row) for row in leaderboard_rows(report)]
     lines += [
-        "Ranked by **PSNR above prior**: the mean over victims of the strongest attack's PSNR minus the best "
-        "prior-only reference PSNR of that victim (class-mean image or random prior sample of the inferred class). "
-        "Lower is more private; near or below 0 dB the attack recovers no more than the prior alone. "
-        f"Best {best} are the best values over attacks (worst case for the defense). "
-        "Rows marked `ref` are the prior-only references (no gradient used beyond the label).",
+        definitions_text(),
         "",
-        markdown_table(leaderboard_rows(report), leaderboard_columns(), headers),
-        "Per-attack breakdown: [attacks.md](attacks.md). Every number's rows: [leaderboard.json](leaderboard.json), "
-        "[rows.csv](rows.csv).",
+        markdown_table(rows, leaderboard_columns(), leaderboard_headers()),
+        "Per-attack breakdown: [attacks.md](attacks.md). Every number's rows, every victim's worst case: "
+        "[leaderboard.json](leaderboard.json), [rows.csv](rows.csv).",
         "",
     ]
     if report.failures:
@@ -270,20 +356,45 @@ def attacks_markdown(report: Report) -> str:
     )
 
 
+def definitions_json(report: Report) -> dict[str, Any]:
+    """The definitions behind ``leaderboard.json``'s worst-case fields, with the bootstrap's seed."""
+    return {
+        "worst_case": "per victim and seed, the best value of each metric over all attacks (in the metric's "
+        "direction), averaged over the victim's seeds; psnr_above_prior subtracts the victim's prior-only reference",
+        "victims_recovered": {"metric": RECOVERED_METRIC, "threshold": RECOVERED_THRESHOLD},
+        "bootstrap": {
+            "method": "percentile bootstrap of the mean over victims; a victim's seeds resampled together",
+            "resamples": RESAMPLES,
+            "level": LEVEL,
+            "seed": report.bootstrap_seed,
+        },
+        "bands": "in rank order, a new band starts at the first setting whose paired bootstrap interval of the "
+        "per-victim difference in psnr_above_prior from the band's first setting (victims both have) excludes 0",
+        "psnr_gain_over_prior": "mean over victims of the strongest attack on average (not the worst case)",
+    }
+
+
 def leaderboard_json(report: Report) -> dict[str, Any]:
-    """``leaderboard.json``: the ranking with every number's spec, utility and source rows."""
+    """``leaderboard.json``: the ranking with every number's spec, utility, worst case per victim and source rows."""
     entries = [
         {
             "rank": summary.rank or None,
+            "band": (summary.worst.band or None) if summary.worst else None,
             "defense": summary.label,
             "spec": summary.spec,
             "utility": summary.utility,
+            "worst_case": summary.worst.to_json() if summary.worst else None,
+            "band_comparison": summary.worst.comparison if summary.worst else None,
             "strongest_attack": summary.strongest.attack_label if summary.strongest else None,
-            "psnr_gain_over_prior": summary.leakage,
+            "psnr_gain_over_prior": summary.mean_leakage,
             "best": summary.best,
             "attacks": [pair.to_json() for pair in summary.pairs],
         }
         for summary in report.defenses
+    ]
+    references = [
+        {**reference.to_json(), "worst_case": worst.to_json()}
+        for reference, worst in zip(report.references, report.reference_worst)
     ]
     document = {
         "schema": SCHEMA,
@@ -292,8 +403,9 @@ def leaderboard_json(report: Report) -> dict[str, Any]:
         "seeds": report.seeds,
         "config_hashes": report.config_hashes,
         "code_versions": report.code_versions,
-        "ranking": "psnr_gain_over_prior of the strongest attack, ascending (lower = more private)",
-        "references": [reference.to_json() for reference in report.references],
+        "ranking": "worst_case.psnr_above_prior.value, ascending (lower = more private); ties by accuracy drop",
+        "definitions": definitions_json(report),
+        "references": references,
         "leaderboard": entries,
     }
     if report.failures:
