@@ -289,8 +289,9 @@ def definitions_text() -> str:
         "more than the prior alone. Every worst-case metric is, per victim, the best value over attacks in that "
         f"metric's direction, averaged over victims. **Victims recovered**: the share of victims with worst-case "
         f"{recovered}. **Deciding attack**: how many victims (victim-seed pairs) each attack gave the worst-case "
-        f"PSNR. `[low, high]`: {LEVEL:.0%} percentile bootstrap interval over victims ({RESAMPLES:,} resamples, "
-        "a victim's seeds kept together, a fixed seed). **Band**: a new band starts at the first setting whose "
+        f"PSNR. `[low, high]`: {LEVEL:.0%} bootstrap interval over victims ({RESAMPLES:,} resamples, a victim's "
+        "seeds kept together, a fixed seed; percentiles widened for few victims, Hesterberg's expanded percentile "
+        "interval). It covers the choice of victims, not the attacks' own randomness. **Band**: a new band starts at the first setting whose "
         "paired bootstrap interval of the per-victim difference from the band's first setting excludes 0; the order "
         "within a band is not established by these victims. The best attack on average and its mean PSNR above "
         "prior are shown for comparison (per-attack means: [attacks.md](attacks.md)); they understate the worst "
@@ -363,7 +364,8 @@ def definitions_json(report: Report) -> dict[str, Any]:
         "direction), averaged over the victim's seeds; psnr_above_prior subtracts the victim's prior-only reference",
         "victims_recovered": {"metric": RECOVERED_METRIC, "threshold": RECOVERED_THRESHOLD},
         "bootstrap": {
-            "method": "percentile bootstrap of the mean over victims; a victim's seeds resampled together",
+            "method": "expanded percentile bootstrap of the mean over victims (Hesterberg 2015: percentiles "
+            "Phi(-/+ sqrt(n/(n-1)) t(n-1, (1+level)/2)) of the resampled means); a victim's seeds resampled together",
             "resamples": RESAMPLES,
             "level": LEVEL,
             "seed": report.bootstrap_seed,

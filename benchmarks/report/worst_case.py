@@ -10,12 +10,12 @@ over the victim's seeds. From it:
   ``RECOVERED_THRESHOLD``; with one seed, 1 for a recovered victim and 0 otherwise;
 * the deciding attack: per victim and seed, the attack that gave the worst-case PSNR, counted.
 
-A handful of victims leaves every mean uncertain, so each figure carries a percentile bootstrap interval over
-victims (``benchmarks.report.stats``: 2,000 resamples of the victims, a victim's seeds kept together, a seed
-derived from the suite's name so reports regenerate byte for byte). Settings ranked next to each other share a **band** unless the paired
-bootstrap interval of their per-victim difference (the same resampled victims for both, only the victims both
-have) excludes 0: walking the ranked list, a new band starts at the first setting whose paired difference with
-the current band's first setting excludes 0.
+A handful of victims leaves every mean uncertain, so each figure carries an expanded percentile bootstrap
+interval over victims (``benchmarks.report.stats``: 2,000 resamples of the victims, a victim's seeds kept
+together, a seed derived from the suite's name so reports regenerate byte for byte). Settings ranked next to each
+other share a **band** unless the paired bootstrap interval of their per-victim difference (the same resampled
+victims for both, only the victims both have) excludes 0: walking the ranked list, a new band starts at the first
+setting whose paired difference with the current band's first setting excludes 0.
 """
 
 from __future__ import annotations

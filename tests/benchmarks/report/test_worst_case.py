@@ -6,9 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.stats import norm, t
 
 from benchmarks.report.aggregate import build_report
-from benchmarks.report.stats import bootstrap_interval, bootstrap_seed, paired_interval
+from benchmarks.report.stats import bootstrap_interval, bootstrap_seed, expanded_tail, paired_interval
 from benchmarks.report.tables import leaderboard_json
 from benchmarks.report.worst_case import ABOVE_PRIOR, RECOVERED, RECOVERED_THRESHOLD
 from benchmarks.store import ResultsStore
@@ -18,10 +19,12 @@ CLIP = {"name": "clipping", "bound": 1.0}
 
 
 def direct_interval(values: list[float], seed: int) -> list[float]:
-    """The percentile bootstrap written out with numpy: 2,000 resamples of the victims, 2.5th and 97.5th."""
+    """The bootstrap written out with numpy: 2,000 resamples of the victims, the expanded percentiles of a 95%
+    interval (Hesterberg: the 2.5th and 97.5th widened by sqrt(n / (n - 1)) and Student's t)."""
     data = np.asarray(values)
     indices = np.random.default_rng(seed).integers(0, len(data), size=(2000, len(data)))
-    return list(np.percentile(data[indices].mean(axis=1), [2.5, 97.5]))
+    tail = 100 * norm.cdf(-np.sqrt(len(data) / (len(data) - 1)) * t.ppf(0.975, len(data) - 1))
+    return list(np.percentile(data[indices].mean(axis=1), [tail, 100 - tail]))
 
 
 def test_worst_case_takes_the_best_attack_per_victim(store: ResultsStore, put_cell) -> None:
@@ -55,6 +58,7 @@ def test_a_victims_seeds_are_averaged_before_the_bootstrap(store: ResultsStore) 
 def test_bootstrap_interval_is_the_direct_numpy_computation(store: ResultsStore, put_cell) -> None:
     values = [3.0, -1.5, 7.25, 0.5, 2.0, 11.0]
     assert list(bootstrap_interval(values, 1234)) == direct_interval(values, 1234)
+    assert 0.5 < expanded_tail(8) < 0.6 and 2.3 < expanded_tail(1000) < 2.5  # widened for few victims, 2.5% for many
     assert np.isnan(bootstrap_interval([1.0], 1)).all() and np.isnan(bootstrap_interval([1.0, np.inf], 1)).all()
     assert paired_interval({0: 1.0, 1: 2.0, 2: 5.0}, {1: 4.0, 2: 6.0, 3: 9.0}, 7) == bootstrap_interval([2.0, 1.0], 7)
     put_cell(store, 0, CLIP, "dlg", 30.0, 0.6)
