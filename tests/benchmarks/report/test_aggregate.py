@@ -1,4 +1,4 @@
-"""Aggregation: leakage above the prior, ranking, worst case over attacks in the metric table's directions."""
+"""Aggregation: leakage above the prior, ranking, best per-attack means in the metric table's directions."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ def test_leakage_above_prior_and_ranking(store: ResultsStore) -> None:
     noise, clean = report.defenses
     assert noise.strongest.attack_label == "ggl" and noise.leakage == pytest.approx(1.5)
     assert clean.strongest.attack_label == "dlg" and clean.leakage == pytest.approx(19.0)
+    assert clean.mean_leakage == pytest.approx(19.0)  # here dlg is also the best attack of every victim
     assert clean.best["psnr"] == pytest.approx(35.0)  # best over attacks of the victim means
     assert clean.best["ssim"] == pytest.approx(0.8)  # from another attack than the PSNR
     assert clean.best["mse"] == pytest.approx(min(np.mean([10**-4, 10**-3]), np.mean([10**-2, 10**-2.4])))

@@ -46,7 +46,8 @@ def test_columns_and_titles_come_from_the_metric_table() -> None:
         "evaluations", "seconds", "victims",
     )  # fmt: skip
     header = markdown_table([], leaderboard_columns()).splitlines()[0]
-    assert "| Worst-case PSNR | Worst-case SSIM | Worst-case MSE | Worst-case LPIPS | Worst-case label accuracy |" in header
+    metrics = "| Worst-case PSNR | Worst-case SSIM | Worst-case MSE | Worst-case LPIPS | Worst-case label accuracy |"
+    assert metrics in header
     assert "| Worst-case PSNR above prior (dB) | Victims recovered (SSIM ≥ 0.6) | Deciding attack (count) |" in header
 
 
