@@ -234,7 +234,9 @@ def entry_evaluation(
         "seeds": report_json["seeds"],
         "code_versions": sorted({row["code_version"] for pair in entry["attacks"] for row in pair["rows"]}),
         "rank_in_store": entry["rank"],
+        "band": entry["band"],
         "of_defenses_in_store": len(report_json["leaderboard"]),
+        "worst_case": {key: value for key, value in entry["worst_case"].items() if key != "per_victim"},
         "psnr_gain_over_prior": entry["psnr_gain_over_prior"],
         "strongest_attack": entry["strongest_attack"],
         "best": entry["best"],
@@ -299,10 +301,12 @@ def write_entry(path: Path, submission: Submission, suite: Any, evaluation: dict
 
 
 def _print_outcome(submission: Submission, evaluation: dict[str, Any], entry_out: Path, report_dir: Path) -> None:
-    gain = evaluation["psnr_gain_over_prior"]
+    worst = evaluation["worst_case"]["psnr_above_prior"]
+    interval = " [{:+.2f}, {:+.2f}]".format(*worst["interval"]) if worst.get("interval") else ""
     print(
-        f"{submission.name}: PSNR above prior {gain} dB (strongest: {evaluation['strongest_attack']}); "
-        f"entry written to {entry_out}; tables in {report_dir}",
+        f"{submission.name}: worst-case PSNR above prior {worst['value']:+.2f} dB{interval} "
+        f"(rank {evaluation['rank_in_store']}, band {evaluation['band']}); entry written to {entry_out}; "
+        f"tables in {report_dir}",
         file=sys.stderr,
     )
     for key, check in evaluation["utility_check"].items():
