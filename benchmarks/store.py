@@ -58,6 +58,10 @@ FINISHED, FAILED, HELD = "finished", "failed", "held"
 """Why ``take_claim`` gives a cell to no one: it has its row, it failed, another live run holds it."""
 SQLITE_HEADER = b"SQLite format 3\x00"
 FIX = "move it away (the run starts afresh) or give another --out"
+_OPEN_HERE: dict[tuple[int, int], int] = {}
+"""Store files (device, inode) this process has open connections to, with their count. POSIX drops every lock a
+process holds on a file when it closes *any* descriptor of it, so a file already open here is never read again with
+a plain ``open()``: that would strip the SQLite connection's locks and let another process delete its live log."""
 
 Key = tuple[int, str, str, int]
 """(victim, defense JSON, attack JSON, seed): a cell's key within its suite (``benchmarks.cells.CellKey``)."""
@@ -251,6 +255,8 @@ def _check_file(path: Path, readonly: bool) -> None:
         raise StoreError(f"results store {path} is not a file; give another --out")
     if path.stat().st_size == 0:
         raise StoreError(f"results store {path} is damaged or not a ggl-bench store (an empty file); {FIX}")
+    if _inode(path) in _OPEN_HERE:  # checked when it was first opened; reading it again would drop its locks
+        return
     with path.open("rb") as handle:
         header = handle.read(len(SQLITE_HEADER))
     if header != SQLITE_HEADER:
@@ -260,6 +266,11 @@ def _check_file(path: Path, readonly: bool) -> None:
         )
     if not readonly and not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)):
         raise StoreError(f"results store {path} is read-only; make it and its folder writable, or give another --out")
+
+
+def _inode(path: Path) -> tuple[int, int]:
+    status = path.stat()
+    return status.st_dev, status.st_ino
 
 
 def _create(path: Path) -> None:
@@ -319,6 +330,8 @@ class ResultsStore:
         except BaseException:
             self.close()
             raise
+        self._inode: tuple[int, int] | None = _inode(self.path)
+        _OPEN_HERE[self._inode] = _OPEN_HERE.get(self._inode, 0) + 1
 
     def _damaged(self, error: Exception) -> StoreError:
         return StoreError(f"results store {self.path} is damaged or not a ggl-bench store ({error}); {FIX}")
@@ -461,6 +474,12 @@ class ResultsStore:
     def close(self) -> None:
         if hasattr(self, "_connection"):
             self._connection.close()
+        inode = getattr(self, "_inode", None)
+        if inode is not None:
+            self._inode = None
+            _OPEN_HERE[inode] -= 1
+            if not _OPEN_HERE[inode]:
+                del _OPEN_HERE[inode]
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
             self._scratch = None

@@ -328,3 +328,21 @@ def test_utility_rows_by_options(tmp_path: Path) -> None:
             "update_cosine": 0.9
         }
         assert store.utilities({"seed": 1}) == {}
+
+
+def test_a_second_store_on_an_open_file_keeps_the_first_ones_log(tmp_path: Path) -> None:
+    """Reopening a store file in a process that has it open must not strip the first connection's locks (POSIX
+    drops a process's locks when any descriptor of the file closes): another process closing its connection would
+    then delete the live log, and every row written since would be lost."""
+    path = tmp_path / "results.sqlite"
+    first = ResultsStore(path)
+    first.set_meta("before", "1")
+    ResultsStore(path).close()
+    code = f"from benchmarks.store import ResultsStore; ResultsStore({str(path)!r}).close()"
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
+    assert Path(f"{path}-wal").exists() and Path(f"{path}-shm").exists()
+    first.set_meta("after", "1")
+    first.close()
+    with ResultsStore(path) as reopened:
+        assert (reopened.get_meta("before"), reopened.get_meta("after")) == ("1", "1")
