@@ -154,9 +154,7 @@ def _summarise(rows: Sequence[CellRow], references: dict[int, tuple[float, str]]
     victims = _per_victim(rows)
     names = sorted({name for values in victims.values() for name in values})
     metrics = {name: mean(values[name] for values in victims.values() if name in values) for name in names}
-    gains = [
-        values["psnr"] - references[v][0] for v, values in victims.items() if "psnr" in values and v in references
-    ]
+    gains = [values["psnr"] - references[v][0] for v, values in victims.items() if "psnr" in values and v in references]
     first = rows[0]
     return PairSummary(
         attack_label=first.attack_label,

@@ -153,9 +153,7 @@ def best_per_seed(groups: Sequence[Sequence[CellRow]]) -> dict[tuple[int, int], 
     return best
 
 
-def _victim(
-    victim: int, choices: dict[int, dict[str, Choice]], reference: tuple[float, str] | None
-) -> VictimWorstCase:
+def _victim(victim: int, choices: dict[int, dict[str, Choice]], reference: tuple[float, str] | None) -> VictimWorstCase:
     """One victim's worst case from its per-seed choices."""
     names = [name for name in METRIC_TABLE if any(name in chosen for chosen in choices.values())]
     metrics = {name: mean(c[name].value for c in choices.values() if name in c) for name in names}
