@@ -295,7 +295,8 @@ def definitions_text() -> str:
         "at the first setting whose paired bootstrap interval of the per-victim difference from the band's first "
         "setting excludes 0; the order within a band is not established by these victims. The best attack on "
         "average and its mean PSNR above prior are shown for comparison (per-attack means: "
-        "[attacks.md](attacks.md)); they understate the worst case. Rows marked `ref` are the prior-only references (no gradient used beyond the label)."
+        "[attacks.md](attacks.md)); they understate the worst case. Rows marked `ref` are the prior-only references "
+        "(no gradient used beyond the label)."
     )
 
 
