@@ -348,5 +348,6 @@ def test_a_run_where_every_cell_fails_still_writes_its_report(tmp_path: Path, mo
     markdown = (tmp_path / "report" / "leaderboard.md").read_text()
     assert "**Every cell failed**" in markdown
     for label in ("none", "gaussian(sigma=0.01)", "gaussian(sigma=0.1)"):  # every defense shown, unranked
-        assert f"| - | {label} | - | - | all cells failed |" in markdown
+        row = next(line for line in markdown.splitlines() if f"| {label} |" in line)
+        assert row.startswith(f"| - | - | {label} |") and "all cells failed" in row
     assert markdown.count("RuntimeError: attack exploded") == len(expand_cells(config))
