@@ -439,21 +439,24 @@ class Harness:
         if self.tensorboard is not None:
             self.tensorboard.add(row)
 
+    def _identity(self, cell: Cell) -> dict[str, Any]:
+        """The fields that name ``cell`` in the store (``CellIdentity``): key, kind, labels, provenance."""
+        return {
+            "suite": self.suite.name,
+            "victim": cell.victim,
+            "defense": dict(cell.defense.spec) if cell.defense is not None else None,
+            "attack": cell.attack.key(),
+            "seed": cell.seed,
+            "kind": cell.kind,
+            "defense_label": cell.defense.label if cell.defense is not None else "prior only",
+            "attack_label": cell.attack.label,
+            "config_hash": self.config_hash,
+            "code_version": self.code_version,
+        }
+
     def _failure(self, cell: Cell, reason: str) -> FailureRow:
         """The store's record of a failed cell: its key, labels, provenance and reason."""
-        return FailureRow(
-            suite=self.suite.name,
-            victim=cell.victim,
-            defense=dict(cell.defense.spec) if cell.defense is not None else None,
-            attack=cell.attack.key(),
-            seed=cell.seed,
-            kind=cell.kind,
-            defense_label=cell.defense.label if cell.defense is not None else "prior only",
-            attack_label=cell.attack.label,
-            config_hash=self.config_hash,
-            code_version=self.code_version,
-            reason=reason,
-        )
+        return FailureRow(**self._identity(cell), reason=reason)
 
     def _progress(self, total: int, done: int) -> Any:
         if not self.progress:
@@ -550,16 +553,7 @@ class Harness:
             raise RuntimeError(f"reconstruction has shape {tuple(images.shape)}, expected {tuple(victim.images.shape)}")
         metrics = reconstruction_metrics(images, victim.images, labels_hat, victim.labels)
         return CellRow(
-            suite=self.suite.name,
-            victim=cell.victim,
-            defense=dict(cell.defense.spec) if cell.defense is not None else None,
-            attack=cell.attack.key(),
-            seed=cell.seed,
-            kind=cell.kind,
-            defense_label=cell.defense.label if cell.defense is not None else "prior only",
-            attack_label=cell.attack.label,
-            config_hash=self.config_hash,
-            code_version=self.code_version,
+            **self._identity(cell),
             seconds=seconds,
             evaluations=evaluations,
             metrics={k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},

@@ -139,8 +139,8 @@ def _now() -> str:
 
 
 @dataclass(frozen=True)
-class CellRow:
-    """One finished cell as stored. ``defense`` is ``None`` for prior-only reference rows."""
+class CellIdentity:
+    """What names a cell in the store and in reports: its key, kind, display labels and provenance."""
 
     suite: str
     victim: int
@@ -152,6 +152,12 @@ class CellRow:
     attack_label: str
     config_hash: str
     code_version: str
+
+
+@dataclass(frozen=True)
+class CellRow(CellIdentity):
+    """One finished cell as stored. ``defense`` is ``None`` for prior-only reference rows."""
+
     seconds: float
     evaluations: int
     metrics: dict[str, float]
@@ -175,19 +181,9 @@ class CellRow:
 
 
 @dataclass(frozen=True)
-class FailureRow:
+class FailureRow(CellIdentity):
     """A cell that failed (an error, or the per-cell time limit) and has no row: its key, labels and reason."""
 
-    suite: str
-    victim: int
-    defense: dict[str, Any] | None
-    attack: dict[str, Any]
-    seed: int
-    kind: str
-    defense_label: str
-    attack_label: str
-    config_hash: str
-    code_version: str
     reason: str
     failed_at: str = ""
 
