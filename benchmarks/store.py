@@ -601,8 +601,9 @@ class ResultsStore:
             return []
         where, params = (" WHERE suite = ?", (suite,)) if suite else ("", ())
         rows = self._select("failures", where, params, " ORDER BY suite, defense, attack, victim, seed")
+        names = ("kind", "defense_label", "attack_label", "config_hash", "code_version", "reason", "failed_at")
         return [
-            FailureRow(r[0], int(r[1]), json.loads(r[2]), json.loads(r[3]), int(r[4]), *r[5:11], failed_at=r[11])
+            FailureRow(r[0], int(r[1]), json.loads(r[2]), json.loads(r[3]), int(r[4]), **dict(zip(names, r[5:12])))
             for r in rows
         ]
 

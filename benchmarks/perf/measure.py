@@ -142,11 +142,11 @@ def peak_memory_mib(fn: Callable[[], Any], device: torch.device) -> tuple[float,
     """
     if device.type == "cuda":
         synchronize(device)
-        before = torch.cuda.memory_allocated(device)
+        allocated = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
         fn()
         synchronize(device)
-        return (torch.cuda.max_memory_allocated(device) - before) / 2**20, "cuda_max_memory_allocated"
+        return (torch.cuda.max_memory_allocated(device) - allocated) / 2**20, "cuda_max_memory_allocated"
     try:
         Path("/proc/self/clear_refs").write_text("5")
         before = _status_kib("VmRSS")
@@ -156,9 +156,9 @@ def peak_memory_mib(fn: Callable[[], Any], device: torch.device) -> tuple[float,
             return max(peak - before, 0) / 1024, "rss_high_water_mark"
     except OSError:
         pass
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     fn()
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024, "ru_maxrss_growth"
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline) / 1024, "ru_maxrss_growth"
 
 
 def candidate_flops(setting: Setting) -> int:
