@@ -34,14 +34,13 @@ import math
 import os
 import reprlib
 import sys
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import yaml
 
-from benchmarks.config import DefenseConfig, SuiteConfig, load_suite
+from benchmarks.config import DefenseConfig, SuiteConfig, load_suite, output_file, output_folder
 from ggl.defenses import DEFENSES, build_defense, load_plugins
 from ggl.io import atomic_write, canonical_json, pretty_json
 
@@ -330,33 +329,25 @@ class _Plan(NamedTuple):
     entry_out: Path
 
 
-def _unwritable(option: str, folder: Path) -> list[str]:
-    """A problem when no file can be created in ``folder`` (checked by creating and removing one)."""
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as error:
-        return [f"{option}: cannot write in {folder} ({error.strerror or error})"]
-    return []
-
-
 def output_problems(entry_out: Path, report_dir: Path) -> list[str]:
-    """Why the entry's JSON or the tables could not be written; found before hours of evaluation, not after."""
+    """Why the entry's JSON or the tables could not be written; found before hours of evaluation, not after.
+
+    The paths are checked as every command checks its outputs (``output_file``, ``output_folder``); the entry's
+    folder must exist as well, and an existing entry must be writable.
+    """
     problems = []
-    if entry_out.is_dir():
-        problems.append(f"--entry-out {entry_out}: is a folder; give the path of the entry's JSON file")
-    elif not entry_out.parent.is_dir():
-        problems.append(f"--entry-out {entry_out}: the folder {entry_out.parent} does not exist")
-    elif entry_out.exists() and not os.access(entry_out, os.W_OK):
-        problems.append(f"--entry-out {entry_out}: the file is read-only")
-    else:
-        problems += _unwritable("--entry-out", entry_out.parent)
-    existing = next(folder for folder in (report_dir, *report_dir.parents) if folder.exists())
-    if not existing.is_dir():
-        problems.append(f"--report-dir {report_dir}: {existing} is not a folder")
-    else:
-        problems += _unwritable("--report-dir", existing)
-    return problems
+    for check, option, path in ((output_file, "--entry-out", entry_out), (output_folder, "--report-dir", report_dir)):
+        try:
+            check(option, path)
+        except ValueError as error:
+            problems.append(str(error))
+    if problems:
+        return problems
+    if not entry_out.parent.is_dir():
+        return [f"--entry-out {entry_out}: the folder {entry_out.parent} does not exist"]
+    if entry_out.exists() and not os.access(entry_out, os.W_OK):
+        return [f"--entry-out {entry_out}: the file is read-only"]
+    return []
 
 
 def _plan(args: argparse.Namespace) -> _Plan:

@@ -175,7 +175,7 @@ def test_bad_entry_out_stops_before_any_evaluation(
         def refuse(*args: object, **kwargs: object) -> None:
             raise PermissionError(13, "Permission denied")
 
-        monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+        monkeypatch.setattr(tempfile, "TemporaryDirectory", refuse)
     store = tmp_path / "results"
     assert main([str(entry), *SMALL, "--out", str(store), "--entry-out", str(target), "--no-progress"]) == 2
     error = capsys.readouterr().err
