@@ -32,7 +32,7 @@ from torch import nn
 
 from ggl.attacks.objective import DISTANCES, gradient_distance
 from ggl.checks import boolean, non_negative_int, one_of, positive_int
-from ggl.fl.client import SharedUpdate
+from ggl.fl.client import SharedUpdate, non_finite_kinds
 from ggl.fl.labels import infer_labels
 from ggl.fl.normalization import Normalization
 from ggl.registry import Registry
@@ -121,8 +121,8 @@ class AttackTarget:
                     f"{source}: gradients[{index}] has shape {tuple(gradient.shape)} but the model's parameter "
                     f"has {tuple(parameter.shape)}"
                 )
-            if not bool(torch.isfinite(gradient).all()):
-                kinds = [kind for kind, bad in (("NaN", gradient.isnan()), ("inf", gradient.isinf())) if bad.any()]
+            kinds = non_finite_kinds(gradient)
+            if kinds:
                 raise ValueError(
                     f"{source} has non-finite values ({' and '.join(kinds)}) in gradients[{index}]; an attack on it "
                     "would only return its initial guess"

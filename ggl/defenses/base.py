@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ggl.checks import one_of
-from ggl.fl.client import SharedUpdate
+from ggl.fl.client import SharedUpdate, non_finite_kinds
 from ggl.registry import Registry
 
 DEFAULT_SEED = 0
@@ -192,8 +192,8 @@ def non_finite(gradients: Sequence[torch.Tensor]) -> str:
     empty when all are finite."""
     found = []
     for index, gradient in enumerate(gradients):
-        if not bool(torch.isfinite(gradient).all()):
-            kinds = [kind for kind, bad in (("NaN", gradient.isnan()), ("inf", gradient.isinf())) if bool(bad.any())]
+        kinds = non_finite_kinds(gradient)
+        if kinds:
             found.append(f"gradients[{index}] ({', '.join(kinds)})")
     more = f" and {len(found) - 3} more tensors" if len(found) > 3 else ""
     return ", ".join(found[:3]) + more

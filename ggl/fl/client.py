@@ -41,6 +41,13 @@ class SharedUpdate:
         return float(torch.linalg.vector_norm(self.flat()))
 
 
+def non_finite_kinds(tensor: torch.Tensor) -> list[str]:
+    """Which non-finite values ``tensor`` holds (``"NaN"``, ``"inf"``); empty when every entry is finite."""
+    if bool(torch.isfinite(tensor).all()):
+        return []
+    return [kind for kind, bad in (("NaN", tensor.isnan()), ("inf", tensor.isinf())) if bool(bad.any())]
+
+
 def _check_batch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> None:
     if images.ndim != 4:
         raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
