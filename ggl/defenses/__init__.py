@@ -4,6 +4,7 @@
 every family below.
 """
 
+from ggl.defenses.audit import SimulationCheck, check_simulation
 from ggl.defenses.base import DEFAULT_SEED, DEFENSES, Defense, make_defense, register_defense
 from ggl.defenses.clipping import Clipping
 from ggl.defenses.dpsgd import DPSGD, PrivacyGuarantee, clip_per_sample, per_sample_gradients, privacy_guarantee
@@ -28,8 +29,10 @@ __all__ = [
     "PrivacyGuarantee",
     "Quantization",
     "Sign",
+    "SimulationCheck",
     "Soteria",
     "Sparsification",
+    "check_simulation",
     "clip_per_sample",
     "make_defense",
     "mix_batch",
