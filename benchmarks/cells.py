@@ -1,9 +1,12 @@
 """The cell vocabulary: what one unit of benchmark work is, how a suite expands into cells, and their seeds.
 
 A cell is (victim, defense setting, attack, seed); with the suite name its key is the results store's primary key.
-Prior-only reference rows are cells without a defense. ``shard`` deals cells round-robin to ranks, ``seed_from``
-derives every seed from plain data (so the same key gives the same number on any machine), and ``code_version``
-names the code that computed a row.
+Three kinds: an attack on the defended update; its no-information **control** (the same attack, budget and seed on
+the defended update of another image of the same inferred class, its key the attack's plus ``"control"``); and
+a prior-only **reference** (without a defense from the clean update's label, and again per defense setting for
+those made from the label alone, from the label inferred from the defended update). ``shard`` deals cells
+round-robin to ranks, ``seed_from`` derives every seed from plain data (so the same key gives the same number on
+any machine), and ``code_version`` names the code that computed a row.
 """
 
 from __future__ import annotations
@@ -15,10 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from benchmarks.config import AttackConfig, DefenseConfig, SuiteConfig
+from benchmarks.config import CONTROL, AttackConfig, DefenseConfig, SuiteConfig
 from ggl.io import canonical_json
 
 Item = TypeVar("Item")
+
+MATCH_LOSS = "match_loss"
+"""Row diagnostic: 1 - cosine between the reconstruction's plain gradient and the update the attack received."""
+STILL_IMPROVING = "still_improving"
+"""Row diagnostic: 1 when the attack's search was still improving when its budget ran out (``ggl.attacks``)."""
+SIMULATION_OK = "simulation_ok"
+"""Row diagnostic: 1 when the defense's ``simulate`` passed ``ggl.defenses.check_simulation`` for the victim."""
 
 CellKey = tuple[int, str, str, int]
 """(victim, defense JSON, attack JSON, seed): a cell's key within its suite."""
@@ -26,12 +36,13 @@ CellKey = tuple[int, str, str, int]
 
 @dataclass(frozen=True)
 class Cell:
-    """One unit of work. ``defense`` is None for prior-only reference rows."""
+    """One unit of work. ``defense`` is None for the per-victim references; ``control`` marks a control cell."""
 
     victim: int
     defense: DefenseConfig | None
     attack: AttackConfig
     seed: int
+    control: bool = False
 
     @property
     def defense_json(self) -> str:
@@ -39,7 +50,15 @@ class Cell:
 
     @property
     def attack_json(self) -> str:
-        return canonical_json(self.attack.key())
+        return canonical_json(self.attack_key())
+
+    def attack_key(self) -> dict[str, Any]:
+        """The attack as stored: its key, plus ``"control"`` for a control cell."""
+        return {**self.attack.key(), "control": CONTROL} if self.control else self.attack.key()
+
+    @property
+    def attack_label(self) -> str:
+        return f"{self.attack.label} (control)" if self.control else self.attack.label
 
     def key(self) -> CellKey:
         """(victim, defense JSON, attack JSON, seed); with the suite name, the store's primary key."""
@@ -47,21 +66,27 @@ class Cell:
 
     @property
     def kind(self) -> str:
-        return "reference" if self.attack.is_reference else "attack"
+        if self.attack.is_reference:
+            return "reference"
+        return "control" if self.control else "attack"
 
     def describe(self) -> str:
         defense = self.defense.label if self.defense is not None else "-"
-        return f"victim {self.victim} | {defense} | {self.attack.label} | seed {self.seed}"
+        return f"victim {self.victim} | {defense} | {self.attack_label} | seed {self.seed}"
 
 
 def expand_cells(suite: SuiteConfig) -> list[Cell]:
-    """Every cell of the suite, victim-major (references first), so consecutive cells share work."""
+    """Every cell of the suite, victim-major, so consecutive cells share work: per victim and seed its own references,
+    then per defense setting the label references, the attacks and (when the suite has them) their controls."""
     cells: list[Cell] = []
     for victim in range(suite.victims.count):
         for seed in suite.seeds:
-            cells.extend(Cell(victim, None, reference, seed) for reference in suite.reference_attacks())
+            cells.extend(Cell(victim, None, reference, seed) for reference in suite.victim_references())
             for defense in suite.defenses:
+                cells.extend(Cell(victim, defense, reference, seed) for reference in suite.label_references())
                 cells.extend(Cell(victim, defense, attack, seed) for attack in suite.attacks)
+                if suite.controls:
+                    cells.extend(Cell(victim, defense, attack, seed, control=True) for attack in suite.attacks)
     return cells
 
 

@@ -88,7 +88,7 @@ def runs_from_rows(rows: Sequence[CellRow], victims: Sequence[VictimRow], seed: 
         if row.kind == "attack" and row.defense is not None:
             key = cell_key(attack_key(row.attack), defense_key(row.defense), bool(row.attack["adaptive"]))
             runs[f"{key}|{index[row.victim]}"] = _run(row, truth[row.victim])
-        elif row.attack["name"] == REFERENCE_PREFIX + "class-mean":
+        elif row.defense is None and row.attack["name"] == REFERENCE_PREFIX + "class-mean":
             for defense in defenses:
                 runs[f"{cell_key('reference', defense, False)}|{index[row.victim]}"] = _run(row, truth[row.victim])
     return dict(sorted(runs.items()))

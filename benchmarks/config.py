@@ -34,6 +34,11 @@ from ggl.io import canonical_json
 SUITES_PACKAGE = "benchmarks"
 REFERENCE_PREFIX = "reference:"
 REFERENCE_KINDS = ("class-mean", "prior-sample", "prior-ceiling")
+LABEL_REFERENCES = ("class-mean", "prior-sample")
+"""References an attacker makes from the label alone: computed again per defense setting, from the label the
+attacker infers from the defended update (the ceiling needs the pixels and is computed once per victim)."""
+CONTROL = "same-class-other-image"
+"""The no-information control's kind, recorded in a control cell's key (``benchmarks.cells``)."""
 TOP_LEVEL_FIELDS = (
     "name",
     "description",
@@ -48,6 +53,7 @@ TOP_LEVEL_FIELDS = (
     "references",
     "utility",
     "requires",
+    "controls",
 )
 MAX_SUITE_BYTES = 1 << 20
 """Largest suite file read (1 MiB); real suites are a few KiB."""
@@ -228,6 +234,7 @@ class SuiteConfig:
     references: ReferencesConfig
     utility: UtilityConfig
     requires: RequiresConfig
+    controls: bool = True
     source: str = "<memory>"
 
     def to_dict(self) -> dict[str, Any]:
@@ -251,6 +258,22 @@ class SuiteConfig:
 
     def reference_attacks(self) -> tuple[AttackConfig, ...]:
         return self.references.attacks(self.prior is not None)
+
+    def label_references(self) -> tuple[AttackConfig, ...]:
+        """The references computed per defense setting (those an attacker makes from the label alone)."""
+        names = {REFERENCE_PREFIX + kind for kind in LABEL_REFERENCES}
+        return tuple(reference for reference in self.reference_attacks() if reference.name in names)
+
+    def victim_references(self) -> tuple[AttackConfig, ...]:
+        """The references computed once per victim from the clean update's label: every reference (the leaderboard's
+        ``ref`` rows; the prior ceiling needs the pixels and exists only here)."""
+        return self.reference_attacks()
+
+    def cells_per_victim(self) -> int:
+        """Cells of one victim and seed: attacks (and their controls) and label references per setting, plus the
+        victim's own references."""
+        per_setting = len(self.attacks) * (2 if self.controls else 1) + len(self.label_references())
+        return len(self.defenses) * per_setting + len(self.victim_references())
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -299,7 +322,21 @@ DATAMODULE_OPTIONS: dict[str, dict[str, Check]] = {
 the two in step). The constructors check the values that need their data (CelebA sizes and attributes, ImageNet
 normalisations)."""
 
+UTILITY_DATA = ("embedded-fashion-mnist",)
+"""Training and evaluation data the utility cost may use (``data`` option): ``embedded-fashion-mnist`` is a fixed
+class-stratified split of the 1,000 Fashion-MNIST images shipped in the package (``benchmarks/utility.py``)."""
+
+
+def utility_data(field_name: str, value: Any) -> str:
+    """One of ``UTILITY_DATA``."""
+    if value not in UTILITY_DATA:
+        raise ValueError(f"{field_name} must be one of {', '.join(UTILITY_DATA)}, got {value!r}")
+    return value
+
+
 UTILITY_OPTIONS: dict[str, Check] = {
+    "data": utility_data,
+    "seeds": positive_int,
     "steps": positive_int,
     "batch_size": positive_int,
     "lr": positive_number,
@@ -309,7 +346,8 @@ UTILITY_OPTIONS: dict[str, Check] = {
     "cosine_victims": positive_int,
     "cosine_batch_size": positive_int,
 }
-"""Options of ``benchmarks.utility.utility_cost`` and their checks; ``utility.UtilityConfig`` has these fields."""
+"""Options of ``benchmarks.utility.utility_cost`` and their checks; ``utility.UtilityConfig`` has these fields.
+``data`` names the training data and ``seeds`` how many seeded runs each reported number averages."""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -789,6 +827,12 @@ def _read_utility(source: str, data: Any) -> UtilityConfig:
     return UtilityConfig(fields.flag("enabled", True), fields.seed("seed"), options)
 
 
+def _read_flag(source: str, field_name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise SuiteError(source, field_name, f"must be true or false, got {value!r}")
+    return value
+
+
 def _read_requires(source: str, data: Any) -> RequiresConfig:
     fields = _Fields(source, "requires", data, ("gpu", "files"))
     files = fields.data.get("files", [])
@@ -827,11 +871,11 @@ def build_suite(data: dict[str, Any], source: str) -> SuiteConfig:
         references=_read_references(source, data.get("references")),
         utility=_read_utility(source, data.get("utility")),
         requires=_read_requires(source, data.get("requires")),
+        controls=_read_flag(source, "controls", data.get("controls", True)),
         source=source,
     )
-    per_victim = len(suite.seeds) * (len(suite.defenses) * len(suite.attacks) + len(suite.reference_attacks()))
-    if suite.victims.count * per_victim > MAX_CELLS:
-        product = "victims x seeds x (defense settings x attacks + references)"
+    if suite.victims.count * len(suite.seeds) * suite.cells_per_victim() > MAX_CELLS:
+        product = "victims x seeds x (defense settings x (attacks, controls, references) + references)"
         raise SuiteError(source, "victims.count", f"{product} exceeds {MAX_CELLS:,} cells")
     return suite
 

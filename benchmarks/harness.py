@@ -3,8 +3,13 @@
 For each attack cell the harness builds the victim batch (the only place the private images exist), the client's
 shared update, the defended update (its generator seeded from the cell key without the attack, so every attack
 faces the same defended update), runs ``attack.reconstruct`` on an ``AttackTarget`` (no private images in it) and
-scores the reconstruction against the ground truth. Reference cells are the prior-only pseudo-attacks of
-``benchmarks.references``, computed per (victim, seed) from the label inferred from the clean update.
+scores the reconstruction against the ground truth. Beside the metrics a row carries three diagnostics (names in
+``benchmarks.cells``): the common matching loss of the attacker's pick, whether the search was still improving
+when its budget ran out, and whether the defense's ``simulate`` passed ``ggl.defenses.check_simulation`` on the
+victim's clean update. A control cell runs the same attack on the defended update of another image of the class
+inferred from the defended update, and is scored against the same victim. Reference cells are the prior-only
+pseudo-attacks of ``benchmarks.references``: per defense setting from the label inferred from the defended
+update, and the prior ceiling once per victim.
 
 Cells are independent: ``shard(cells, rank, world_size)`` deals them round-robin to ranks, all writing to the same
 SQLite store (WAL mode). A cell found in the store is skipped, so a killed run resumes where it stopped.
@@ -28,8 +33,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.cells import Cell, CellKey, code_version, expand_cells, seed_from, shard
-from benchmarks.config import REFERENCE_PREFIX, AttackConfig, DefenseConfig, SuiteConfig, SuiteError
+from benchmarks.cells import (
+    MATCH_LOSS,
+    SIMULATION_OK,
+    STILL_IMPROVING,
+    Cell,
+    CellKey,
+    code_version,
+    expand_cells,
+    seed_from,
+    shard,
+)
+from benchmarks.config import CONTROL, REFERENCE_PREFIX, AttackConfig, DefenseConfig, SuiteConfig, SuiteError
 from benchmarks.references import reference_images
 from benchmarks.store import (
     FAILED,
@@ -44,9 +59,10 @@ from benchmarks.store import (
 )
 from benchmarks.utility import UtilityConfig, utility_cost
 from ggl.attacks import AttackTarget, make_attack
+from ggl.attacks.objective import gradient_distance
 from ggl.checks import positive_number
 from ggl.data import make_datamodule
-from ggl.defenses import build_defense
+from ggl.defenses import SimulationCheck, build_defense, check_simulation
 from ggl.fl import VICTIMS, infer_labels, make_victim, shared_update
 from ggl.metrics import reconstruction_metrics
 from ggl.priors import load_prior
@@ -55,6 +71,9 @@ from ggl.priors import load_prior
 class MissingRequirement(RuntimeError):
     """The suite needs data, weights or a device this machine lacks; the message lists what is missing."""
 
+
+CONTROL_DRAWS = 100_000
+"""Most random draws searching the victims split for a control image of one class."""
 
 CLAIM_POLL_SECONDS = 2.0
 """How often a run waiting for cells another run holds looks again."""
@@ -194,6 +213,8 @@ class Harness:
         self._indices: list[int] | None = None
         self._victims: dict[int, _Victim] = {}
         self._defended_cache: tuple[tuple[int, str, int], Any, Any] | None = None
+        self._control_cache: tuple[tuple[int, str, int], Any] | None = None
+        self._check_cache: tuple[tuple[int, str, int], SimulationCheck] | None = None
 
     # ------------------------------------------------------------------------------------------------ preflight
     def preflight(self) -> None:
@@ -344,7 +365,7 @@ class Harness:
         """This rank's cells (only the reference cells when ``references_only``)."""
         cells = expand_cells(self.suite)
         if self.references_only:
-            cells = [cell for cell in cells if cell.kind == "reference"]
+            cells = [cell for cell in cells if cell.kind == "reference" and cell.defense is None]
         return shard(cells, self.rank, self.world_size)
 
     def run(self, stop: Callable[[], bool] | None = None, also_finished: set[CellKey] | None = None) -> RunSummary:
@@ -445,11 +466,11 @@ class Harness:
             "suite": self.suite.name,
             "victim": cell.victim,
             "defense": dict(cell.defense.spec) if cell.defense is not None else None,
-            "attack": cell.attack.key(),
+            "attack": cell.attack_key(),
             "seed": cell.seed,
             "kind": cell.kind,
             "defense_label": cell.defense.label if cell.defense is not None else "prior only",
-            "attack_label": cell.attack.label,
+            "attack_label": cell.attack_label,
             "config_hash": self.config_hash,
             "code_version": self.code_version,
         }
@@ -511,13 +532,71 @@ class Harness:
             self._defended_cache = (key, defense, defended)
         return self._defended_cache[1], self._defended_cache[2]
 
-    def _attack(self, cell: Cell, victim: _Victim) -> tuple[torch.Tensor, torch.Tensor, int, float]:
-        """Reconstruct from the defended update: (images, labels, evaluations, seconds) as the attack reports them."""
+    def _control_images(self, cell: Cell, labels: torch.Tensor) -> torch.Tensor:
+        """One image per label (B, C, H, W) in [0, 1]: a seeded draw from the victims split, of the same class and
+        never one of the suite's victims (the public split of a datamodule need not be on the machine)."""
+        datamodule = self.datamodule()
+        excluded = set(self._victim_indices())
+        total = len(datamodule.victims)
+        generator = torch.Generator().manual_seed(seed_from(self.suite.name, cell.victim, cell.seed, CONTROL))
+        chosen: list[int] = []
+        for label in labels.tolist():
+            for _ in range(CONTROL_DRAWS):
+                index = int(torch.randint(total, (1,), generator=generator))
+                if index not in excluded and index not in chosen and int(datamodule.victim_batch([index])[1]) == label:
+                    chosen.append(index)
+                    break
+            else:
+                raise RuntimeError(
+                    f"no image of class {label} outside the suite's victims in {CONTROL_DRAWS} draws for the control"
+                )
+        return datamodule.victim_batch(chosen)[0]
+
+    def _control(self, cell: Cell, victim: _Victim) -> Any:
+        """The control update: the defended update of another image of each class inferred from the defended
+        update, through the same defense (its noise drawn from the control's own seed)."""
+        assert cell.defense is not None
+        key = (cell.victim, cell.defense_json, cell.seed)
+        if self._control_cache is None or self._control_cache[0] != key:
+            defense, defended = self._defended(cell, victim)
+            labels = infer_labels(defended, self.model()).cpu()
+            inputs = self.datamodule().normalization.normalize(self._control_images(cell, labels)).to(self.device)
+            update = shared_update(self.model(), inputs, labels.to(self.device))
+            generator = torch.Generator().manual_seed(
+                seed_from(self.suite.name, cell.victim, dict(cell.defense.spec), cell.seed, CONTROL)
+            )
+            control = defense(
+                update, model=self.model(), images=inputs, labels=labels.to(self.device), generator=generator
+            )
+            self._control_cache = (key, control)
+        return self._control_cache[1]
+
+    def _simulation_check(self, cell: Cell, victim: _Victim) -> SimulationCheck:
+        """``check_simulation`` of the cell's defense on the victim's clean update (cached per defended update)."""
+        assert cell.defense is not None
+        key = (cell.victim, cell.defense_json, cell.seed)
+        if self._check_cache is None or self._check_cache[0] != key:
+            defense, _ = self._defended(cell, victim)
+            check = check_simulation(
+                defense,
+                victim.update,
+                model=self.model(),
+                images=victim.inputs,
+                labels=victim.labels.to(self.device),
+                seed=seed_from(self.suite.name, cell.victim, dict(cell.defense.spec), cell.seed, "simulation-check"),
+            )
+            self._check_cache = (key, check)
+        return self._check_cache[1]
+
+    def _attack(self, cell: Cell, victim: _Victim) -> tuple[torch.Tensor, torch.Tensor, int, float, dict[str, float]]:
+        """Reconstruct from the defended update (a control cell: from the control update): images, labels,
+        evaluations, seconds as the attack reports them, and the row's diagnostics."""
         defense, defended = self._defended(cell, victim)
+        received = self._control(cell, victim) if cell.control else defended
         attack = make_attack(**self._attack_params(cell.attack, cell.seed))
         target = AttackTarget(
             self.model(),
-            defended,
+            received,
             defense=defense,
             image_shape=tuple(self.datamodule().image_shape),
             normalization=self.datamodule().normalization,
@@ -526,11 +605,33 @@ class Harness:
         reconstruction = attack.reconstruct(target, accelerator=accelerator)
         images = reconstruction.images.detach().cpu().float().clamp(0, 1)
         labels_hat = reconstruction.labels.detach().cpu().long().reshape(-1)
-        return images, labels_hat, int(reconstruction.evaluations), float(reconstruction.seconds)
+        diagnostics = {
+            MATCH_LOSS: self._match_loss(images, labels_hat, received),
+            SIMULATION_OK: float(self._simulation_check(cell, victim).passed),
+        }
+        if "still_improving" in reconstruction.extras:
+            diagnostics[STILL_IMPROVING] = float(bool(reconstruction.extras["still_improving"]))
+        return images, labels_hat, int(reconstruction.evaluations), float(reconstruction.seconds), diagnostics
 
-    def _reference(self, cell: Cell, victim: _Victim) -> tuple[torch.Tensor, torch.Tensor, int, float]:
-        """A prior-only pseudo-attack: the inferred label and the prior, never the gradient otherwise."""
+    def _match_loss(self, images: torch.Tensor, labels: torch.Tensor, received: Any) -> float:
+        """The common distance of the attacker's pick: 1 - cosine similarity between the plain gradient of
+        ``images`` with ``labels`` and the received update (no defense simulation: nothing a defense says enters it,
+        and the cosine ignores the update's scale)."""
+        inputs = self.datamodule().normalization.normalize(images).to(self.device)
+        gradients = shared_update(self.model(), inputs, labels.to(self.device)).gradients
+        trial = [g.unsqueeze(0) for g in gradients]
+        with torch.no_grad():
+            return float(gradient_distance(trial, [g.to(self.device) for g in received.gradients], "cosine")[0])
+
+    def _reference(
+        self, cell: Cell, victim: _Victim
+    ) -> tuple[torch.Tensor, torch.Tensor, int, float, dict[str, float]]:
+        """A prior-only pseudo-attack: the inferred label and the prior, never the gradient otherwise. Per defense
+        setting the label is the one inferred from the defended update, as the attacks infer it."""
         start = time.perf_counter()
+        labels = victim.labels_hat
+        if cell.defense is not None:
+            labels = infer_labels(self._defended(cell, victim)[1], self.model()).cpu()
         generator = torch.Generator().manual_seed(seed_from(self.suite.name, cell.victim, cell.attack_json, cell.seed))
         prior = None if cell.attack.name == REFERENCE_PREFIX + "class-mean" else self.prior()
         images, evaluations = reference_images(
@@ -538,20 +639,20 @@ class Harness:
             datamodule=self.datamodule(),
             prior=prior,
             images=victim.images,
-            labels=victim.labels_hat,
+            labels=labels,
             generator=generator,
             device=self.device,
         )
-        return images, victim.labels_hat, evaluations, time.perf_counter() - start
+        return images, labels, evaluations, time.perf_counter() - start, {}
 
     def compute(self, cell: Cell) -> CellRow:
         """Run one cell and return its row (not yet stored)."""
         victim = self.victim(cell.victim)
         reconstruct = self._reference if cell.attack.is_reference else self._attack
-        images, labels_hat, evaluations, seconds = reconstruct(cell, victim)
+        images, labels_hat, evaluations, seconds, diagnostics = reconstruct(cell, victim)
         if tuple(images.shape) != tuple(victim.images.shape):
             raise RuntimeError(f"reconstruction has shape {tuple(images.shape)}, expected {tuple(victim.images.shape)}")
-        metrics = reconstruction_metrics(images, victim.images, labels_hat, victim.labels)
+        metrics = {**reconstruction_metrics(images, victim.images, labels_hat, victim.labels), **diagnostics}
         return CellRow(
             **self._identity(cell),
             seconds=seconds,

@@ -188,7 +188,9 @@ def ceiling_summary(suite: SuiteConfig, rows: Sequence[CellRow], victims: int) -
         if name not in wanted:
             continue
         key = wanted[name].key()
-        used = [r for r in rows if r.kind == "reference" and r.attack == key and r.victim < victims]
+        used = [
+            r for r in rows if r.kind == "reference" and r.defense is None and r.attack == key and r.victim < victims
+        ]
         values = per_victim(used, victims)
         if values:
             summary[field] = {m: _stats([v[m] for v in values.values()]) for m in SUMMARY_METRICS}

@@ -370,7 +370,7 @@ def missing_cells(suite: SuiteConfig, out: Path, references_only: bool = False) 
 
     with open_store(out) as store:
         finished = store.finished_keys(suite.name)
-    cells = [c for c in expand_cells(suite) if c.kind == "reference" or not references_only]
+    cells = [c for c in expand_cells(suite) if (c.kind == "reference" and c.defense is None) or not references_only]
     return [cell.describe() for cell in cells if cell.key() not in finished]
 
 

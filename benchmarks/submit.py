@@ -300,10 +300,10 @@ def write_entry(path: Path, submission: Submission, suite: Any, evaluation: dict
 
 
 def _print_outcome(submission: Submission, evaluation: dict[str, Any], entry_out: Path, report_dir: Path) -> None:
-    worst = evaluation["worst_case"]["psnr_above_prior"]
+    worst = evaluation["worst_case"]["psnr_above_baseline"]
     interval = " [{:+.2f}, {:+.2f}]".format(*worst["interval"]) if worst.get("interval") else ""
     print(
-        f"{submission.name}: worst-case PSNR above prior {worst['value']:+.2f} dB{interval} "
+        f"{submission.name}: worst-case PSNR above baseline {worst['value']:+.2f} dB{interval} "
         f"(rank {evaluation['rank_in_store']}, band {evaluation['band']}); entry written to {entry_out}; "
         f"tables in {report_dir}",
         file=sys.stderr,

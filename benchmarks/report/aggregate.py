@@ -1,10 +1,14 @@
 """Aggregation: the rows of one suite become per-pair and per-defense summaries, ranked by worst-case leakage.
 
-The prior-only reference of a victim is the better (higher PSNR) of the class-mean image and a random prior sample
-of the inferred class (what the attacker has without any gradient information beyond the label). A defense
-setting's leakage is the mean over victims of its **worst case per victim** above that reference: per victim and
+The prior-only reference of a victim under a defense setting is the better (higher PSNR) of the class-mean image
+and a random prior sample of the class inferred from the defended update (what the attacker has without any
+gradient information beyond the label). The **baseline** is the better of that reference and the control (the
+worst case of the same attacks run on a control update that carries nothing about the victim). A defense
+setting's leakage is the mean over victims of its **worst case per victim** above the baseline: per victim and
 seed the best PSNR over all attacks (``benchmarks.report.worst_case``), with bootstrap intervals over victims and
-rank bands. Lower leakage ranks first.
+rank bands. Lower leakage ranks first. A setting whose ``simulate`` failed the harness's simulation check
+(``benchmarks.cells.SIMULATION_OK``) is ranked by its non-adaptive attacks (and their controls) only: adaptive
+attacks trust a description the check showed to be false.
 
 Per attack (``PairSummary``) the figures are means over victims: ``psnr_gain`` is the mean of the attack's PSNR
 above each victim's reference; the strongest attack is the one with the largest mean gain, and ``best`` holds the
@@ -25,10 +29,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from benchmarks.cells import CellKey, expand_cells
+from benchmarks.cells import SIMULATION_OK, CellKey, expand_cells
 from benchmarks.config import REFERENCE_KINDS, REFERENCE_PREFIX, SuiteConfig
 from benchmarks.report.stats import bootstrap_seed, mean
-from benchmarks.report.worst_case import WorstCase, assign_bands, worst_case
+from benchmarks.report.worst_case import RANKING_METRIC, WorstCase, assign_bands, best_per_seed, worst_case
 from benchmarks.store import CellRow, FailureRow, ResultsStore, VictimRow
 from ggl.io import canonical_json
 from ggl.metrics import METRIC_TABLE
@@ -94,6 +98,8 @@ class DefenseSummary:
     worst: WorstCase | None = None  # None: every cell of the setting failed
     rank: int = 0  # 0: unranked (every cell of the setting failed)
     failures: list[FailureRow] = field(default_factory=list)
+    controls: list[PairSummary] = field(default_factory=list)
+    simulation_failed: bool = False  # its simulate failed the check: ranked by non-adaptive attacks only
 
     @property
     def leakage(self) -> float:
@@ -214,19 +220,75 @@ def best_values(summaries: Sequence[PairSummary]) -> dict[str, float]:
     return best
 
 
+@dataclass
+class SettingRows:
+    """One defense setting's rows by kind, each a dict from attack JSON to rows."""
+
+    attacks: dict[str, list[CellRow]] = field(default_factory=lambda: defaultdict(list))
+    controls: dict[str, list[CellRow]] = field(default_factory=lambda: defaultdict(list))
+    references: dict[str, list[CellRow]] = field(default_factory=lambda: defaultdict(list))
+
+    def add(self, row: CellRow) -> None:
+        kinds = {"attack": self.attacks, "control": self.controls, "reference": self.references}
+        kinds[row.kind][row.attack_json].append(row)
+
+    @property
+    def simulation_failed(self) -> bool:
+        """Whether any attack row records that the defense's simulation failed the check."""
+        return any(r.metrics.get(SIMULATION_OK, 1.0) == 0.0 for rows in self.attacks.values() for r in rows)
+
+
+def _non_adaptive(pairs: dict[str, list[CellRow]]) -> dict[str, list[CellRow]]:
+    return {key: rows for key, rows in pairs.items() if not rows[0].attack.get("adaptive", False)}
+
+
+def _baseline(
+    attainable: dict[int, tuple[float, str]], controls: Sequence[Sequence[CellRow]]
+) -> dict[int, tuple[float, str]]:
+    """Per victim the better of the prior-only reference and the control's worst-case PSNR (mean over seeds)."""
+    per_victim: dict[int, list[float]] = defaultdict(list)
+    for (victim, _), chosen in sorted(best_per_seed(controls).items()):
+        if RANKING_METRIC in chosen:
+            per_victim[victim].append(chosen[RANKING_METRIC].value)
+    baseline = dict(attainable)
+    for victim, values in per_victim.items():
+        control = mean(values)
+        if control > baseline.get(victim, (-math.inf, ""))[0]:
+            baseline[victim] = (control, "control")
+    return baseline
+
+
+def _ordered(pairs: dict[str, list[CellRow]], order: dict[str, int]) -> list[list[CellRow]]:
+    """The pairs' rows in suite order (a control's attack keeps its attack's place)."""
+
+    def place(item: tuple[str, list[CellRow]]) -> tuple[Any, ...]:
+        attack = {k: v for k, v in item[1][0].attack.items() if k != "control"}
+        return (order.get(canonical_json(attack), len(order)), item[1][0].attack_label, item[0])
+
+    return [rows for _, rows in sorted(pairs.items(), key=place)]
+
+
 def _defense_summary(
-    pairs: dict[str, list[CellRow]],
+    setting: SettingRows,
     order: dict[str, int],
     attainable: dict[int, tuple[float, str]],
     utility: dict[str, Any] | None,
     seed: int,
 ) -> DefenseSummary:
-    """Summarise one defense setting's pairs (in suite order), pick its strongest attack, take its worst case."""
-    ordered = sorted(pairs.items(), key=lambda item: (order.get(item[0], len(order)), item[1][0].attack_label, item[0]))
-    summaries = [_summarise(items, attainable) for _, items in ordered]
+    """Summarise one defense setting's pairs (in suite order), pick its strongest attack, take its worst case above
+    the baseline (non-adaptive attacks only when its simulation failed the check)."""
+    if setting.references:
+        attainable = _attainable_psnr(setting.references)
+    ordered = _ordered(setting.attacks, order)
+    summaries = [_summarise(items, attainable) for items in ordered]
+    failed = setting.simulation_failed
+    attacks = _ordered(_non_adaptive(setting.attacks), order) if failed else ordered
+    controls = _ordered(_non_adaptive(setting.controls) if failed else setting.controls, order)
     ranked = [s for s in summaries if not math.isnan(s.psnr_gain)]
     strongest = max(ranked, key=lambda s: (s.psnr_gain, s.attack_label)) if ranked else None
-    first = next(iter(pairs.values()))[0]
+    first = ordered[0][0]
+    worst = worst_case(attacks, _baseline(attainable, controls), seed)
+    worst.attacks = "non-adaptive" if failed else "all"
     return DefenseSummary(
         first.defense_label,
         first.defense or {},
@@ -234,7 +296,9 @@ def _defense_summary(
         utility,
         strongest,
         best_values(summaries),
-        worst_case([rows for _, rows in ordered], attainable, seed),
+        worst,
+        controls=[_summarise(items, attainable) for items in _ordered(setting.controls, order)],
+        simulation_failed=failed,
     )
 
 
@@ -270,7 +334,7 @@ def _utilities(
 
 
 def _defense_summaries(
-    by_defense: dict[str, dict[str, list[CellRow]]],
+    by_defense: dict[str, SettingRows],
     failures: Sequence[FailureRow],
     order: dict[str, int],
     attainable: dict[int, tuple[float, str]],
@@ -284,9 +348,10 @@ def _defense_summaries(
         if failure.kind != "reference":
             failed[canonical_json(failure.defense)].append(failure)
     defenses = []
-    for defense_json in [*by_defense, *(key for key in failed if key not in by_defense)]:
+    attacked = [key for key, setting in by_defense.items() if setting.attacks]
+    for defense_json in [*attacked, *(key for key in failed if key not in attacked)]:
         utility = utilities.get(defense_json)
-        if defense_json in by_defense:
+        if defense_json in attacked:
             summary = _defense_summary(by_defense[defense_json], order, attainable, utility, seed)
         else:
             first = failed[defense_json][0]
@@ -320,12 +385,12 @@ def build_report(store: ResultsStore, suite: str | SuiteConfig) -> Report:
     meta = store.get_meta(f"suite:{name}")
     suite_config = json.loads(meta) if meta else None
     by_reference: dict[str, list[CellRow]] = defaultdict(list)
-    by_defense: dict[str, dict[str, list[CellRow]]] = defaultdict(lambda: defaultdict(list))
+    by_defense: dict[str, SettingRows] = defaultdict(SettingRows)
     for row in rows:
-        if row.kind == "reference":
+        if row.kind == "reference" and row.defense is None:
             by_reference[row.attack_json].append(row)
         else:
-            by_defense[row.defense_json][row.attack_json].append(row)
+            by_defense[row.defense_json].add(row)
     attainable = _attainable_psnr(by_reference)
     seed = bootstrap_seed(name)
     utilities = _utilities(store, suite_config, options)

@@ -72,7 +72,7 @@ def _plot_families(axis: Any, families: dict[str, list[DefenseSummary]], utility
             axis.errorbar(xs, ys, yerr=[below, above], marker="o", capsize=3, label=family)
     axis.axhline(0.0, color="grey", linestyle="--", linewidth=1)
     axis.set_xlabel(title)
-    axis.set_ylabel("worst-case PSNR above prior-only reference (dB)")
+    axis.set_ylabel("worst-case PSNR above baseline (dB)")
     axis.grid(alpha=0.3)
 
 
@@ -136,7 +136,8 @@ def _grid(
 
 
 def reconstruction_grids(report: Report, folder: Path, max_victims: int = 8) -> list[Path]:
-    """One PNG per defense setting with rows: rows = victims, columns = original, prior-only references, attacks."""
+    """One PNG per defense setting with rows: rows = victims, columns = original, the prior-only references (the
+    victim's, then the setting's own), the attacks, then their controls."""
     plt = _pyplot()
     seed = report.seeds[0] if report.seeds else None
     originals = {v.victim: v.images for v in report.originals}
@@ -146,10 +147,16 @@ def reconstruction_grids(report: Report, folder: Path, max_victims: int = 8) -> 
     written = []
     for summary in (s for s in report.defenses if s.pairs):
         defense_json = canonical_json(summary.spec)
+        own = {
+            r.attack_json: r.attack_label
+            for r in report.rows
+            if r.kind == "reference" and r.defense_json == defense_json
+        }
         columns = [
             ("original", "", "original"),
             *reference_columns,
-            *[(defense_json, canonical_json(p.attack), p.attack_label) for p in summary.pairs],
+            *[(defense_json, key, label) for key, label in own.items()],
+            *[(defense_json, canonical_json(p.attack), p.attack_label) for p in (*summary.pairs, *summary.controls)],
         ]
         figure = _grid(plt, f"{report.suite}: {summary.label}", columns, victims, originals, images)
         path = folder / f"{slug(summary.label)}.png"

@@ -2,7 +2,8 @@
 
 Metric columns, their titles, directions and number formats come from ``ggl.metrics.METRIC_TABLE``: a metric
 added there appears in every table. The leaderboard shows the worst case per victim (``worst_case``): worst-case
-PSNR above prior, victims recovered, the deciding attacks, then the worst case of each image metric (the
+PSNR above the baseline, the attacker's pick above the baseline, victims recovered, the deciding attacks and the
+flags (cut-off searches, a failed simulation check), then the worst case of each image metric (the
 higher-is-better ones first: ``Worst-case PSNR``, then the lower-is-better ones: ``Worst-case MSE``) and of the
 label metrics, each with its bootstrap interval (Markdown: ``+9.61 [+4.20, +15.00]``; CSV: ``_low`` and ``_high``
 columns); then the strongest attack on average and its mean for comparison. ``attacks.{md,csv}`` keep the
@@ -22,6 +23,7 @@ from benchmarks.report.aggregate import PairSummary, Report, plain
 from benchmarks.report.stats import LEVEL, RESAMPLES
 from benchmarks.report.worst_case import (
     ABOVE_PRIOR,
+    PICK,
     RECOVERED,
     RECOVERED_METRIC,
     RECOVERED_THRESHOLD,
@@ -31,11 +33,12 @@ from benchmarks.report.worst_case import (
 from benchmarks.store import FailureRow
 from ggl.metrics import METRIC_TABLE
 
-SCHEMA = "ggl-bench-leaderboard-v1"
+SCHEMA = "ggl-bench-leaderboard-v2"
 PRIOR_ONLY = "(any: prior only)"
 REPORT_FORMATS = {
     "psnr_gain": "{:+.2f}",
     ABOVE_PRIOR: "{:+.2f}",
+    PICK: "{:+.2f}",
     RECOVERED: "{:.2f}",
     "update_cosine": "{:.3f}",
     "accuracy_drop": "{:+.3f}",
@@ -60,7 +63,7 @@ HEADERS = {
     "reason": "Reason",
 }
 """Titles of the report's own columns; metric titles come from ``METRIC_TABLE``."""
-TEXT_COLUMNS = ("defense", "attack", "strongest_attack", "deciding_attack", "reason")
+TEXT_COLUMNS = ("defense", "attack", "strongest_attack", "deciding_attack", "flags", "reason")
 FAILURE_COLUMNS = ("defense", "attack", "victim", "seed", "reason")
 
 
@@ -89,7 +92,7 @@ def leaderboard_metric_columns() -> tuple[str, ...]:
 
 def figure_columns() -> tuple[str, ...]:
     """Leaderboard columns that are worst-case estimates over victims, each with a bootstrap interval."""
-    return (ABOVE_PRIOR, RECOVERED, *leaderboard_metric_columns())
+    return (ABOVE_PRIOR, PICK, RECOVERED, *leaderboard_metric_columns())
 
 
 def leaderboard_columns() -> tuple[str, ...]:
@@ -101,8 +104,10 @@ def leaderboard_columns() -> tuple[str, ...]:
         "update_cosine",
         "accuracy_drop",
         ABOVE_PRIOR,
+        PICK,
         RECOVERED,
         "deciding_attack",
+        "flags",
         *leaderboard_metric_columns(),
         "strongest_attack",
         "psnr_gain",
@@ -130,9 +135,11 @@ def leaderboard_headers() -> dict[str, str]:
     return {
         **HEADERS,
         **{m.name: f"Worst-case {m.title if m.per_image else m.title.lower()}" for m in METRIC_TABLE.values()},
-        ABOVE_PRIOR: f"Worst-case {ranking} above prior (dB)",
+        ABOVE_PRIOR: f"Worst-case {ranking} above baseline (dB)",
+        PICK: f"Attacker's pick {ranking} above baseline (dB)",
         RECOVERED: f"Victims recovered ({recovered})",
         "deciding_attack": "Deciding attack (count)",
+        "flags": "Flags",
         "strongest_attack": "Best attack on average",
         "psnr_gain": f"Its mean {ranking} above prior (dB)",
     }
@@ -184,9 +191,25 @@ def deciding_text(worst: WorstCase | None) -> str:
     return ", ".join(f"{attack} {count}" for attack, count in worst.deciding) if worst and worst.deciding else "-"
 
 
+def flags_text(worst: WorstCase | None) -> str:
+    """A setting's flags: victims whose deciding search was cut off, a failed simulation check ("-": none)."""
+    if worst is None:
+        return "-"
+    flags = []
+    if worst.attacks != "all":
+        flags.append(f"simulation check failed: {worst.attacks} attacks only")
+    if worst.cut_off:
+        flags.append(f"cut off {worst.cut_off}/{len(worst.victims)}")
+    return "; ".join(flags) or "-"
+
+
 def _worst_cells(worst: WorstCase | None) -> dict[str, str]:
-    """The worst-case cells of a leaderboard row: band, deciding attacks, every estimate with its interval."""
-    cells = {"band": str(worst.band) if worst and worst.band else "-", "deciding_attack": deciding_text(worst)}
+    """The worst-case cells of a leaderboard row: band, deciding attacks, flags, every estimate with its interval."""
+    cells = {
+        "band": str(worst.band) if worst and worst.band else "-",
+        "deciding_attack": deciding_text(worst),
+        "flags": flags_text(worst),
+    }
     for name in figure_columns():
         cells.update(_estimate_cells(name, worst.figures.get(name) if worst else None))
     return cells
@@ -248,8 +271,10 @@ def _pair_row(defense: str, pair: PairSummary) -> dict[str, str]:
 
 
 def attack_rows(report: Report) -> list[dict[str, str]]:
-    """Per-attack breakdown: every (defense, attack) pair, then the prior-only references."""
-    table = [_pair_row(summary.label, pair) for summary in report.defenses for pair in summary.pairs]
+    """Per-attack breakdown: every (defense, attack) pair and its control, then the prior-only references."""
+    table = [
+        _pair_row(summary.label, pair) for summary in report.defenses for pair in (*summary.pairs, *summary.controls)
+    ]
     return table + [_pair_row(PRIOR_ONLY, reference) for reference in report.references]
 
 
@@ -283,20 +308,29 @@ def definitions_text() -> str:
     """The leaderboard page's paragraph on what its columns mean."""
     recovered = f"{METRIC_TABLE[RECOVERED_METRIC].title} ≥ {RECOVERED_THRESHOLD:g}"
     return (
-        "Ranked by **worst-case PSNR above prior**: per victim (and seed) the best PSNR over all attacks, minus "
-        "that victim's prior-only reference PSNR (the better of the class-mean image and a random prior sample of "
-        "the inferred class), averaged over victims. Lower is more private; near or below 0 dB no attack recovers "
-        "more than the prior alone. Every worst-case metric is, per victim, the best value over attacks in that "
-        f"metric's direction, averaged over victims. **Victims recovered**: the share of victims with worst-case "
+        "Ranked by **worst-case PSNR above baseline**: per victim (and seed) the best PSNR over all attacks, minus "
+        "that victim's baseline, averaged over victims. The **baseline** is the better of the prior-only reference "
+        "(the class-mean image or a random prior sample of the class inferred from the defended update) and the "
+        "**control**: the best PSNR of the same attacks, budgets and seeds run on a control update, the defended "
+        "update of another image of the inferred class, which carries nothing about the victim. Lower is more "
+        "private; near or below 0 dB no attack recovers more than it would without the victim's update. "
+        "**Attacker's pick**: the same figure for the reconstruction a server would choose without the private "
+        "images, per victim the one with the lowest matching loss (1 - cosine between its plain gradient and the "
+        "defended update) over all attacks. Every worst-case metric is, per victim, the best value over attacks in "
+        f"that metric's direction, averaged over victims. **Victims recovered**: the share of victims with worst-case "
         f"{recovered}. **Deciding attack**: how many victims (victim-seed pairs) each attack gave the worst-case "
         f"PSNR. `[low, high]`: {LEVEL:.0%} bootstrap interval over victims ({RESAMPLES:,} resamples, a victim's "
         "seeds kept together, a fixed seed; percentiles widened for few victims, Hesterberg's expanded percentile "
         "interval). It covers the choice of victims, not the attacks' own randomness. **Band**: a new band starts "
         "at the first setting whose paired bootstrap interval of the per-victim difference from the band's first "
         "setting excludes 0; the order within a band is not established by these victims. The best attack on "
-        "average and its mean PSNR above prior are shown for comparison (per-attack means: "
-        "[attacks.md](attacks.md)); they understate the worst case. Rows marked `ref` are the prior-only references "
-        "(no gradient used beyond the label)."
+        "average and its mean PSNR above the prior-only reference are shown for comparison (per-attack means and "
+        "the controls: [attacks.md](attacks.md)); they understate the worst case. **Flags**: `cut off k/n`, the "
+        "search that gave k of n victims their worst case was still improving when its budget ran out (the "
+        "figure may understate the leakage); `simulation check failed`, the defense's own `simulate` does not "
+        "reproduce its update from the client's true gradient, so only the non-adaptive attacks, which do not "
+        "use it, rank it. Rows marked `ref` are the prior-only references of the clean update's label (no "
+        "gradient used beyond the label)."
     )
 
 
@@ -351,7 +385,8 @@ def attacks_markdown(report: Report) -> str:
         [
             f"# Per-attack breakdown: suite `{report.suite}`",
             "",
-            "Means over victims (and seeds). `PSNR above prior` as in the leaderboard.",
+            "Means over victims (and seeds). `PSNR above prior`: above the prior-only reference of the class inferred "
+            "from the defended update. Rows marked `(control)` are the attack run on the control update.",
             "",
             markdown_table(attack_rows(report), attack_columns(), pair_headers()),
         ]
@@ -362,7 +397,14 @@ def definitions_json(report: Report) -> dict[str, Any]:
     """The definitions behind ``leaderboard.json``'s worst-case fields, with the bootstrap's seed."""
     return {
         "worst_case": "per victim and seed, the best value of each metric over all attacks (in the metric's "
-        "direction), averaged over the victim's seeds; psnr_above_prior subtracts the victim's prior-only reference",
+        "direction), averaged over the victim's seeds; psnr_above_baseline subtracts the victim's baseline, the "
+        "better of the prior-only reference (label inferred from the defended update) and the control (the same "
+        "attacks on the defended update of another image of the inferred class)",
+        "attackers_pick": "per victim and seed, the row with the lowest match_loss (1 - cosine between the "
+        "reconstruction's plain gradient and the defended update) over all attacks; pick_above_baseline as above",
+        "cut_off": "victims whose worst case came from a row whose search was still improving at the end of its "
+        "budget (ggl.attacks still_improving)",
+        "simulation_check": "attacks = non-adaptive when the defense's simulate failed ggl.defenses.check_simulation",
         "victims_recovered": {"metric": RECOVERED_METRIC, "threshold": RECOVERED_THRESHOLD},
         "bootstrap": {
             "method": "expanded percentile bootstrap of the mean over victims (Hesterberg 2015: percentiles "
@@ -372,7 +414,7 @@ def definitions_json(report: Report) -> dict[str, Any]:
             "seed": report.bootstrap_seed,
         },
         "bands": "in rank order, a new band starts at the first setting whose paired bootstrap interval of the "
-        "per-victim difference in psnr_above_prior from the band's first setting (victims both have) excludes 0",
+        "per-victim difference in psnr_above_baseline from the band's first setting (victims both have) excludes 0",
         "psnr_gain_over_prior": "mean over victims of the strongest attack on average (not the worst case)",
     }
 
@@ -391,7 +433,9 @@ def leaderboard_json(report: Report) -> dict[str, Any]:
             "strongest_attack": summary.strongest.attack_label if summary.strongest else None,
             "psnr_gain_over_prior": summary.mean_leakage,
             "best": summary.best,
+            "simulation_failed": summary.simulation_failed,
             "attacks": [pair.to_json() for pair in summary.pairs],
+            "controls": [pair.to_json() for pair in summary.controls],
         }
         for summary in report.defenses
     ]
@@ -406,7 +450,7 @@ def leaderboard_json(report: Report) -> dict[str, Any]:
         "seeds": report.seeds,
         "config_hashes": report.config_hashes,
         "code_versions": report.code_versions,
-        "ranking": "worst_case.psnr_above_prior.value, ascending (lower = more private); ties by accuracy drop",
+        "ranking": "worst_case.psnr_above_baseline.value, ascending (lower = more private); ties by accuracy drop",
         "definitions": definitions_json(report),
         "references": references,
         "leaderboard": entries,

@@ -5,10 +5,17 @@ miss. The auditor's upper bound is the **worst case per victim**: for every vict
 every metric over all attacks of a setting (highest or lowest, as ``ggl.metrics.METRIC_TABLE`` says), averaged
 over the victim's seeds. From it:
 
-* ``psnr_above_prior``: worst-case PSNR minus the victim's prior-only reference PSNR (the ranking figure);
+* ``psnr_above_baseline``: worst-case PSNR minus the victim's baseline (the ranking figure). The baseline is the
+  better of the prior-only reference (the class mean or a prior sample of the class inferred from the defended
+  update) and the control: the worst case, over the same attacks, of their runs on a control update that carries
+  nothing about the victim (``benchmarks.cells``);
+* ``pick_above_baseline``: the same for the **attacker's pick**, per victim and seed the reconstruction with the
+  lowest common matching loss (``benchmarks.cells.MATCH_LOSS``), i.e. the one a server would choose without the
+  private images;
 * ``victims_recovered``: per victim, the share of its seeds whose worst-case SSIM is at least
   ``RECOVERED_THRESHOLD``; with one seed, 1 for a recovered victim and 0 otherwise;
-* the deciding attack: per victim and seed, the attack that gave the worst-case PSNR, counted.
+* the deciding attack: per victim and seed, the attack that gave the worst-case PSNR, counted; ``cut_off`` counts
+  the victims whose deciding row was still improving when its budget ran out.
 
 A handful of victims leaves every mean uncertain, so each figure carries an expanded percentile bootstrap
 interval over victims (``benchmarks.report.stats``: 2,000 resamples of the victims, a victim's seeds kept
@@ -26,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from benchmarks.cells import MATCH_LOSS, STILL_IMPROVING
 from benchmarks.report.stats import bootstrap_interval, mean, paired_interval
 from benchmarks.store import CellRow
 from ggl.metrics import METRIC_TABLE
@@ -35,7 +43,8 @@ RANKING_METRIC = "psnr"
 RECOVERED_METRIC = "ssim"
 RECOVERED_THRESHOLD = 0.6
 """SSIM at or above which a victim counts as recovered (``leaderboards/README.md`` says why 0.6)."""
-ABOVE_PRIOR = "psnr_above_prior"
+ABOVE_PRIOR = "psnr_above_baseline"
+PICK = "pick_above_baseline"
 RECOVERED = "victims_recovered"
 
 
@@ -62,6 +71,7 @@ class Choice:
     attack: str
     config_hash: str
     code_version: str
+    still_improving: bool = False
 
 
 @dataclass
@@ -74,11 +84,25 @@ class VictimWorstCase:
     reference: str | None
     recovered: float
     choices: dict[int, dict[str, Choice]]
+    picks: dict[int, Choice]
+
+    @property
+    def pick_psnr(self) -> float:
+        """PSNR of the attacker's pick, mean over seeds (NaN when no row has a matching loss)."""
+        return mean(choice.value for choice in self.picks.values())
+
+    @property
+    def cut_off(self) -> bool:
+        """Whether the row that gave the worst-case PSNR was still improving, in any seed."""
+        return any(c[RANKING_METRIC].still_improving for c in self.choices.values() if RANKING_METRIC in c)
 
     def figure(self, name: str) -> float:
-        """``psnr_above_prior``, ``victims_recovered`` or a metric's worst case (NaN when absent)."""
+        """``psnr_above_baseline``, ``pick_above_baseline``, ``victims_recovered`` or a metric's worst case (NaN
+        when absent)."""
         if name == ABOVE_PRIOR:
             return self.metrics.get(RANKING_METRIC, math.nan) - self.reference_psnr
+        if name == PICK:
+            return self.pick_psnr - self.reference_psnr
         if name == RECOVERED:
             return self.recovered
         return self.metrics.get(name, math.nan)
@@ -92,12 +116,18 @@ class VictimWorstCase:
         return {
             "victim": self.victim,
             ABOVE_PRIOR: self.figure(ABOVE_PRIOR),
+            PICK: self.figure(PICK),
             "metrics": self.metrics,
             "recovered": self.recovered,
-            "reference_psnr": self.reference_psnr,
-            "reference": self.reference,
+            "cut_off": self.cut_off,
+            "baseline_psnr": self.reference_psnr,
+            "baseline": self.reference,
             "seeds": [
-                {"seed": seed, "metrics": {name: asdict(choice) for name, choice in chosen.items()}}
+                {
+                    "seed": seed,
+                    "metrics": {name: asdict(choice) for name, choice in chosen.items()},
+                    "attackers_pick": asdict(self.picks[seed]) if seed in self.picks else None,
+                }
                 for seed, chosen in sorted(self.choices.items())
             ],
         }
@@ -112,6 +142,12 @@ class WorstCase:
     deciding: list[tuple[str, int]]
     band: int = 0  # 0: in no band (no ranking figure)
     comparison: dict[str, Any] | None = None  # the paired difference that placed it in its band
+    attacks: str = "all"  # which attacks it covers: "all", or "non-adaptive" when the simulation check failed
+
+    @property
+    def cut_off(self) -> int:
+        """Victims whose worst case came from a search still improving when its budget ran out."""
+        return sum(victim.cut_off for victim in self.victims)
 
     @property
     def leakage(self) -> float:
@@ -126,10 +162,11 @@ class WorstCase:
     def to_json(self) -> dict[str, Any]:
         """The estimates with intervals, the deciding attacks with counts, every victim's values and sources."""
         return {
-            ABOVE_PRIOR: self.figures[ABOVE_PRIOR].to_json() if ABOVE_PRIOR in self.figures else None,
-            RECOVERED: self.figures[RECOVERED].to_json() if RECOVERED in self.figures else None,
-            "metrics": {n: e.to_json() for n, e in self.figures.items() if n not in (ABOVE_PRIOR, RECOVERED)},
+            **{n: self.figures[n].to_json() if n in self.figures else None for n in (ABOVE_PRIOR, PICK, RECOVERED)},
+            "metrics": {n: e.to_json() for n, e in self.figures.items() if n not in (ABOVE_PRIOR, PICK, RECOVERED)},
             "deciding_attacks": [{"attack": attack, "count": count} for attack, count in self.deciding],
+            "cut_off": self.cut_off,
+            "attacks": self.attacks,
             "per_victim": [victim.to_json() for victim in self.victims],
         }
 
@@ -141,6 +178,11 @@ def _better(name: str, value: float, current: Choice | None) -> bool:
     return value > current.value if METRIC_TABLE[name].higher_is_better else value < current.value
 
 
+def _choice(row: CellRow, value: float) -> Choice:
+    improving = row.metrics.get(STILL_IMPROVING, 0.0) == 1.0
+    return Choice(value, row.attack_label, row.config_hash, row.code_version, improving)
+
+
 def best_per_seed(groups: Sequence[Sequence[CellRow]]) -> dict[tuple[int, int], dict[str, Choice]]:
     """(victim, seed) -> metric -> the best value over the attacks' rows (``groups`` in suite order)."""
     best: dict[tuple[int, int], dict[str, Choice]] = defaultdict(dict)
@@ -149,11 +191,29 @@ def best_per_seed(groups: Sequence[Sequence[CellRow]]) -> dict[tuple[int, int], 
             chosen = best[(row.victim, row.seed)]
             for name, value in row.metrics.items():
                 if name in METRIC_TABLE and not math.isnan(value) and _better(name, value, chosen.get(name)):
-                    chosen[name] = Choice(value, row.attack_label, row.config_hash, row.code_version)
+                    chosen[name] = _choice(row, value)
     return best
 
 
-def _victim(victim: int, choices: dict[int, dict[str, Choice]], reference: tuple[float, str] | None) -> VictimWorstCase:
+def attackers_pick(groups: Sequence[Sequence[CellRow]]) -> dict[tuple[int, int], Choice]:
+    """(victim, seed) -> the PSNR of the row with the lowest matching loss (the first of equals stays)."""
+    picks: dict[tuple[int, int], tuple[float, Choice]] = {}
+    for rows in groups:
+        for row in rows:
+            loss = row.metrics.get(MATCH_LOSS, math.nan)
+            psnr = row.metrics.get(RANKING_METRIC, math.nan)
+            key = (row.victim, row.seed)
+            if not (math.isnan(loss) or math.isnan(psnr)) and (key not in picks or loss < picks[key][0]):
+                picks[key] = (loss, _choice(row, psnr))
+    return {key: choice for key, (_, choice) in picks.items()}
+
+
+def _victim(
+    victim: int,
+    choices: dict[int, dict[str, Choice]],
+    picks: dict[int, Choice],
+    reference: tuple[float, str] | None,
+) -> VictimWorstCase:
     """One victim's worst case from its per-seed choices."""
     names = [name for name in METRIC_TABLE if any(name in chosen for chosen in choices.values())]
     metrics = {name: mean(c[name].value for c in choices.values() if name in c) for name in names}
@@ -165,12 +225,13 @@ def _victim(victim: int, choices: dict[int, dict[str, Choice]], reference: tuple
         reference=reference[1] if reference else None,
         recovered=mean(float(flag) for flag in flags),
         choices=dict(sorted(choices.items())),
+        picks=dict(sorted(picks.items())),
     )
 
 
 def _estimates(victims: Sequence[VictimWorstCase], seed: int) -> dict[str, Estimate]:
     """Mean and bootstrap interval over victims of every figure some victim has."""
-    names = [ABOVE_PRIOR, *(n for n in METRIC_TABLE if any(n in v.metrics for v in victims)), RECOVERED]
+    names = [ABOVE_PRIOR, PICK, *(n for n in METRIC_TABLE if any(n in v.metrics for v in victims)), RECOVERED]
     estimates = {}
     for name in names:
         values = [v.figure(name) for v in victims if not math.isnan(v.figure(name))]
@@ -182,12 +243,15 @@ def _estimates(victims: Sequence[VictimWorstCase], seed: int) -> dict[str, Estim
 def worst_case(groups: Sequence[Sequence[CellRow]], references: dict[int, tuple[float, str]], seed: int) -> WorstCase:
     """The worst case per victim of the attacks' rows ``groups`` (in suite order) against each victim's reference.
 
-    ``references`` maps a victim to its prior-only reference PSNR and the reference's label.
+    ``references`` maps a victim to its baseline PSNR and the baseline's label.
     """
     by_victim: dict[int, dict[int, dict[str, Choice]]] = defaultdict(dict)
     for (victim, row_seed), chosen in best_per_seed(groups).items():
         by_victim[victim][row_seed] = chosen
-    victims = [_victim(v, choices, references.get(v)) for v, choices in sorted(by_victim.items())]
+    picks: dict[int, dict[int, Choice]] = defaultdict(dict)
+    for (victim, row_seed), choice in attackers_pick(groups).items():
+        picks[victim][row_seed] = choice
+    victims = [_victim(v, choices, picks[v], references.get(v)) for v, choices in sorted(by_victim.items())]
     order: dict[str, int] = {}
     for index, rows in enumerate(groups):
         if rows:
@@ -200,7 +264,7 @@ def worst_case(groups: Sequence[Sequence[CellRow]], references: dict[int, tuple[
 def assign_bands(ranked: Sequence[tuple[str, WorstCase]], seed: int) -> None:
     """Number the bands of ``ranked`` ((label, worst case) in rank order; those without a ranking figure get none).
 
-    A new band starts at the first setting whose paired difference in PSNR above prior with the band's first
+    A new band starts at the first setting whose paired difference in PSNR above baseline with the band's first
     setting has a bootstrap interval that excludes 0; fewer than 2 shared victims give no interval, so no new band.
     Each setting after the first records the comparison that placed it.
     """

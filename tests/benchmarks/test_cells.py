@@ -22,8 +22,11 @@ SUITE = {
 
 def test_expand_and_shard_cover_every_cell_once() -> None:
     cells = expand_cells(build_suite(SUITE, "tiny.yaml"))
-    # victims x seeds x (1 reference + defenses x attacks)
-    assert len(cells) == 2 * 2 * (1 + 3 * 2)
+    # victims x seeds x (1 reference + defenses x (1 label reference + attacks + their controls))
+    assert len(cells) == 2 * 2 * (1 + 3 * (1 + 2 * 2))
+    assert Counter(cell.kind for cell in cells) == {"reference": 2 * 2 * (1 + 3), "attack": 24, "control": 24}
+    without = expand_cells(build_suite({**SUITE, "controls": False}, "tiny.yaml"))
+    assert [c for c in cells if c.kind != "control"] == without
     assert len({cell.key() for cell in cells}) == len(cells)
     shares = [shard(cells, rank, 3) for rank in range(3)]
     assert Counter(cell.key() for share in shares for cell in share) == Counter(cell.key() for cell in cells)
@@ -40,9 +43,15 @@ def test_cells_are_victim_major_with_references_first() -> None:
     first: Cell = cells[0]
     assert first.kind == "reference" and first.defense is None and first.defense_json == "null"
     assert first.describe() == "victim 0 | - | prior only: class mean | seed 0"
-    attack = cells[1]
+    label_reference = cells[1]
+    assert label_reference.kind == "reference" and label_reference.defense_json == '{"name":"none"}'
+    attack = cells[2]
     assert attack.kind == "attack" and attack.key() == (0, '{"name":"none"}', attack.attack_json, 0)
     assert '"adaptive":true' in attack.attack_json
+    control = cells[4]
+    assert control.kind == "control" and control.attack == attack.attack and control.seed == attack.seed
+    assert control.attack_json == '{"adaptive":true,"control":"same-class-other-image","iterations":2,"name":"idlg"}'
+    assert control.describe() == "victim 0 | none | iDLG (control) | seed 0"
 
 
 def test_seed_from_is_stable() -> None:

@@ -28,6 +28,7 @@ SUITE = {
     "utility": {"enabled": True},
     "attacks": [{"name": "idlg", "iterations": 2, "max_iter": 3}, {"name": "dlg", "iterations": 1, "max_iter": 3}],
     "defenses": [{"name": "none"}, {"name": "gaussian", "sigma": [0.01, 0.1]}],
+    "controls": False,  # resume, failures and limits are about cells of any kind; controls have their own test
 }
 
 
@@ -88,14 +89,15 @@ def test_resume_after_interruption_no_loss_no_duplicates(tmp_path: Path, monkeyp
         first.run()
     stored = {(c.victim, c.defense_json, c.attack_json, c.seed): c for c in first.store.cells("tiny")}
     total = len(expand_cells(first.suite))
-    # victim 0: its reference row, then three attack cells before the fourth make_attack call interrupted
-    assert len(stored) == 4
+    # victim 0: its reference row; per setting a label reference and two attacks; the fourth make_attack
+    # call (the second setting's second attack) interrupted
+    assert len(stored) == 6
     first.store.close()
 
     attacks = counting(monkeypatch)
     second = harness(tmp_path)
     summary = second.run()
-    assert summary.skipped == 4 and summary.computed == total - 4 and not summary.failed
+    assert summary.skipped == 6 and summary.computed == total - 6 and not summary.failed
     attack_cells = sum(1 for cell in expand_cells(second.suite) if cell.kind == "attack")
     assert len(attacks.calls) == attack_cells - 3  # finished cells were not recomputed
     rows = second.store.cells("tiny")
@@ -151,8 +153,12 @@ def test_class_mean_reference_scores_the_class_mean(tmp_path: Path) -> None:
         {**SUITE, "attacks": [{"name": "idlg", "iterations": 1, "max_iter": 1}], "defenses": [{"name": "none"}]},
     )
     run.run()
-    references = [r for r in run.store.cells("tiny") if r.kind == "reference"]
+    rows = run.store.cells("tiny")
+    references = [r for r in rows if r.kind == "reference" and r.defense is None]
     assert len(references) == 2
+    per_setting = [r for r in rows if r.kind == "reference" and r.defense is not None]
+    # without a defense the label inferred from the defended update is the clean one: the same image
+    assert [r.metrics for r in per_setting] == [r.metrics for r in references]
     datamodule = run.datamodule()
     for reference, victim in zip(references, run.store.victims("tiny")):
         assert reference.labels == victim.labels  # iDLG's rule recovers a single label exactly

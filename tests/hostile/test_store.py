@@ -332,9 +332,10 @@ def test_rows_of_another_configuration_are_kept_and_left_out(out: Path, capsys: 
     bigger = ("--set", "attacks.1.iterations=2")  # a rerun with another budget into the same store
     assert main(command(out, "run", bigger)) == 0
     markdown = (out / "leaderboard.md").read_text()
-    assert "6 stored rows of this suite belong to another configuration" in markdown
+    # the changed attack's 2 victims x 3 settings, each an attack and a control cell
+    assert "12 stored rows of this suite belong to another configuration" in markdown
     assert len((out / "rows.csv").read_text().splitlines()) == 1 + TOTAL
-    assert set(rows) <= set(raw_rows(out / STORE_NAME)) and len(raw_rows(out / STORE_NAME)) == TOTAL + 6
+    assert set(rows) <= set(raw_rows(out / STORE_NAME)) and len(raw_rows(out / STORE_NAME)) == TOTAL + 12
     assert main(command(out, "report")) == 0  # the first configuration's report: its own rows only
     assert len((out / "rows.csv").read_text().splitlines()) == 1 + TOTAL
 
@@ -347,9 +348,9 @@ def test_a_run_in_which_every_cell_fails_writes_its_report(
     no_references = ("--set", "references.class_mean=false")
     assert main(command(out, "run", no_references)) == 1
     error = capsys.readouterr().err
-    assert "Traceback" not in error.split("cell failed")[0] and "12 failed" in error
+    assert "Traceback" not in error.split("cell failed")[0] and "24 failed" in error  # 12 attacks, 12 controls
     markdown = (out / "leaderboard.md").read_text()
-    assert "**Every cell failed**" in markdown and markdown.count("RuntimeError: attack exploded") == 12
+    assert "**Every cell failed**" in markdown and markdown.count("RuntimeError: attack exploded") == 24
     failed_row = next(line for line in markdown.splitlines() if "gaussian(sigma=0.1)" in line)
     assert failed_row.startswith("| - | - | gaussian(sigma=0.1) |") and "all cells failed" in failed_row
 
