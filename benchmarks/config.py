@@ -21,7 +21,7 @@ import os
 import re
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,8 @@ REFERENCE_KINDS = ("class-mean", "prior-sample", "prior-ceiling")
 LABEL_REFERENCES = ("class-mean", "prior-sample")
 """References an attacker makes from the label alone: computed again per defense setting, from the label the
 attacker infers from the defended update (the ceiling needs the pixels and is computed once per victim)."""
+CALIBRATION_CHECKS = ("same_as_none", "no_information", "near_ceiling")
+"""Known answers a calibration suite checks (``benchmarks.report.calibration`` defines each)."""
 CONTROL = "same-class-other-image"
 """The no-information control's kind, recorded in a control cell's key (``benchmarks.cells``)."""
 TOP_LEVEL_FIELDS = (
@@ -54,6 +56,7 @@ TOP_LEVEL_FIELDS = (
     "utility",
     "requires",
     "controls",
+    "calibration",
 )
 MAX_SUITE_BYTES = 1 << 20
 """Largest suite file read (1 MiB); real suites are a few KiB."""
@@ -235,6 +238,7 @@ class SuiteConfig:
     utility: UtilityConfig
     requires: RequiresConfig
     controls: bool = True
+    calibration: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     source: str = "<memory>"
 
     def to_dict(self) -> dict[str, Any]:
@@ -827,6 +831,25 @@ def _read_utility(source: str, data: Any) -> UtilityConfig:
     return UtilityConfig(fields.flag("enabled", True), fields.seed("seed"), options)
 
 
+def _read_calibration(source: str, data: Any, suite: SuiteConfig) -> dict[str, tuple[str, ...]]:
+    """``{check: [defense label, ...]}``: each check of ``CALIBRATION_CHECKS`` with the settings it applies to."""
+    fields = _Fields(source, "calibration", data, CALIBRATION_CHECKS)
+    labels = {defense.label for defense in suite.defenses}
+    checks: dict[str, tuple[str, ...]] = {}
+    for check in CALIBRATION_CHECKS:
+        chosen = fields.data.get(check, [])
+        if not isinstance(chosen, list) or any(not isinstance(label, str) for label in chosen):
+            raise fields.error(check, f"must be a list of defense labels, got {chosen!r}")
+        unknown = sorted(set(chosen) - labels)
+        if unknown:
+            raise fields.error(check, f"names no defense setting of the suite: {', '.join(unknown)}")
+        if chosen:
+            checks[check] = tuple(chosen)
+    if "same_as_none" in checks and "none" not in labels:
+        raise fields.error("same_as_none", "needs the setting 'none' in the suite's defenses")
+    return checks
+
+
 def _read_flag(source: str, field_name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise SuiteError(source, field_name, f"must be true or false, got {value!r}")
@@ -874,6 +897,7 @@ def build_suite(data: dict[str, Any], source: str) -> SuiteConfig:
         controls=_read_flag(source, "controls", data.get("controls", True)),
         source=source,
     )
+    suite = replace(suite, calibration=_read_calibration(source, data.get("calibration"), suite))
     if suite.victims.count * len(suite.seeds) * suite.cells_per_victim() > MAX_CELLS:
         product = "victims x seeds x (defense settings x (attacks, controls, references) + references)"
         raise SuiteError(source, "victims.count", f"{product} exceeds {MAX_CELLS:,} cells")

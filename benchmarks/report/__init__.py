@@ -40,6 +40,7 @@ from benchmarks.report.aggregate import (
     build_report,
     plain,
 )
+from benchmarks.report.calibration import calibration_json, calibration_markdown
 from benchmarks.report.figures import privacy_utility_plot, reconstruction_grids, slug
 from benchmarks.report.tables import (
     SCHEMA,
@@ -86,6 +87,9 @@ def write_report(store: ResultsStore, folder: str | Path, suite: str | SuiteConf
         "attacks.csv": csv_text(attack_rows(report), attack_columns()),
         "rows.csv": rows_csv(report),
     }
+    if report.calibration:
+        outputs["calibration.md"] = calibration_markdown(report)
+        outputs["calibration.json"] = pretty_json(calibration_json(report))
     written = [atomic_write(folder / name, text) for name, text in outputs.items()]
     privacy_utility_plot(report, folder / "privacy_utility.png")
     written.append(folder / "privacy_utility.png")

@@ -137,6 +137,7 @@ class Report:
     originals: list[VictimRow] = field(default_factory=list)
     left_out: int = 0  # stored rows of this suite that belong to another configuration
     bootstrap_seed: int = 0
+    calibration: dict[str, list[str]] = field(default_factory=dict)  # check -> defense labels (the suite's)
 
 
 def _row_ref(row: CellRow) -> dict[str, Any]:
@@ -365,6 +366,12 @@ def _defense_summaries(
     return defenses
 
 
+def _calibration(suite: str | SuiteConfig, suite_config: dict[str, Any] | None) -> dict[str, list[str]]:
+    """The calibration checks of the suite given, or of the suite as last run (a bare name)."""
+    checks = suite.calibration if isinstance(suite, SuiteConfig) else (suite_config or {}).get("calibration", {})
+    return {check: list(labels) for check, labels in checks.items()}
+
+
 def build_report(store: ResultsStore, suite: str | SuiteConfig) -> Report:
     """Aggregate the rows of ``suite`` (see the module docstring for the definitions).
 
@@ -411,4 +418,5 @@ def build_report(store: ResultsStore, suite: str | SuiteConfig) -> Report:
         originals=store.victims(name),
         left_out=len(stored) - len(rows),
         bootstrap_seed=seed,
+        calibration=_calibration(suite, suite_config),
     )

@@ -63,7 +63,18 @@ HEADERS = {
     "reason": "Reason",
 }
 """Titles of the report's own columns; metric titles come from ``METRIC_TABLE``."""
-TEXT_COLUMNS = ("defense", "attack", "strongest_attack", "deciding_attack", "flags", "reason")
+TEXT_COLUMNS = (
+    "defense",
+    "attack",
+    "strongest_attack",
+    "deciding_attack",
+    "flags",
+    "reason",
+    "check",
+    "figure",
+    "expected",
+    "verdict",
+)
 FAILURE_COLUMNS = ("defense", "attack", "victim", "seed", "reason")
 
 
