@@ -42,6 +42,7 @@ REPORT_FORMATS = {
     RECOVERED: "{:.2f}",
     "update_cosine": "{:.3f}",
     "accuracy_drop": "{:+.3f}",
+    "accuracy_drop_std": "{:.3f}",
     "seconds": "{:.1f}",
     "evaluations": "{:.0f}",
 }
@@ -51,7 +52,8 @@ HEADERS = {
     "band": "Band",
     "defense": "Defense",
     "update_cosine": "Update cosine",
-    "accuracy_drop": "Accuracy drop",
+    "accuracy_drop": "Accuracy drop (± sd over seeds)",
+    "accuracy_drop_std": "Accuracy drop sd",
     "strongest_attack": "Strongest attack",
     "psnr_gain": "PSNR above prior (dB)",
     "victims": "Victims",
@@ -129,8 +131,11 @@ def leaderboard_columns() -> tuple[str, ...]:
 def leaderboard_csv_columns() -> tuple[str, ...]:
     """Columns of ``leaderboard.csv``: those of the Markdown table, each estimate followed by ``_low``, ``_high``."""
     figures = set(figure_columns())
+    spreads = {"accuracy_drop": ("accuracy_drop", "accuracy_drop_std")}
     return tuple(
-        part for c in leaderboard_columns() for part in ((c, f"{c}_low", f"{c}_high") if c in figures else (c,))
+        part
+        for c in leaderboard_columns()
+        for part in ((c, f"{c}_low", f"{c}_high") if c in figures else spreads.get(c, (c,)))
     )
 
 
@@ -237,6 +242,7 @@ def leaderboard_rows(report: Report) -> list[dict[str, str]]:
                 "defense": summary.label,
                 "update_cosine": fmt("update_cosine", summary.utility_value("update_cosine")),
                 "accuracy_drop": fmt("accuracy_drop", summary.utility_value("accuracy_drop")),
+                "accuracy_drop_std": fmt("accuracy_drop_std", summary.utility_value("accuracy_drop_std")),
                 **_worst_cells(summary.worst),
                 "strongest_attack": strongest.attack_label if strongest else _no_attack(summary.pairs),
                 "psnr_gain": fmt("psnr_gain", summary.mean_leakage),
@@ -250,6 +256,7 @@ def leaderboard_rows(report: Report) -> list[dict[str, str]]:
                 "defense": PRIOR_ONLY,
                 "update_cosine": "-",
                 "accuracy_drop": "-",
+                "accuracy_drop_std": "-",
                 **_worst_cells(worst),
                 "band": "-",
                 "strongest_attack": reference.attack_label,
@@ -263,6 +270,8 @@ def leaderboard_rows(report: Report) -> list[dict[str, str]]:
 def with_intervals(row: dict[str, str]) -> dict[str, str]:
     """A leaderboard row for Markdown: each estimate as ``value [low, high]``, or its value alone without one."""
     cells = dict(row)
+    if row.get("accuracy_drop_std", "-") != "-":
+        cells["accuracy_drop"] = f"{row['accuracy_drop']} ± {row['accuracy_drop_std']}"
     for name in figure_columns():
         if row[f"{name}_low"] != "-":
             cells[name] = f"{row[name]} [{row[f'{name}_low']}, {row[f'{name}_high']}]"

@@ -37,8 +37,8 @@ def test_columns_and_titles_come_from_the_metric_table() -> None:
         "victims_recovered", "deciding_attack", "flags", "psnr", "ssim", "mse", "lpips", "label_accuracy",
         "strongest_attack", "psnr_gain", "victims",
     )  # fmt: skip
-    assert leaderboard_csv_columns()[:8] == (
-        "rank", "band", "defense", "update_cosine", "accuracy_drop",
+    assert leaderboard_csv_columns()[:9] == (
+        "rank", "band", "defense", "update_cosine", "accuracy_drop", "accuracy_drop_std",
         "psnr_above_baseline", "psnr_above_baseline_low", "psnr_above_baseline_high",
     )  # fmt: skip
     assert attack_columns() == (
@@ -68,7 +68,7 @@ def test_markdown_and_csv_tables(store: ResultsStore) -> None:
     assert "| Defense | Attack | PSNR above prior (dB) | MSE | PSNR | SSIM | LPIPS |" in attacks_markdown(report)
     lines = csv_text(leaderboard_rows(report), leaderboard_csv_columns()).splitlines()
     assert lines[0].startswith("rank,band,defense,update_cosine") and len(lines) == 1 + 2 + 3
-    assert lines[1].startswith("1,1,gaussian,0.700,+0.050,+1.50,+1.00,+2.00,-,-,-,0.00,0.00,0.00,ggl 3,-,")
+    assert lines[1].startswith("1,1,gaussian,0.700,+0.050,-,+1.50,+1.00,+2.00,-,-,-,0.00,0.00,0.00,ggl 3,-,")
     assert markdown_table([{"defense": "a|b"}], ["defense"]).splitlines()[-1] == "| a\\|b |"
 
 
