@@ -5,7 +5,8 @@ An attack is a ``pl.LightningModule``. Its hyperparameters are its constructor a
 progress bar, logger, callbacks) are arguments of ``reconstruct``, so they never enter a spec. ``reconstruct``
 runs the trials (restarts) as a plain loop, one ``Trainer.fit`` per trial with ``max_steps=iterations`` over a
 loader of the step indices: ``configure_optimizers`` draws the trial's start and returns its optimiser, every
-Lightning step is one search step under manual optimisation, and the trial with the lowest final loss wins.
+Lightning step is one search step under manual optimisation, and the trial with the lowest final loss wins. Every
+``Reconstruction`` says whether the winning trial was still improving when it ended (``still_improving``).
 
 The attacker sees the victim's architecture and weights, the (defended) shared update, the defense's public
 description and known labels when given. ``AttackTarget`` has no field for the private images by design.
@@ -144,7 +145,9 @@ class Reconstruction:
         trace: the search loss after every step (all trials, in order).
         evaluations: objective evaluations used (one per candidate gradient computed).
         seconds: wall time of ``reconstruct``.
-        extras: attack-specific plain data (best trial, per-trial losses, ...).
+        extras: plain data: ``loss``, ``best_trial``, ``trial_losses``, ``still_improving`` (see
+            ``still_improving``: whether the winning trial's search was still improving when its budget ran
+            out), and attack-specific entries.
     """
 
     images: torch.Tensor
@@ -202,7 +205,14 @@ class _Run:
     gradients: list[torch.Tensor] = field(default_factory=list)
     trace: list[float] = field(default_factory=list)
     trial_losses: list[float] = field(default_factory=list)
+    trial_starts: list[int] = field(default_factory=list)
+    trial_converged: list[bool] = field(default_factory=list)
     best: _Candidate | None = None
+
+    def trial_trace(self, trial: int) -> list[float]:
+        """The losses recorded during trial ``trial`` (a slice of ``trace``)."""
+        end = self.trial_starts[trial + 1] if trial + 1 < len(self.trial_starts) else len(self.trace)
+        return self.trace[self.trial_starts[trial] : end]
 
 
 RUN_OPTIONS = ("accelerator", "progress_bar", "logger", "callbacks", "log_every")
@@ -221,6 +231,7 @@ class GradientInversionAttack(pl.LightningModule):
     - ``prepare(target)``: once per reconstruction, on the attack's device, before the first step (labels...).
     - ``search_step(step) -> float``: one optimisation step (``self.optimizers()``); the loss to record.
     - ``trial_result() -> (images in [0, 1], labels, loss)``: the trial's candidate; optionally ``preview()``.
+    - optionally ``search_converged() -> bool``: the optimiser ended the trial itself (read for ``still_improving``).
 
     ``save_hyperparameters()`` here records the arguments of every ``__init__`` in the chain as they stand when it
     runs, so the converted values of a subclass's own arguments are what ``hparams`` and ``spec`` hold.
@@ -315,6 +326,7 @@ class GradientInversionAttack(pl.LightningModule):
                 torch.manual_seed(self.hparams.seed)
                 for trial in range(self.hparams.restarts):
                     run.trial = trial
+                    run.trial_starts.append(len(run.trace))
                     trainer = self._make_trainer(accelerator, progress_bar, logger, callbacks)
                     trainer.fit(self, train_dataloaders=range(self.hparams.iterations))
                     if run.stopped:
@@ -339,6 +351,14 @@ class GradientInversionAttack(pl.LightningModule):
     def preview(self) -> torch.Tensor:
         """The current candidate's images (B, C, H, W) in [0, 1] for the image log; should not spend evaluations."""
         return self.trial_result()[0]
+
+    def search_converged(self) -> bool:
+        """Whether the running trial's optimiser ended the search by its own convergence test. Default: False.
+
+        Read once at the end of every trial; True makes ``still_improving`` False for that trial whatever its trace
+        (an optimiser that has declared convergence would not use more budget).
+        """
+        return False
 
     # ------------------------------------------------------------------------------- helpers for subclasses
 
@@ -475,6 +495,7 @@ class GradientInversionAttack(pl.LightningModule):
         images, labels, loss = self.trial_result()
         loss = float(loss)
         run.trial_losses.append(loss)
+        run.trial_converged.append(bool(self.search_converged()))
         if run.best is None or _better(loss, run.best.loss):
             run.best = _Candidate(images.detach().clone(), labels.detach().clone(), loss, run.trial)
         run.stopped = self.trainer.should_stop
@@ -516,7 +537,14 @@ class GradientInversionAttack(pl.LightningModule):
             trace=list(run.trace),
             evaluations=run.budget.spent,
             seconds=seconds,
-            extras={"loss": run.best.loss, "best_trial": run.best.trial, "trial_losses": list(run.trial_losses)},
+            extras={
+                "loss": run.best.loss,
+                "best_trial": run.best.trial,
+                "trial_losses": list(run.trial_losses),
+                "still_improving": still_improving(
+                    run.trial_trace(run.best.trial), converged=run.trial_converged[run.best.trial]
+                ),
+            },
         )
 
     def _log_images(self, images: torch.Tensor, step: int) -> None:
@@ -567,6 +595,41 @@ def make_attack(name: str, **hparams: Any) -> GradientInversionAttack:
             f"attack {name!r} got unknown parameter(s) {', '.join(unknown)}{hint}; allowed: {', '.join(allowed)}"
         )
     return cls(**hparams)
+
+
+TAIL_FRACTION = 0.2
+"""The end of a trial that ``still_improving`` inspects: its last 20% of steps (at least one)."""
+MIN_RELATIVE_GAIN = 0.01
+"""The gain over the tail that counts as improvement: more than 1% of the best loss before it."""
+ROUNDING_FLOOR = 1e-12
+"""Gains up to this fraction of the trial's largest finite |loss| are float rounding, not improvement."""
+
+
+def still_improving(trace: Sequence[float], *, converged: bool = False) -> bool:
+    """Whether a trial's search was still improving when it ended (``Reconstruction.extras["still_improving"]``).
+
+    ``trace`` is the trial's loss after each step. With n steps, the tail is the last ``max(1, ceil(0.2 n))``
+    steps and the head the steps before it. The trial is still improving when the lowest finite loss of the tail
+    is below the lowest finite loss of the head by more than ``max(0.01 * |head best|, 1e-12 * scale)``, where
+    scale is the largest finite |loss| of the trace (the floor keeps float rounding near a zero loss from
+    counting). It is not when ``converged`` (the optimiser ended the search itself, e.g. L-BFGS met its
+    tolerances), when n < 2 (no head to compare with), or when the tail has no finite loss; a head without a
+    finite loss and a tail with one counts as improving. A budget or iteration count that cuts a search off
+    mid-descent gives True; a flat or converged search gives False.
+    """
+    values = [float(value) for value in trace]
+    if converged or len(values) < 2:
+        return False
+    split = len(values) - max(1, math.ceil(TAIL_FRACTION * len(values)))
+    head = [value for value in values[:split] if math.isfinite(value)]
+    tail = [value for value in values[split:] if math.isfinite(value)]
+    if not tail:
+        return False
+    if not head:
+        return True
+    before, after = min(head), min(tail)
+    scale = max(abs(value) for value in head + tail)
+    return before - after > max(MIN_RELATIVE_GAIN * abs(before), ROUNDING_FLOOR * scale)
 
 
 def _better(loss: float, best: float) -> bool:

@@ -94,6 +94,19 @@ def gradient_distance(
     return DISTANCES.lookup(metric)(trial, target, layer_weights)
 
 
+def distance_scale(
+    target: Sequence[torch.Tensor], metric: str = "l2", layer_weights: Sequence[float] | None = None
+) -> float:
+    """The distance of an all-zero trial gradient to ``target``: the update's own size in ``metric``'s units.
+
+    ``l2``: the (weighted) mean over layers of the squared layer norms; ``l1``: of the L1 layer norms; ``cosine``:
+    1. A distance divided by it is unchanged when trial and target gradients are rescaled together (as norm
+    clipping does), so a search stopped by absolute tolerances behaves the same at every update scale.
+    """
+    zeros = [torch.zeros_like(g).unsqueeze(0) for g in target]
+    return float(gradient_distance(zeros, target, metric, layer_weights)[0])
+
+
 def total_variation(images: torch.Tensor) -> torch.Tensor:
     """Anisotropic total variation (mean absolute neighbour difference) of images (..., C, H, W), per leading item."""
     dx = (images[..., :, 1:] - images[..., :, :-1]).abs().flatten(-3).mean(-1)

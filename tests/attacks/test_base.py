@@ -1,5 +1,5 @@
 """The attack base: target/result types, registry, hyperparameters and spec, run options, seeds, the restarts
-loop, the evaluation budget, logging through Lightning loggers, victim safety."""
+loop, the evaluation budget, logging through Lightning loggers, victim safety, the still-improving flag."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from ggl.attacks import (
     make_attack,
     register_attack,
 )
+from ggl.attacks.base import still_improving
 from ggl.defenses import make_defense
 from ggl.fl import Normalization, shared_update
 
@@ -353,3 +354,73 @@ def test_reconstruct_rejects_other_inputs(make_case) -> None:
     case = make_case("lenet")
     with pytest.raises(ValueError, match="AttackTarget"):
         make_attack("idlg").reconstruct(case.images)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("trace", "expected"),
+    [
+        ([10.0, 9.0, 8.0, 7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0], True),  # cut off mid-descent
+        ([5.0] * 10, False),  # flat
+        ([5.0, 4.0, 3.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.995], False),  # a 0.5% gain in the tail is not enough
+        ([5.0, 4.0, 3.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.98], True),  # a 2% gain is
+        ([1.0, 1e-13, 1e-14, 0.0, 0.0], False),  # float-rounding gains near zero do not count
+        ([1.0, 1e-3, 1e-5], True),  # large relative gains at small losses do
+        ([3.0], False),  # one step: nothing to compare with
+        ([4.0, 2.0], True),
+        ([math.nan, math.nan, 1.0], True),  # the first finite loss arrives in the tail
+        ([2.0, 1.0, math.nan], False),  # nothing finite in the tail
+        ([2.0] + [1.0] * 7 + [0.5, math.inf], True),  # non-finite tail values are skipped
+    ],
+)
+def test_still_improving_rule_on_hand_made_traces(trace: list[float], expected: bool) -> None:
+    assert still_improving(trace) is expected
+
+
+def test_still_improving_tail_is_the_last_fifth_and_convergence_overrides() -> None:
+    descent = [float(100 - step) for step in range(100)]
+    assert still_improving(descent) and not still_improving(descent, converged=True)
+    plateau_then_drop = [10.0] * 79 + [9.0] + [9.0] * 20  # the drop is at step 80, before the last 20 steps
+    assert not still_improving(plateau_then_drop)
+    assert still_improving([10.0] * 80 + [9.0] * 20)
+
+
+class _Traced(GradientInversionAttack):
+    """A toy attack whose trial t reports ``traces[t][step]``; trial t ends with loss ``traces[t][-1]``."""
+
+    def __init__(self, *, traces: list[list[float]], converged: bool = False, **shared: Any) -> None:
+        super().__init__(iterations=len(traces[0]), restarts=len(traces), **shared)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        self.value = torch.zeros(1, requires_grad=True)
+        return torch.optim.SGD([self.value], lr=0.0)
+
+    def search_step(self, step: int) -> float:
+        self.spend(1)
+        self.optimizers().step()  # type: ignore[union-attr]
+        return self.hparams.traces[self.current_trial][step]
+
+    def search_converged(self) -> bool:
+        return self.hparams.converged
+
+    def trial_result(self) -> tuple[torch.Tensor, torch.Tensor, float]:
+        images = torch.zeros(self.target.batch_size, *self.target.image_shape)
+        labels = torch.zeros(self.target.batch_size, dtype=torch.long)
+        return images, labels, self.hparams.traces[self.current_trial][-1]
+
+
+def test_still_improving_reads_the_winning_trial_only(make_case) -> None:
+    case = make_case("lenet")
+    descending, flat = [5.0, 4.0, 3.0, 2.0, 1.0], [0.5] * 5
+    assert _Traced(traces=[flat, descending]).reconstruct(case.target).extras["still_improving"] is False
+    won_by_descent = _Traced(traces=[[9.0] * 5, [2.0, 1.5, 1.0, 0.5, 0.2]]).reconstruct(case.target)
+    assert won_by_descent.extras["best_trial"] == 1 and won_by_descent.extras["still_improving"] is True
+    stopped = _Traced(traces=[descending], converged=True).reconstruct(case.target)
+    assert stopped.extras["still_improving"] is False
+    cut = _Traced(traces=[descending, flat], budget=3).reconstruct(case.target)  # the budget stops trial 0
+    assert cut.trace == [5.0, 4.0, 3.0] and cut.extras["still_improving"] is True
+
+
+@pytest.mark.parametrize("name", sorted(QUICK))
+def test_every_attack_reports_still_improving(name: str, make_case) -> None:
+    rec = make_attack(name, **QUICK[name]).reconstruct(make_case("lenet").target)
+    assert isinstance(rec.extras["still_improving"], bool)

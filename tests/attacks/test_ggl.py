@@ -109,6 +109,7 @@ def test_budget_is_counted_once_over_restarts(case: dict) -> None:
     assert rec.evaluations == 40 and len(rec.trace) == 4
     assert rec.extras["search"]["budget"] == 20  # the best restart's share of the budget
     assert len(rec.extras["trial_losses"]) == 2 and rec.loss == min(rec.extras["trial_losses"])
+    assert isinstance(rec.extras["still_improving"], bool)  # from the base, for GGL as for every attack
 
 
 def test_bad_parameters(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -38,6 +38,15 @@ def test_inverting_gradients_fails_under_strong_degradation(defense: dict, measu
     assert psnr(rec.images, case.images) < 16, measured
 
 
+def test_clipping_alone_does_not_change_the_cosine_attack(make_case, psnr) -> None:
+    """1 - cos is blind to the update's scale, so clipping one image's update changes nothing, adaptive or not."""
+    plain = make_case("convnet", index=0, seed=0)
+    clipped = make_case("convnet", index=0, seed=0, defense=make_defense("clipping", bound=0.25))
+    reference = psnr(make_attack("inverting_gradients", seed=0, **QUICK).reconstruct(plain.target).images, plain.images)
+    rec = make_attack("inverting_gradients", seed=0, adaptive=True, **QUICK).reconstruct(clipped.target)
+    assert psnr(rec.images, clipped.images) == pytest.approx(reference, abs=1.0)  # measured 35.3 dB for both
+
+
 def test_adaptive_attack_undoes_sparsification(make_case, psnr) -> None:
     case = make_case("convnet", index=0, seed=0, defense=make_defense("sparsification", ratio=0.9))
     blind = make_attack("inverting_gradients", seed=0, **ADAPTIVE).reconstruct(case.target)
