@@ -102,8 +102,13 @@ class DefenseSummary:
     simulation_failed: bool = False  # its simulate failed the check: ranked by non-adaptive attacks only
 
     @property
+    def unrankable(self) -> bool:
+        """Its simulation failed the check and the suite has no non-adaptive attack to rank it by."""
+        return self.simulation_failed and self.worst is not None and not self.worst.victims
+
+    @property
     def leakage(self) -> float:
-        """The ranking figure: mean over victims of the worst-case PSNR above the prior (NaN when there is none)."""
+        """The ranking figure: mean over victims of the worst-case PSNR above the baseline (NaN when there is none)."""
         return self.worst.leakage if self.worst is not None else math.nan
 
     @property
@@ -310,6 +315,7 @@ def _rank_key(summary: DefenseSummary) -> tuple[Any, ...]:
     drop = summary.utility_value("accuracy_drop")
     return (
         not summary.pairs,
+        summary.unrankable,
         math.isnan(leakage),
         leakage if not math.isnan(leakage) else 0.0,
         drop if drop is not None else math.inf,
@@ -360,7 +366,7 @@ def _defense_summaries(
         summary.failures = failed.get(defense_json, [])
         defenses.append(summary)
     defenses.sort(key=_rank_key)
-    for index, summary in enumerate((s for s in defenses if s.pairs), start=1):
+    for index, summary in enumerate((s for s in defenses if s.pairs and not s.unrankable), start=1):
         summary.rank = index
     assign_bands([(s.label, s.worst) for s in defenses if s.worst is not None], seed)
     return defenses

@@ -213,7 +213,8 @@ def flags_text(worst: WorstCase | None) -> str:
         return "-"
     flags = []
     if worst.attacks != "all":
-        flags.append(f"simulation check failed: {worst.attacks} attacks only")
+        only = f"{worst.attacks} attacks only" if worst.victims else f"no {worst.attacks} attack in the suite, unranked"
+        flags.append(f"simulation check failed: {only}")
     if worst.cut_off:
         flags.append(f"cut off {worst.cut_off}/{len(worst.victims)}")
     return "; ".join(flags) or "-"
