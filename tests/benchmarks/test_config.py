@@ -39,16 +39,19 @@ def test_shipped_suites_validate() -> None:
         assert suite.attacks and suite.defenses
 
 
-def test_all_suite_meets_the_leaderboard_contract() -> None:
-    suite = load_suite("all")
-    names = {a.name for a in suite.attacks}
-    assert {"dlg", "idlg", "inverting_gradients", "ggl"} <= names
-    assert {a.spec.get("search") for a in suite.attacks if a.name == "ggl"} >= {"cma", "bo", "adam"}
-    families: dict[str, int] = {}
-    for defense in suite.defenses:
-        families[defense.family] = families.get(defense.family, 0) + 1
-    assert all(count >= 3 for family, count in families.items() if family not in ("none", "sign"))
-    assert suite.victims.count >= 8
+def test_all_suites_meet_the_leaderboard_contract() -> None:
+    suite, extended = load_suite("all"), load_suite("all-extended")
+    for config, strengths in ((suite, 2), (extended, 3)):
+        families: dict[str, int] = {}
+        for defense in config.defenses:
+            families[defense.family] = families.get(defense.family, 0) + 1
+        assert all(count >= strengths for family, count in families.items() if family not in ("none", "sign"))
+        assert {"none", "gaussian", "clipping", "soteria", "dpsgd"} <= set(families)
+        assert config.victims.count >= 16 and config.controls
+        assert {a.adaptive for a in config.attacks} == {True, False}  # a failed simulation check still ranks
+    assert {"idlg", "inverting_gradients", "ggl"} <= {a.name for a in suite.attacks}
+    assert {"dlg", "idlg", "inverting_gradients", "ggl"} <= {a.name for a in extended.attacks}
+    assert {a.spec.get("search") for a in extended.attacks if a.name == "ggl"} >= {"cma", "bo", "adam"}
 
 
 def test_defense_family_expands_over_list_values() -> None:
