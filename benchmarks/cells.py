@@ -27,6 +27,8 @@ MATCH_LOSS = "match_loss"
 """Row diagnostic: 1 - cosine between the reconstruction's plain gradient and the update the attack received."""
 STILL_IMPROVING = "still_improving"
 """Row diagnostic: 1 when the attack's search was still improving when its budget ran out (``ggl.attacks``)."""
+MSE_R = "mse_r"
+"""Row measure: MSE of the victim model's penultimate-layer features, reconstruction vs original (GGL's MSE-R)."""
 SIMULATION_OK = "simulation_ok"
 """Row diagnostic: 1 when the defense's ``simulate`` passed ``ggl.defenses.check_simulation`` for the victim."""
 

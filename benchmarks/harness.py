@@ -35,6 +35,7 @@ import torch
 
 from benchmarks.cells import (
     MATCH_LOSS,
+    MSE_R,
     SIMULATION_OK,
     STILL_IMPROVING,
     Cell,
@@ -64,7 +65,7 @@ from ggl.checks import positive_number
 from ggl.data import make_datamodule
 from ggl.defenses import SimulationCheck, build_defense, check_simulation
 from ggl.fl import VICTIMS, infer_labels, make_victim, shared_update
-from ggl.metrics import reconstruction_metrics
+from ggl.metrics import match_reconstructions, mse_representation, reconstruction_metrics
 from ggl.priors import load_prior
 
 
@@ -645,6 +646,12 @@ class Harness:
         )
         return images, labels, evaluations, time.perf_counter() - start, {}
 
+    def _mse_r(self, images: torch.Tensor, victim: _Victim) -> float:
+        """MSE-R of the reconstruction, its images matched to the victim's as the image metrics match them."""
+        matched = images[match_reconstructions(images, victim.images)]
+        inputs = self.datamodule().normalization.normalize(matched).to(self.device)
+        return float(mse_representation(self.model(), inputs, victim.inputs).mean())
+
     def compute(self, cell: Cell) -> CellRow:
         """Run one cell and return its row (not yet stored)."""
         victim = self.victim(cell.victim)
@@ -652,7 +659,11 @@ class Harness:
         images, labels_hat, evaluations, seconds, diagnostics = reconstruct(cell, victim)
         if tuple(images.shape) != tuple(victim.images.shape):
             raise RuntimeError(f"reconstruction has shape {tuple(images.shape)}, expected {tuple(victim.images.shape)}")
-        metrics = {**reconstruction_metrics(images, victim.images, labels_hat, victim.labels), **diagnostics}
+        metrics = {
+            **reconstruction_metrics(images, victim.images, labels_hat, victim.labels),
+            MSE_R: self._mse_r(images, victim),
+            **diagnostics,
+        }
         return CellRow(
             **self._identity(cell),
             seconds=seconds,

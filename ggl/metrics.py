@@ -354,6 +354,91 @@ class ReconstructionMetrics:
         self.labels_total = 0
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# The GGL paper's conventions (Li et al., CVPR 2022, arXiv 2203.15696, Table 3), for comparing with its numbers
+
+
+def _paired_pixels(
+    reconstructed: torch.Tensor, original: torch.Tensor, match: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Checked, clamped pixel images, the reconstructions reordered by ``match_reconstructions`` when asked."""
+    reconstructed, original = _check_images(reconstructed, original)
+    if match and original.shape[0] > 1:
+        reconstructed = reconstructed[match_reconstructions(reconstructed, original)]
+    return reconstructed, original
+
+
+def mse_signed_unit(reconstructed: torch.Tensor, original: torch.Tensor, match: bool = True) -> torch.Tensor:
+    """The paper's MSE-I: the mean squared error per image with pixels on the [-1, 1] scale.
+
+    Images are given in [0, 1] (clamped, as everywhere here); mapping x to 2x - 1 doubles every difference, so
+    MSE-I is exactly 4 times the ``mse`` metric. Pairing as in ``per_image_metrics`` (Hungarian for B > 1 when
+    ``match``, else by position). Shapes: both (B, C, H, W) -> float64 (B,).
+    """
+    reconstructed, original = _paired_pixels(reconstructed, original, match)
+    return 4 * _mse(reconstructed, original, "alex")
+
+
+def psnr_signed_unit(reconstructed: torch.Tensor, original: torch.Tensor, match: bool = True) -> torch.Tensor:
+    """The paper's PSNR: ``-10 log10(MSE-I)`` per image, i.e. pixels on the [-1, 1] scale with peak 1.
+
+    That is ``10 log10(4) = 6.02`` dB below the ``psnr`` metric (data range 1 on [0, 1]), which reports
+    published with the paper's numbers must take into account. The MSE is floored at ``PSNR_MSE_FLOOR`` as for
+    ``psnr``. Shapes: both (B, C, H, W) -> float64 (B,).
+    """
+    return -10 * torch.log10(mse_signed_unit(reconstructed, original, match).clamp_min(PSNR_MSE_FLOOR))
+
+
+def _last_linear(model: torch.nn.Module) -> torch.nn.Linear:
+    """The last ``nn.Linear`` in ``model.modules()`` order: the classifier head of the victims here."""
+    linears = [module for module in model.modules() if isinstance(module, torch.nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear layer, so it has no penultimate features")
+    return linears[-1]
+
+
+def penultimate_features(model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """The input of ``model``'s last ``nn.Linear`` for ``inputs``, flattened to (B, F), by a forward pre-hook.
+
+    No gradients; the model stays in its mode, and buffers a forward changes (BatchNorm running statistics in
+    training mode) are put back, so scoring never alters the victim.
+    """
+    captured: list[torch.Tensor] = []
+    handle = _last_linear(model).register_forward_pre_hook(lambda _, args: captured.append(args[0].detach()))
+    buffers = {name: buffer.clone() for name, buffer in model.named_buffers()}
+    try:
+        with torch.no_grad():
+            model(inputs)
+    finally:
+        handle.remove()
+        with torch.no_grad():
+            for name, buffer in model.named_buffers():
+                buffer.copy_(buffers[name])
+    if not captured:
+        raise ValueError(f"the last nn.Linear of {type(model).__name__} was not called in its forward pass")
+    return captured[-1].flatten(1)
+
+
+def mse_representation(
+    model: torch.nn.Module, reconstruction_inputs: torch.Tensor, original_inputs: torch.Tensor
+) -> torch.Tensor:
+    """The paper's MSE-R: mean squared difference of the model's penultimate-layer features, per image.
+
+    The features are the input of the last ``nn.Linear`` (``penultimate_features``). The inputs are what the model
+    takes (already normalised, not pixel images), paired by position: reorder the reconstructions by the pixel
+    assignment (``match_reconstructions``) first for B > 1. The two batches run in separate forwards, so a model
+    in training mode does not mix their batch statistics. Shapes: both (B, ...) -> float64 (B,).
+    """
+    if reconstruction_inputs.shape != original_inputs.shape:
+        raise ValueError(
+            f"reconstruction_inputs {tuple(reconstruction_inputs.shape)} and original_inputs "
+            f"{tuple(original_inputs.shape)} must have the same shape"
+        )
+    reconstructed = penultimate_features(model, reconstruction_inputs).double().cpu()
+    original = penultimate_features(model, original_inputs).double().cpu()
+    return (reconstructed - original).pow(2).mean(1)
+
+
 __all__ = [
     "HIGHER_IS_BETTER",
     "LABEL_METRICS",
@@ -368,7 +453,11 @@ __all__ = [
     "lpips_available",
     "lpips_weights_path",
     "match_reconstructions",
+    "mse_representation",
+    "mse_signed_unit",
     "pairwise_mse",
+    "penultimate_features",
     "per_image_metrics",
+    "psnr_signed_unit",
     "reconstruction_metrics",
 ]
