@@ -321,6 +321,12 @@ DATAMODULE_OPTIONS: dict[str, dict[str, Check]] = {
     "fashion-mnist": {**_LOADER_OPTIONS, "download": boolean, "image_size": embedded_image_size},
     "celeba": {**_LOADER_OPTIONS, "image_size": positive_int, "attribute": text_value},
     "imagenet": {**_LOADER_OPTIONS, "normalization": text_value},
+    "lfw": {
+        "batch_size": positive_int,
+        "num_workers": non_negative_int,
+        "seed": seed_value,
+        "image_size": embedded_image_size,
+    },
 }
 """Datamodule name -> its constructor's keyword arguments and their checks (``ggl.data.DATAMODULES``; a test keeps
 the two in step). The constructors check the values that need their data (CelebA sizes and attributes, ImageNet

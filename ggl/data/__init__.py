@@ -9,6 +9,7 @@ from ggl.data.base import DataNotFoundError, VictimDataModule
 from ggl.data.celeba import CelebADataModule
 from ggl.data.embedded import EmbeddedFashionMNIST
 from ggl.data.imagenet import ImageNetDataModule
+from ggl.data.lfw import LFWFaces
 from ggl.registry import Registry
 
 DATAMODULES: Registry[Callable[..., VictimDataModule]] = Registry("datamodule")
@@ -17,6 +18,7 @@ DATAMODULES.add("embedded", EmbeddedFashionMNIST)
 DATAMODULES.add("fashion-mnist", EmbeddedFashionMNIST)
 DATAMODULES.add("celeba", CelebADataModule)
 DATAMODULES.add("imagenet", ImageNetDataModule)
+DATAMODULES.add("lfw", LFWFaces)
 
 
 def make_datamodule(name: str, **options: Any) -> VictimDataModule:
@@ -31,6 +33,7 @@ __all__ = [
     "DataNotFoundError",
     "EmbeddedFashionMNIST",
     "ImageNetDataModule",
+    "LFWFaces",
     "VictimDataModule",
     "make_datamodule",
 ]
