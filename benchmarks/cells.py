@@ -105,23 +105,28 @@ def seed_from(*parts: Any) -> int:
     return int(digest[:15], 16)
 
 
+CODE_PATHS = ("ggl", "benchmarks", "setup.cfg", "pyproject.toml")
+"""The paths whose uncommitted changes make a checkout's code version ``-dirty`` (reports and docs do not)."""
+
+
 def code_version() -> str:
-    """``git describe --always --dirty`` of the source tree when it is a checkout, else the package version."""
+    """``git describe --always --tags`` of the source tree when it is a checkout, ``-dirty`` when ``CODE_PATHS``
+    have uncommitted changes (a rewritten report folder is not a code change), else the package version."""
     import ggl
 
     root = Path(ggl.__file__).resolve().parent.parent
     if (root / ".git").exists():
         try:
-            described = subprocess.run(
-                ["git", "describe", "--always", "--dirty", "--tags"],
-                cwd=root,
-                capture_output=True,
-                text=True,
-                timeout=10,
-                check=True,
-            ).stdout.strip()
+            described = _git(root, "describe", "--always", "--tags")
+            changed = _git(root, "status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS)
             if described:
-                return f"git:{described}"
+                return f"git:{described}" + ("-dirty" if changed else "")
         except (OSError, subprocess.SubprocessError):
             pass
     return f"ggl-bench {ggl.__version__}"
+
+
+def _git(root: Path, *arguments: str) -> str:
+    return subprocess.run(
+        ["git", *arguments], cwd=root, capture_output=True, text=True, timeout=10, check=True
+    ).stdout.strip()

@@ -671,7 +671,8 @@ def _read_attacks(source: str, data: Any, adaptive_flags: tuple[bool, ...]) -> t
         _check_plain(source, where, spec)
         base = label or _attack_label(spec)
         for flag in flags:
-            shown = base if len(flags) == 1 else f"{base}{'' if flag else ' non-adaptive'}"
+            plain = len(flags) == 1 and (label is not None or flags == adaptive_flags)
+            shown = base if plain else f"{base}{'' if flag else ' non-adaptive'}"
             attacks.append(AttackConfig(shown, spec, flag))
     seen: set[str] = set()
     for index, attack in enumerate(attacks):

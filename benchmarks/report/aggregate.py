@@ -26,7 +26,7 @@ import json
 import math
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from benchmarks.cells import SIMULATION_OK, CellKey, expand_cells
@@ -372,6 +372,33 @@ def _defense_summaries(
     return defenses
 
 
+def distinct_labels(rows: Sequence[CellRow]) -> list[CellRow]:
+    """The rows with one label per attack: a non-adaptive attack that shares its label with another attack (rows
+    stored before labels told them apart) is shown as ``LABEL non-adaptive``."""
+    keys: dict[str, set[str]] = defaultdict(set)
+    for row in rows:
+        keys[_attack_part(row.attack_label)].add(
+            canonical_json({k: v for k, v in row.attack.items() if k != "control"})
+        )
+    return [
+        replace(row, attack_label=_non_adaptive_label(row.attack_label))
+        if len(keys[_attack_part(row.attack_label)]) > 1 and row.attack.get("adaptive") is False
+        else row
+        for row in rows
+    ]
+
+
+CONTROL_SUFFIX = " (control)"
+
+
+def _attack_part(label: str) -> str:
+    return label[: -len(CONTROL_SUFFIX)] if label.endswith(CONTROL_SUFFIX) else label
+
+
+def _non_adaptive_label(label: str) -> str:
+    return f"{_attack_part(label)} non-adaptive" + (CONTROL_SUFFIX if label.endswith(CONTROL_SUFFIX) else "")
+
+
 def _calibration(suite: str | SuiteConfig, suite_config: dict[str, Any] | None) -> dict[str, list[str]]:
     """The calibration checks of the suite given, or of the suite as last run (a bare name)."""
     checks = suite.calibration if isinstance(suite, SuiteConfig) else (suite_config or {}).get("calibration", {})
@@ -397,6 +424,7 @@ def build_report(store: ResultsStore, suite: str | SuiteConfig) -> Report:
         )
     meta = store.get_meta(f"suite:{name}")
     suite_config = json.loads(meta) if meta else None
+    rows = distinct_labels(rows)
     by_reference: dict[str, list[CellRow]] = defaultdict(list)
     by_defense: dict[str, SettingRows] = defaultdict(SettingRows)
     for row in rows:

@@ -208,3 +208,14 @@ def test_output_paths(tmp_path: Path) -> None:
     ]:
         with pytest.raises(ValueError, match=message):
             check("--opt", path)
+
+
+def test_an_attack_with_its_own_adaptive_flag_is_labelled_apart() -> None:
+    data = {
+        "name": "t",
+        "attacks": [{"name": "ggl", "search": "cma"}, {"name": "ggl", "search": "cma", "budget": 5, "adaptive": False}],
+        "defenses": [{"name": "none"}],
+    }
+    assert [a.label for a in build_suite(data, "t.yaml").attacks] == ["GGL (cma)", "GGL (cma) non-adaptive"]
+    both = {**data, "adaptive": [True, False], "attacks": [{"name": "idlg", "iterations": 1, "label": "mine"}]}
+    assert [a.label for a in build_suite(both, "t.yaml").attacks] == ["mine", "mine non-adaptive"]

@@ -214,10 +214,11 @@ def test_a_failed_simulation_check_ranks_by_non_adaptive_attacks_only(tmp_path: 
     assert liar.worst.values(ABOVE_PRIOR) == pytest.approx({0: 10.0, 1: 12.0})
     # the pick too comes from the non-adaptive rows: ggl's lower matching loss no longer counts (22 - 12, 24 - 12)
     assert liar.worst.values(PICK) == pytest.approx({0: 10.0, 1: 12.0})
-    assert liar.worst.deciding == [("dlg", 2)]
+    # the gaussian setting's dlg is adaptive: the liar's non-adaptive dlg is labelled apart from it
+    assert liar.worst.deciding == [("dlg non-adaptive", 2)]
     assert [v.reference for v in liar.worst.victims] == [MEAN, MEAN]  # the adaptive controls (25, 24) left out
     # the per-attack tables still list every attack and control
-    assert [p.attack_label for p in liar.pairs] == ["dlg", "ggl"] and len(liar.controls) == 2
+    assert [p.attack_label for p in liar.pairs] == ["dlg non-adaptive", "ggl"] and len(liar.controls) == 2
     document = entry(report, "liar")
     assert document["simulation_failed"] is True and document["worst_case"]["attacks"] == "non-adaptive"
     assert entry(report, "gaussian")["simulation_failed"] is False
@@ -285,3 +286,14 @@ def test_a_failed_check_without_non_adaptive_attacks_leaves_the_setting_unranked
     assert [(s.label, s.rank) for s in report.defenses] == [("gaussian", 1), ("liar", 0)]
     row = markdown_row(report, "liar")
     assert row[0] == "-" and row[FLAGS] == "simulation check failed: no non-adaptive attack in the suite, unranked"
+
+
+def test_attacks_that_share_a_label_are_told_apart(store: ResultsStore) -> None:
+    reference(store, 0, NOISE, 12.0)
+    put(store, 0, NOISE, "ggl", 20.0)
+    put(store, 0, NOISE, "ggl", 18.0, adaptive=False)
+    put(store, 0, NOISE, "ggl", 13.0, kind="control", adaptive=False)
+    report = build_report(store, "s")
+    summary = setting(report, "gaussian")
+    assert [p.attack_label for p in summary.pairs] == ["ggl", "ggl non-adaptive"]
+    assert [p.attack_label for p in summary.controls] == ["ggl non-adaptive (control)"]
