@@ -244,7 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compute", action="store_true", help="compute missing reference rows first")
     parser.add_argument("--json", default=None, help="write the summary (and per-victim values) to this JSON file")
     parser.add_argument("--fits", default=None, help="PNG grid of up to 16 victims above their ceiling fits")
-    parser.add_argument("--samples", default=None, help="PNG grid of prior samples, ten per class (one row each)")
+    parser.add_argument(
+        "--samples",
+        default=None,
+        help="PNG grid of prior samples: ten per class (one row each), or 30 of an unconditional prior",
+    )
     return parser
 
 
@@ -274,18 +278,19 @@ def write_fits(
 
 
 def write_samples(path: Path, prior_name: str, seed: int = 0) -> None:
-    """Ten samples of each class of a class-conditional prior, one row per class (latents seeded with ``seed``)."""
+    """Prior samples, latents seeded with ``seed``: ten of each class, one row per class, for a class-conditional
+    prior; three rows of ten for an unconditional one."""
     import torch
     from torchvision.utils import save_image
 
     from ggl.priors import load_prior
 
     prior = load_prior(prior_name)
-    if not prior.num_classes:
-        raise ValueError(f"prior {prior_name!r} is unconditional; --samples draws ten samples per class")
+    conditional = int(getattr(prior, "num_classes", 0) or 0) > 0
     with torch.no_grad():
-        labels = torch.arange(prior.num_classes).repeat_interleave(10)
-        samples = prior(prior.sample(len(labels), torch.Generator().manual_seed(seed)), labels)
+        labels = torch.arange(prior.num_classes).repeat_interleave(10) if conditional else None
+        count = len(labels) if labels is not None else 30
+        samples = prior(prior.sample(count, torch.Generator().manual_seed(seed)), labels)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image(samples, str(path), nrow=10, padding=1, pad_value=1.0)
 

@@ -243,3 +243,17 @@ def test_compute_runs_the_suite_for_references_only(tmp_path: Path, monkeypatch:
         "victims.count=32",
         "--no-tensorboard",
     ]
+
+
+def test_samples_of_a_conditional_and_an_unconditional_prior(tmp_path: Path) -> None:
+    from importlib.util import find_spec
+
+    from PIL import Image
+
+    if find_spec("gan_face_generate") is None:
+        pytest.skip("the face prior installs with --no-deps gan-face-generate")
+    benchmarks.references.write_samples(tmp_path / "wgan.png", "fashion-mnist-wgan")
+    benchmarks.references.write_samples(tmp_path / "faces.png", "face-dcgan")
+    # ten a row with 1-pixel padding: 10 class rows of 32 px; 3 rows of 64 px faces
+    assert Image.open(tmp_path / "wgan.png").size == (10 * 33 + 1, 10 * 33 + 1)
+    assert Image.open(tmp_path / "faces.png").size == (10 * 65 + 1, 3 * 65 + 1)
