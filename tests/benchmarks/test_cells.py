@@ -64,3 +64,20 @@ def test_seed_from_is_stable() -> None:
 
 def test_code_version_names_the_checkout_or_the_package() -> None:
     assert code_version().startswith(("git:", "ggl-bench "))
+
+
+def test_code_version_is_dirty_only_for_uncommitted_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    import benchmarks.cells
+
+    calls: list[tuple[str, ...]] = []
+
+    def fake_git(root: object, *arguments: str) -> str:
+        calls.append(arguments)
+        return {"describe": "abc1234", "status": status}[arguments[0]]
+
+    monkeypatch.setattr(benchmarks.cells, "_git", fake_git)
+    status = ""  # a rewritten report folder: git status over the code paths sees nothing
+    assert code_version() == "git:abc1234"
+    status = " M ggl/metrics.py"
+    assert code_version() == "git:abc1234-dirty"
+    assert calls[-1][-len(benchmarks.cells.CODE_PATHS) :] == benchmarks.cells.CODE_PATHS
