@@ -42,11 +42,20 @@ Ours = dict[tuple[str, str], dict[str, Any]]
 class AttackRow(Protocol):
     """What ``ours_from_rows`` reads of a results-store row (``benchmarks.store.CellRow``)."""
 
-    kind: str
-    victim: int
-    defense: dict[str, Any] | None
-    attack: dict[str, Any]
-    metrics: dict[str, float]
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def victim(self) -> int: ...
+
+    @property
+    def defense(self) -> dict[str, Any] | None: ...
+
+    @property
+    def attack(self) -> dict[str, Any]: ...
+
+    @property
+    def metrics(self) -> dict[str, float]: ...
 
 
 def load_paper(path: str | Path = PAPER_TABLE3) -> dict[str, Any]:
