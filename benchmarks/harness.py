@@ -139,6 +139,18 @@ class _Victim:
     labels_hat: torch.Tensor
 
 
+@dataclass
+class _Setting:
+    """One defense setting on one victim and seed: the defended update and what the cells derive from it once."""
+
+    key: tuple[int, str, int]  # (victim, defense JSON, seed)
+    defense: Any
+    defended: Any  # the defended SharedUpdate every attack of the setting faces
+    labels: torch.Tensor  # inferred from the defended update, as the attacks infer them (on the CPU)
+    control: Any = None  # the control update, built by the first control cell
+    check: SimulationCheck | None = None  # the simulation check, made by the first attack or control cell
+
+
 class TensorBoardLog:
     """Scalars (metrics, seconds, evaluations) and the reconstruction of every computed cell, one run per rank."""
 
@@ -213,9 +225,7 @@ class Harness:
         self._prior: Any = None
         self._indices: list[int] | None = None
         self._victims: dict[int, _Victim] = {}
-        self._defended_cache: tuple[tuple[int, str, int], Any, Any] | None = None
-        self._control_cache: tuple[tuple[int, str, int], Any] | None = None
-        self._check_cache: tuple[tuple[int, str, int], SimulationCheck] | None = None
+        self._setting_cache: _Setting | None = None
 
     # ------------------------------------------------------------------------------------------------ preflight
     def preflight(self) -> None:
@@ -515,10 +525,11 @@ class Harness:
     def _attack_params(self, attack: AttackConfig, seed: int) -> dict[str, Any]:
         return {**dict(attack.spec), "seed": seed, "adaptive": attack.adaptive}
 
-    def _defended(self, cell: Cell, victim: _Victim) -> tuple[Any, Any]:
+    def _setting(self, cell: Cell, victim: _Victim) -> _Setting:
+        """The cell's defense setting on its victim and seed (the last one is kept: cells come victim-major)."""
         assert cell.defense is not None
         key = (cell.victim, cell.defense_json, cell.seed)
-        if self._defended_cache is None or self._defended_cache[0] != key:
+        if self._setting_cache is None or self._setting_cache.key != key:
             defense = build_defense(dict(cell.defense.spec))
             generator = torch.Generator().manual_seed(
                 seed_from(self.suite.name, cell.victim, dict(cell.defense.spec), cell.seed)
@@ -530,8 +541,9 @@ class Harness:
                 labels=victim.labels.to(self.device),
                 generator=generator,
             )
-            self._defended_cache = (key, defense, defended)
-        return self._defended_cache[1], self._defended_cache[2]
+            labels = infer_labels(defended, self.model()).cpu()
+            self._setting_cache = _Setting(key, defense, defended, labels)
+        return self._setting_cache
 
     def _control_images(self, cell: Cell, labels: torch.Tensor) -> torch.Tensor:
         """One image per label (B, C, H, W) in [0, 1]: a seeded draw from the victims split, of the same class and
@@ -553,52 +565,47 @@ class Harness:
                 )
         return datamodule.victim_batch(chosen)[0]
 
-    def _control(self, cell: Cell, victim: _Victim) -> Any:
+    def _control(self, cell: Cell, setting: _Setting) -> Any:
         """The control update: the defended update of another image of each class inferred from the defended
         update, through the same defense (its noise drawn from the control's own seed)."""
         assert cell.defense is not None
-        key = (cell.victim, cell.defense_json, cell.seed)
-        if self._control_cache is None or self._control_cache[0] != key:
-            defense, defended = self._defended(cell, victim)
-            labels = infer_labels(defended, self.model()).cpu()
-            inputs = self.datamodule().normalization.normalize(self._control_images(cell, labels)).to(self.device)
-            update = shared_update(self.model(), inputs, labels.to(self.device))
+        if setting.control is None:
+            labels = setting.labels.to(self.device)
+            inputs = self.datamodule().normalization.normalize(self._control_images(cell, setting.labels))
+            inputs = inputs.to(self.device)
             generator = torch.Generator().manual_seed(
                 seed_from(self.suite.name, cell.victim, dict(cell.defense.spec), cell.seed, CONTROL)
             )
-            control = defense(
-                update, model=self.model(), images=inputs, labels=labels.to(self.device), generator=generator
+            update = shared_update(self.model(), inputs, labels)
+            setting.control = setting.defense(
+                update, model=self.model(), images=inputs, labels=labels, generator=generator
             )
-            self._control_cache = (key, control)
-        return self._control_cache[1]
+        return setting.control
 
-    def _simulation_check(self, cell: Cell, victim: _Victim) -> SimulationCheck:
-        """``check_simulation`` of the cell's defense on the victim's clean update (cached per defended update)."""
+    def _simulation_check(self, cell: Cell, victim: _Victim, setting: _Setting) -> SimulationCheck:
+        """``check_simulation`` of the setting's defense on the victim's clean update."""
         assert cell.defense is not None
-        key = (cell.victim, cell.defense_json, cell.seed)
-        if self._check_cache is None or self._check_cache[0] != key:
-            defense, _ = self._defended(cell, victim)
-            check = check_simulation(
-                defense,
+        if setting.check is None:
+            setting.check = check_simulation(
+                setting.defense,
                 victim.update,
                 model=self.model(),
                 images=victim.inputs,
                 labels=victim.labels.to(self.device),
                 seed=seed_from(self.suite.name, cell.victim, dict(cell.defense.spec), cell.seed, "simulation-check"),
             )
-            self._check_cache = (key, check)
-        return self._check_cache[1]
+        return setting.check
 
     def _attack(self, cell: Cell, victim: _Victim) -> tuple[torch.Tensor, torch.Tensor, int, float, dict[str, float]]:
         """Reconstruct from the defended update (a control cell: from the control update): images, labels,
         evaluations, seconds as the attack reports them, and the row's diagnostics."""
-        defense, defended = self._defended(cell, victim)
-        received = self._control(cell, victim) if cell.control else defended
+        setting = self._setting(cell, victim)
+        received = self._control(cell, setting) if cell.control else setting.defended
         attack = make_attack(**self._attack_params(cell.attack, cell.seed))
         target = AttackTarget(
             self.model(),
             received,
-            defense=defense,
+            defense=setting.defense,
             image_shape=tuple(self.datamodule().image_shape),
             normalization=self.datamodule().normalization,
         )
@@ -608,7 +615,7 @@ class Harness:
         labels_hat = reconstruction.labels.detach().cpu().long().reshape(-1)
         diagnostics = {
             MATCH_LOSS: self._match_loss(images, labels_hat, received),
-            SIMULATION_OK: float(self._simulation_check(cell, victim).passed),
+            SIMULATION_OK: float(self._simulation_check(cell, victim, setting).passed),
         }
         if "still_improving" in reconstruction.extras:
             diagnostics[STILL_IMPROVING] = float(bool(reconstruction.extras["still_improving"]))
@@ -630,9 +637,7 @@ class Harness:
         """A prior-only pseudo-attack: the inferred label and the prior, never the gradient otherwise. Per defense
         setting the label is the one inferred from the defended update, as the attacks infer it."""
         start = time.perf_counter()
-        labels = victim.labels_hat
-        if cell.defense is not None:
-            labels = infer_labels(self._defended(cell, victim)[1], self.model()).cpu()
+        labels = victim.labels_hat if cell.defense is None else self._setting(cell, victim).labels
         generator = torch.Generator().manual_seed(seed_from(self.suite.name, cell.victim, cell.attack_json, cell.seed))
         prior = None if cell.attack.name == REFERENCE_PREFIX + "class-mean" else self.prior()
         images, evaluations = reference_images(

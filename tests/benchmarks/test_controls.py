@@ -125,8 +125,9 @@ def test_the_control_image_is_another_image_of_the_inferred_class(run: Harness, 
     for row in by_kind(run.store.cells("controls"), "control"):
         cell = cell_of(run, row)
         victim = run.victim(cell.victim)
-        _, defended = run._defended(cell, victim)
-        inferred = infer_labels(defended, run.model()).cpu()
+        setting = run._setting(cell, victim)
+        inferred = infer_labels(setting.defended, run.model()).cpu()
+        assert torch.equal(setting.labels, inferred)
         assert inferred.tolist() == victim.labels.tolist()  # these defenses keep the label readable
         images = run._control_images(cell, inferred)
         assert images.shape == victim.images.shape
@@ -143,8 +144,8 @@ def test_the_control_update_is_the_defended_update_of_the_control_image(run: Har
     for row in by_kind(run.store.cells("controls"), "control"):
         cell = cell_of(run, row)
         victim = run.victim(cell.victim)
-        _, defended = run._defended(cell, victim)
-        control = run._control(cell, victim)
+        setting = run._setting(cell, victim)
+        defended, control = setting.defended, run._control(cell, setting)
         assert not torch.allclose(control.flat(), defended.flat())
         labels = infer_labels(defended, run.model()).cpu()
         clean = shared_update(run.model(), normalize(run._control_images(cell, labels)), labels)
