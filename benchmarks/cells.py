@@ -83,7 +83,7 @@ def expand_cells(suite: SuiteConfig) -> list[Cell]:
     cells: list[Cell] = []
     for victim in range(suite.victims.count):
         for seed in suite.seeds:
-            cells.extend(Cell(victim, None, reference, seed) for reference in suite.victim_references())
+            cells.extend(Cell(victim, None, reference, seed) for reference in suite.reference_attacks())
             for defense in suite.defenses:
                 cells.extend(Cell(victim, defense, reference, seed) for reference in suite.label_references())
                 cells.extend(Cell(victim, defense, attack, seed) for attack in suite.attacks)

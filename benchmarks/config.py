@@ -268,16 +268,11 @@ class SuiteConfig:
         names = {REFERENCE_PREFIX + kind for kind in LABEL_REFERENCES}
         return tuple(reference for reference in self.reference_attacks() if reference.name in names)
 
-    def victim_references(self) -> tuple[AttackConfig, ...]:
-        """The references computed once per victim from the clean update's label: every reference (the leaderboard's
-        ``ref`` rows; the prior ceiling needs the pixels and exists only here)."""
-        return self.reference_attacks()
-
     def cells_per_victim(self) -> int:
-        """Cells of one victim and seed: attacks (and their controls) and label references per setting, plus the
-        victim's own references."""
+        """Cells of one victim and seed: attacks (and their controls) and label references per setting, plus every
+        reference once from the clean update's label."""
         per_setting = len(self.attacks) * (2 if self.controls else 1) + len(self.label_references())
-        return len(self.defenses) * per_setting + len(self.victim_references())
+        return len(self.defenses) * per_setting + len(self.reference_attacks())
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from typing import Any
 
 from benchmarks.config import REFERENCE_PREFIX
 from benchmarks.report.aggregate import DefenseSummary, Report, plain
-from benchmarks.report.stats import paired_interval
+from benchmarks.report.stats import mean, paired_interval
 from benchmarks.report.tables import markdown_table
 from benchmarks.report.worst_case import ABOVE_PRIOR, RECOVERED_METRIC, RECOVERED_THRESHOLD
 
@@ -50,7 +50,7 @@ def _verdict(passed: bool | None) -> str:
 def _same_as_none(setting: DefenseSummary, none: DefenseSummary, seed: int) -> dict[str, Any]:
     first, second = none.worst.values(ABOVE_PRIOR), setting.worst.values(ABOVE_PRIOR)  # type: ignore[union-attr]
     common = sorted(set(first) & set(second))
-    difference = math.fsum(second[v] - first[v] for v in common) / len(common) if common else math.nan
+    difference = mean(second[v] - first[v] for v in common)
     low, high = paired_interval(first, second, seed)
     passed = None if math.isnan(low) else low <= 0.0 <= high
     return {
