@@ -27,13 +27,7 @@ from ggl.metrics import (
 IMAGE_METRICS = ("mse", "psnr", "ssim")
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Small images: one intra-op thread is as fast and does not thrash a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 
 
 def _pair(batch: int, channels: int, size: int = 32, noise: float = 0.1, seed: int = 0):

@@ -16,14 +16,7 @@ from ggl.metrics import (
     psnr_signed_unit,
 )
 
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny tensors: one intra-op thread is as fast and does not thrash a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 
 
 def test_constant_images_by_hand() -> None:
