@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from benchmarks.config import CONTROL, AttackConfig, DefenseConfig, SuiteConfig
 from ggl.io import canonical_json
+
+from .config import CONTROL, AttackConfig, DefenseConfig, SuiteConfig
 
 Item = TypeVar("Item")
 

@@ -25,11 +25,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from benchmarks.config import MAX_SEED, REFERENCE_PREFIX, format_value, output_file
 from ggl.io import atomic_write, pretty_json
 
+from .config import MAX_SEED, REFERENCE_PREFIX, format_value, output_file
+
 if TYPE_CHECKING:
-    from benchmarks.store import CellRow, ResultsStore, VictimRow
+    from .store import CellRow, ResultsStore, VictimRow
 
 SUITE = "ggl-claims"
 HEADER = """# GGL's claims at equal evaluation budgets
@@ -111,7 +112,7 @@ def setting(suite_config: Mapping[str, Any]) -> dict[str, Any]:
 
 def results_from_store(store: ResultsStore, suite: str = SUITE, seed: int = 0) -> dict[str, Any]:
     """``{"config": setting, "runs": runs}`` of ``suite`` in ``store`` (the suite as its run recorded it)."""
-    from benchmarks.config import load_suite
+    from .config import load_suite
 
     meta = store.get_meta(f"suite:{suite}")
     suite_config = json.loads(meta) if meta else load_suite(suite).to_dict()
@@ -262,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    from benchmarks.store import StoreError, existing_store
+    from .store import StoreError, existing_store
 
     try:
         with existing_store(args.store) as store:

@@ -31,7 +31,8 @@ import yaml
 from ggl.checks import boolean, non_negative_int, positive_int, positive_number
 from ggl.io import canonical_json
 
-SUITES_PACKAGE = "benchmarks"
+SUITES_PACKAGE = __name__.rpartition(".")[0]
+"""This package: ``benchmarks`` in a checkout, ``ggl_bench`` when installed; ``suites/`` in it holds the suites."""
 REFERENCE_PREFIX = "reference:"
 REFERENCE_KINDS = ("class-mean", "prior-sample", "prior-ceiling")
 LABEL_REFERENCES = ("class-mean", "prior-sample")

@@ -33,7 +33,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.cells import (
+from ggl.attacks import AttackTarget, make_attack
+from ggl.attacks.objective import gradient_distance
+from ggl.checks import positive_number
+from ggl.data import make_datamodule
+from ggl.defenses import SimulationCheck, build_defense, check_simulation
+from ggl.fl import VICTIMS, infer_labels, make_victim, shared_update
+from ggl.metrics import match_reconstructions, mse_representation, reconstruction_metrics
+from ggl.priors import load_prior
+
+from .cells import (
     MATCH_LOSS,
     MSE_R,
     SIMULATION_OK,
@@ -45,9 +54,9 @@ from benchmarks.cells import (
     seed_from,
     shard,
 )
-from benchmarks.config import CONTROL, REFERENCE_PREFIX, AttackConfig, DefenseConfig, SuiteConfig, SuiteError
-from benchmarks.references import reference_images
-from benchmarks.store import (
+from .config import CONTROL, REFERENCE_PREFIX, AttackConfig, DefenseConfig, SuiteConfig, SuiteError
+from .references import reference_images
+from .store import (
     FAILED,
     FINISHED,
     HELD,
@@ -58,15 +67,7 @@ from benchmarks.store import (
     ResultsStore,
     VictimRow,
 )
-from benchmarks.utility import UtilityConfig, utility_cost
-from ggl.attacks import AttackTarget, make_attack
-from ggl.attacks.objective import gradient_distance
-from ggl.checks import positive_number
-from ggl.data import make_datamodule
-from ggl.defenses import SimulationCheck, build_defense, check_simulation
-from ggl.fl import VICTIMS, infer_labels, make_victim, shared_update
-from ggl.metrics import match_reconstructions, mse_representation, reconstruction_metrics
-from ggl.priors import load_prior
+from .utility import UtilityConfig, utility_cost
 
 
 class MissingRequirement(RuntimeError):

@@ -29,13 +29,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from benchmarks.config import REFERENCE_PREFIX, AttackConfig, SuiteConfig, load_suite, output_file, output_folder
 from ggl.io import atomic_write, pretty_json
+
+from .config import REFERENCE_PREFIX, AttackConfig, SuiteConfig, load_suite, output_file, output_folder
 
 if TYPE_CHECKING:  # torch is imported where it is used, so the command line checks its input without it
     import torch
 
-    from benchmarks.store import CellRow, VictimRow
+    from .store import CellRow, VictimRow
 
 CEILING = REFERENCE_PREFIX + "prior-ceiling"
 CLASS_MEAN = REFERENCE_PREFIX + "class-mean"
@@ -254,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def compute(suite_arg: str, overrides: Sequence[str], victims: int, store: Path) -> int:
     """Compute the reference rows of ``victims`` victims with ``benchmarks.run --references-only``; its status."""
-    command = [sys.executable, "-m", "benchmarks.run", "--suite", suite_arg, "--out", str(store), "--references-only"]
+    run_module = f"{__package__}.run"
+    command = [sys.executable, "-m", run_module, "--suite", suite_arg, "--out", str(store), "--references-only"]
     for text in [*overrides, f"victims.count={victims}"]:
         command += ["--set", text]
     return subprocess.run([*command, "--no-tensorboard"], check=False).returncode
@@ -324,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.compute and (status := compute(args.suite, args.overrides, victims, folder)) != 0:
         return status
-    from benchmarks.store import StoreError, existing_store
+    from .store import StoreError, existing_store
 
     try:
         with existing_store(folder) as store:

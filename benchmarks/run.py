@@ -34,13 +34,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from benchmarks.cells import expand_cells
-from benchmarks.config import SuiteConfig, load_suite, output_folder
 from ggl.io import canonical_json
 
+from .cells import expand_cells
+from .config import SuiteConfig, load_suite, output_folder
+
 if TYPE_CHECKING:
-    from benchmarks.harness import RunSummary
-    from benchmarks.store import ResultsStore
+    from .harness import RunSummary
+    from .store import ResultsStore
 
 SHARDS = "shards"
 LAUNCHER_PID = "GGL_LAUNCHER_PID"
@@ -233,8 +234,8 @@ def _error(message: str) -> int:
 
 def report(out: Path, report_dir: Path, suite: SuiteConfig) -> list[Path]:
     """Write the report of ``suite`` as configured (its cells, its utility options) from the store, opened read-only."""
-    from benchmarks.report import write_report
-    from benchmarks.store import existing_store
+    from .report import write_report
+    from .store import existing_store
 
     with existing_store(out) as store:
         return write_report(store, report_dir, suite)
@@ -242,7 +243,7 @@ def report(out: Path, report_dir: Path, suite: SuiteConfig) -> list[Path]:
 
 def merge_shards(out: Path) -> int:
     """Copy every rank's shard store into the main store (no duplicates) and delete the shards; rows merged."""
-    from benchmarks.store import ResultsStore, open_store
+    from .store import ResultsStore, open_store
 
     merged = 0
     with open_store(out) as main:
@@ -273,7 +274,7 @@ def merge_shards(out: Path) -> int:
 
 def _finished_elsewhere(out: Path, suite: str) -> set[tuple[int, str, str, int]]:
     """Keys finished in the main store and in any shard left by an earlier run."""
-    from benchmarks.store import STORE_NAME, ResultsStore
+    from .store import STORE_NAME, ResultsStore
 
     keys: set[tuple[int, str, str, int]] = set()
     for path in [out / STORE_NAME, *sorted((out / SHARDS).glob("rank*.sqlite"))]:
@@ -285,7 +286,7 @@ def _finished_elsewhere(out: Path, suite: str) -> set[tuple[int, str, str, int]]
 
 def _copy_cached_utility(out: Path, shard_store: ResultsStore) -> None:
     """Give a worker's shard the utility costs the main store already holds, so they are not computed again."""
-    from benchmarks.store import STORE_NAME, ResultsStore
+    from .store import STORE_NAME, ResultsStore
 
     main = out / STORE_NAME
     if not main.is_file():
@@ -300,8 +301,8 @@ def _copy_cached_utility(out: Path, shard_store: ResultsStore) -> None:
 
 def run_rank(suite: SuiteConfig, out: Path, info: RankInfo, args: argparse.Namespace) -> int:
     """One worker: compute this rank's cells into its store (the main one, or its shard when world_size > 1)."""
-    from benchmarks.harness import Harness, MissingRequirement
-    from benchmarks.store import ResultsStore, StoreError, open_store
+    from .harness import Harness, MissingRequirement
+    from .store import ResultsStore, StoreError, open_store
 
     harness = Harness(
         suite,
@@ -351,8 +352,8 @@ def evaluate(
 
     Returns the run's summary, or None after printing why the suite cannot run here (the caller exits with 2).
     """
-    from benchmarks.harness import Harness, MissingRequirement
-    from benchmarks.store import StoreError
+    from .harness import Harness, MissingRequirement
+    from .store import StoreError
 
     harness = Harness(suite, store, progress=progress, tensorboard_dir=tensorboard_dir)
     try:
@@ -366,7 +367,7 @@ def evaluate(
 
 def missing_cells(suite: SuiteConfig, out: Path, references_only: bool = False) -> list[str]:
     """Cells of ``suite`` not in the main store (after a multi-process run: the failed ones)."""
-    from benchmarks.store import open_store
+    from .store import open_store
 
     with open_store(out) as store:
         finished = store.finished_keys(suite.name)
@@ -391,13 +392,13 @@ def launch_local(args: argparse.Namespace, argv: list[str]) -> list[int]:
             LAUNCHER_PID: str(os.getpid()),
             "OMP_NUM_THREADS": threads,
         }
-        processes.append(subprocess.Popen([sys.executable, "-m", "benchmarks.run", *argv], env=environment))
+        processes.append(subprocess.Popen([sys.executable, "-m", f"{__package__}.run", *argv], env=environment))
     return [process.wait() for process in processes]
 
 
 def _wait_for_ranks(out: Path, info: RankInfo, timeout: float = 3600.0) -> None:
     """Rank 0 under torchrun/SLURM: wait until every rank's shard says it finished this run."""
-    from benchmarks.store import ResultsStore
+    from .store import ResultsStore
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -415,7 +416,7 @@ def _wait_for_ranks(out: Path, info: RankInfo, timeout: float = 3600.0) -> None:
 
 def finish(suite: SuiteConfig, out: Path, report_dir: Path, failed_before: int, references_only: bool = False) -> int:
     """Merge shards, write the report (not for ``--references-only``), list missing cells; the run's exit status."""
-    from benchmarks.store import StoreError
+    from .store import StoreError
 
     try:
         merge_shards(out)
@@ -434,7 +435,7 @@ def finish(suite: SuiteConfig, out: Path, report_dir: Path, failed_before: int, 
 
 def report_only(suite: SuiteConfig, out: Path, report_dir: Path) -> int:
     """``--report-only``: rewrite the report from the store, opened read-only (no store file is created or changed)."""
-    from benchmarks.store import StoreError
+    from .store import StoreError
 
     try:
         shards = sorted((out / SHARDS).glob("rank*.sqlite"))
@@ -461,7 +462,7 @@ def run_suite(
             "(SLURM) or torchrun --nnodes M --nproc-per-node N; each process runs its share"
         )
     if info is None and (out / SHARDS).is_dir():
-        from benchmarks.store import StoreError
+        from .store import StoreError
 
         try:  # shards left by an interrupted multi-worker run: their cells count as finished
             merge_shards(out)
@@ -484,7 +485,7 @@ def run_suite(
         return finish(suite, out, report_dir, status, args.references_only)
     if args.references_only:
         return status
-    from benchmarks.store import StoreError
+    from .store import StoreError
 
     try:
         paths = report(out, report_dir, suite)

@@ -40,9 +40,10 @@ from typing import Any, NamedTuple
 
 import yaml
 
-from benchmarks.config import DefenseConfig, SuiteConfig, load_suite, output_file, output_folder
 from ggl.defenses import DEFENSES, build_defense, load_plugins
 from ggl.io import atomic_write, canonical_json, pretty_json
+
+from .config import DefenseConfig, SuiteConfig, load_suite, output_file, output_folder
 
 ENTRY_FIELDS = ("name", "authors", "paper", "defense", "claimed_utility", "notes")
 UTILITY_FIELDS = ("update_cosine", "accuracy", "clean_accuracy", "accuracy_drop")
@@ -379,9 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:  # SubmissionError, SuiteError, a plugin that cannot be imported
         print(f"error: {error}", file=sys.stderr)
         return 2
-    from benchmarks.report import build_report, leaderboard_json, write_report
-    from benchmarks.run import evaluate
-    from benchmarks.store import StoreError, open_store
+    from .report import build_report, leaderboard_json, write_report
+    from .run import evaluate
+    from .store import StoreError, open_store
 
     submission, suite, ranked, out, report_dir, entry_out = plan
     try:

@@ -24,8 +24,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from benchmarks.config import output_file
 from ggl.io import atomic_write, canonical_json
+
+from .config import output_file
 
 PAPER_TABLE3 = Path(__file__).with_name("paper_table3.json")
 GGL = "GGL"
@@ -261,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    from benchmarks.store import StoreError, existing_store
+    from .store import StoreError, existing_store
 
     try:
         with existing_store(args.store) as store:

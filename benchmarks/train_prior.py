@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.config import MAX_SEED, output_file, output_folder
+from .config import MAX_SEED, output_file, output_folder
 
 DATA_CHOICES = ("fashion-mnist", "celeba")
 POSITIVE_INTS = ("latent_dim", "width", "generator_steps", "batch_size", "critic_steps", "save_every")

@@ -32,9 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.config import UTILITY_DATA, UTILITY_OPTIONS
 from ggl.defenses import Defense, build_defense, make_defense
 from ggl.fl import make_victim, shared_update
+
+from .config import UTILITY_DATA, UTILITY_OPTIONS
 
 UTILITY_IMAGE_SIZE = 16
 """Side of the images of the accuracy-drop run: the 32 px embedded images average-pooled by 2."""

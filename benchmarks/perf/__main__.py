@@ -1,5 +1,5 @@
 """Entry point of ``python -m benchmarks.perf``."""
 
-from benchmarks.perf.cli import main
+from .cli import main
 
 raise SystemExit(main())

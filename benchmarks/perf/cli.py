@@ -16,8 +16,9 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmarks.config import MAX_SEED, output_file
 from ggl.io import atomic_write
+
+from ..config import MAX_SEED, output_file
 
 VICTIM_NAMES = ("convnet", "lenet", "resnet18", "resnet18-224")
 """``ggl.fl.VICTIMS``, named here so that the arguments are checked without torch (a test keeps them equal)."""
@@ -135,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     import torch
 
-    from benchmarks.perf.rows import machine_description, markdown_table, run
+    from .rows import machine_description, markdown_table, run
 
     rows = run(args)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

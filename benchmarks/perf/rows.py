@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.perf.measure import (
+from ggl.attacks.batched import choose_engine
+
+from .measure import (
     LOSSES_CHECKED,
     Setting,
     batched_losses,
@@ -29,7 +31,6 @@ from benchmarks.perf.measure import (
     serial_losses,
     timings,
 )
-from ggl.attacks.batched import choose_engine
 
 
 def _relative_difference(losses: torch.Tensor, reference: torch.Tensor) -> float:

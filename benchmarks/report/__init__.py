@@ -30,8 +30,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.config import SuiteConfig
-from benchmarks.report.aggregate import (
+from ggl.io import atomic_write, pretty_json
+
+from ..config import SuiteConfig
+from ..store import ResultsStore
+from .aggregate import (
     ATTAINABLE_REFERENCES,
     DefenseSummary,
     PairSummary,
@@ -40,9 +43,9 @@ from benchmarks.report.aggregate import (
     build_report,
     plain,
 )
-from benchmarks.report.calibration import calibration_json, calibration_markdown
-from benchmarks.report.figures import privacy_utility_plot, reconstruction_grids, slug
-from benchmarks.report.tables import (
+from .calibration import calibration_json, calibration_markdown
+from .figures import privacy_utility_plot, reconstruction_grids, slug
+from .tables import (
     SCHEMA,
     attack_columns,
     attack_rows,
@@ -57,8 +60,6 @@ from benchmarks.report.tables import (
     markdown_table,
     rows_csv,
 )
-from benchmarks.store import ResultsStore
-from ggl.io import atomic_write, pretty_json
 
 REPORT_FILES = (
     "leaderboard.md",

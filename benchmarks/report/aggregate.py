@@ -29,13 +29,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from benchmarks.cells import SIMULATION_OK, CellKey, expand_cells
-from benchmarks.config import REFERENCE_KINDS, REFERENCE_PREFIX, SuiteConfig
-from benchmarks.report.stats import bootstrap_seed, mean
-from benchmarks.report.worst_case import RANKING_METRIC, WorstCase, assign_bands, best_per_seed, worst_case
-from benchmarks.store import CellRow, FailureRow, ResultsStore, VictimRow
 from ggl.io import canonical_json
 from ggl.metrics import METRIC_TABLE
+
+from ..cells import SIMULATION_OK, CellKey, expand_cells
+from ..config import REFERENCE_KINDS, REFERENCE_PREFIX, SuiteConfig
+from ..store import CellRow, FailureRow, ResultsStore, VictimRow
+from .stats import bootstrap_seed, mean
+from .worst_case import RANKING_METRIC, WorstCase, assign_bands, best_per_seed, worst_case
 
 ATTAINABLE_REFERENCES = (REFERENCE_PREFIX + "class-mean", REFERENCE_PREFIX + "prior-sample")
 """References an attacker can produce from the label alone; the leakage baseline is the best of them."""

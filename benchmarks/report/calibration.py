@@ -19,11 +19,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from benchmarks.config import REFERENCE_PREFIX
-from benchmarks.report.aggregate import DefenseSummary, Report, plain
-from benchmarks.report.stats import mean, paired_interval
-from benchmarks.report.tables import markdown_table
-from benchmarks.report.worst_case import ABOVE_PRIOR, RECOVERED_METRIC, RECOVERED_THRESHOLD
+from ..config import REFERENCE_PREFIX
+from .aggregate import DefenseSummary, Report, plain
+from .stats import mean, paired_interval
+from .tables import markdown_table
+from .worst_case import ABOVE_PRIOR, RECOVERED_METRIC, RECOVERED_THRESHOLD
 
 CEILING_TOLERANCE_DB = 3.0
 """How far (dB of mean PSNR) below the prior ceiling a generative attack may stay and still pass ``near_ceiling``."""

@@ -14,10 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.config import short_hash
-from benchmarks.report.aggregate import DefenseSummary, Report
-from benchmarks.report.worst_case import ABOVE_PRIOR
 from ggl.io import atomic_write, canonical_json
+
+from ..config import short_hash
+from .aggregate import DefenseSummary, Report
+from .worst_case import ABOVE_PRIOR
 
 UTILITY_AXES = (
     ("accuracy_drop", "accuracy drop (clean - defended)"),

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from scipy.stats import norm, t
 
-from benchmarks.cells import seed_from
+from ..cells import seed_from
 
 RESAMPLES = 2000
 LEVEL = 0.95

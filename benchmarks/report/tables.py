@@ -19,9 +19,12 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from benchmarks.report.aggregate import PairSummary, Report, plain
-from benchmarks.report.stats import LEVEL, RESAMPLES
-from benchmarks.report.worst_case import (
+from ggl.metrics import METRIC_TABLE
+
+from ..store import FailureRow
+from .aggregate import PairSummary, Report, plain
+from .stats import LEVEL, RESAMPLES
+from .worst_case import (
     ABOVE_PRIOR,
     PICK,
     RECOVERED,
@@ -30,8 +33,6 @@ from benchmarks.report.worst_case import (
     Estimate,
     WorstCase,
 )
-from benchmarks.store import FailureRow
-from ggl.metrics import METRIC_TABLE
 
 SCHEMA = "ggl-bench-leaderboard-v2"
 PRIOR_ONLY = "(any: prior only)"

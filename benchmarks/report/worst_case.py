@@ -33,10 +33,11 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from benchmarks.cells import MATCH_LOSS, STILL_IMPROVING
-from benchmarks.report.stats import bootstrap_interval, mean, paired_interval
-from benchmarks.store import CellRow
 from ggl.metrics import METRIC_TABLE
+
+from ..cells import MATCH_LOSS, STILL_IMPROVING
+from ..store import CellRow
+from .stats import bootstrap_interval, mean, paired_interval
 
 RANKING_METRIC = "psnr"
 """The metric whose worst case, above the prior-only reference, ranks the leaderboard."""
