@@ -175,7 +175,7 @@ def _plot_families(axis: Any, families: dict[str, list[DefenseSummary]], utility
                     (point.utility, point.leakage),
                     xytext=(5, 4 if index % 2 == 0 else -10),
                     textcoords="offset points",
-                    fontsize=7,
+                    fontsize=8,
                     color=colour,
                 )
     axis.axhline(0.0, color="grey", linestyle="--", linewidth=1)
@@ -188,7 +188,7 @@ def privacy_utility_plot(report: Report, path: Path) -> None:
     """Worst-case leakage above the baseline (best attack per victim) against accuracy drop and update cosine: one
     line per family through its settings from the weakest to the strongest, 95% intervals as error bars."""
     plt = _pyplot()
-    figure, axes = plt.subplots(1, 2, figsize=(13, 5.2))
+    figure, axes = plt.subplots(1, 2, figsize=(14, 6.4))
     families: dict[str, list[DefenseSummary]] = defaultdict(list)
     for summary in report.defenses:
         families[str(summary.spec.get("name", summary.label))].append(summary)
@@ -199,14 +199,21 @@ def privacy_utility_plot(report: Report, path: Path) -> None:
     axes[1].set_title("Leakage vs update cosine (lower left is better)", fontsize=11)
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:
-        figure.legend(handles, labels, loc="center right", fontsize=8, title="family (strength)", title_fontsize=8)
+        figure.legend(
+            handles,
+            labels,
+            loc="lower center",
+            ncol=min(len(handles), 5),
+            fontsize=9,
+            title="defense family (strength parameter; points labelled with its value)",
+            title_fontsize=9,
+        )
     figure.suptitle(
-        f"suite {report.suite}: worst case over attacks per victim; points labelled with the defense's strength, "
-        "lines from weakest to strongest\nerror bars: 95% bootstrap interval over victims (leakage), "
-        "95% t interval over the utility seeds (utility)",
-        fontsize=10,
+        f"suite {report.suite}: worst case over attacks per victim, each family from its weakest to its strongest "
+        "setting\nerror bars: 95% bootstrap interval over victims (leakage), 95% t interval over the utility seeds",
+        fontsize=11,
     )
-    figure.tight_layout(rect=(0, 0, 0.82, 0.93))
+    figure.tight_layout(rect=(0, 0.14, 1, 1))
     save_figure(figure, path)
     plt.close(figure)
 
