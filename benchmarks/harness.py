@@ -80,6 +80,9 @@ CONTROL_DRAWS = 100_000
 CLAIM_POLL_SECONDS = 2.0
 """How often a run waiting for cells another run holds looks again."""
 
+LOG_PROGRESS_SECONDS = 30.0
+"""Least seconds between two progress-bar lines when stderr is not a terminal (a log file)."""
+
 
 class CellTimeout(Exception):
     """A cell ran past the per-cell time limit (``Harness(cell_seconds=...)``)."""
@@ -492,6 +495,8 @@ class Harness:
         return FailureRow(**self._identity(cell), reason=reason)
 
     def _progress(self, total: int, done: int) -> Any:
+        """The cells' progress bar on stderr (None without ``progress``); redrawn at most every
+        ``LOG_PROGRESS_SECONDS`` when stderr is not a terminal, so a log file gets few lines."""
         if not self.progress:
             return None
         from tqdm import tqdm
@@ -503,6 +508,7 @@ class Harness:
             unit="cell",
             file=sys.stderr,
             dynamic_ncols=True,
+            mininterval=0.1 if sys.stderr.isatty() else LOG_PROGRESS_SECONDS,
         )
 
     def _utility(self, defense: DefenseConfig, summary: RunSummary) -> None:
