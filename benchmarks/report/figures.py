@@ -75,6 +75,8 @@ def _is_number(value: Any) -> bool:
 def strength_parameters(specs: Sequence[Mapping[str, Any]]) -> list[str]:
     """The parameters that set a family's strength: the numeric ones every setting has and whose values differ
     between its settings; for a family of one setting, all its numeric parameters (sorted by name)."""
+    if not specs:
+        return []
     shared = [
         name
         for name in sorted(set.intersection(*(set(spec) for spec in specs)) - {"name"})

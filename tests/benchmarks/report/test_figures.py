@@ -78,7 +78,7 @@ def test_strength_is_the_varying_numeric_parameter_weakest_first() -> None:
     assert strength_parameters(CLIPPING) == ["bound"]  # "mode" is not a number
     assert max(CLIPPING, key=lambda s: strength_key(s, ["bound"]))["bound"] == 0.25  # a tighter bound is stronger
     assert strength_parameters([{"name": "quantization", "bits": 4, "scale": "max"}]) == ["bits"]
-    assert strength_parameters([{"name": "sign"}]) == []
+    assert strength_parameters([{"name": "sign"}]) == [] and strength_parameters([]) == []
 
 
 def _line(axis: Any, family: str) -> ErrorbarContainer:
