@@ -3,12 +3,17 @@
     python -m benchmarks.run --suite smoke|all|paper-celeba|paper-imagenet|PATH.yaml [--out DIR]
                              [--set key=value ...] [--report-only] [--report-dir DIR] [--devices N --num-nodes M]
                              [--references-only] [--plugin PATH.py ...]
+    python -m benchmarks.run --list
+    python -m benchmarks.run --suite SUITE [--set key=value ...] --print-config | --dry-run
 
 The suite expands into cells (victim x defense x attack x seed) plus prior-only reference rows; each finished cell
 is committed to ``DIR/results.sqlite`` (default ``results/SUITE``), so a stopped run resumes where it stopped.
-At the end the report (leaderboard tables, plots, grids) is written to ``--report-dir`` (default ``DIR``);
-``--report-only`` rewrites it from the store alone. ``--references-only`` computes only the prior-only reference
-rows and writes no report (``python -m benchmarks.references --compute`` uses it).
+At the end the report (leaderboard tables, plots, grids) is written to ``--report-dir`` (default ``DIR``;
+``--report-dir leaderboards/SUITE`` publishes it); ``--report-only`` rewrites it from the store alone.
+``--references-only`` computes only the prior-only reference rows and writes no report (``python -m
+benchmarks.references --compute`` uses it). ``--list`` names the shipped suites, ``--print-config`` prints the
+resolved suite as YAML and ``--dry-run`` counts its cells and estimates their time from the rows already stored;
+these three compute and write nothing.
 
 Scale-out: ``--devices N`` runs N worker processes on this machine (one GPU each when GPUs exist; at most one per
 GPU, or per CPU core without GPUs), which end when their launcher ends; under torchrun or SLURM (detected with
@@ -27,6 +32,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 import uuid
@@ -36,8 +42,9 @@ from typing import TYPE_CHECKING
 
 from ggl.io import canonical_json
 
-from .cells import expand_cells
-from .config import SuiteConfig, load_suite, output_folder
+from .cells import Cell, expand_cells, shard
+from .cli import HelpFormatter
+from .config import SuiteConfig, available_suites, load_suite, output_folder
 
 if TYPE_CHECKING:
     from .harness import RunSummary
@@ -48,6 +55,8 @@ LAUNCHER_PID = "GGL_LAUNCHER_PID"
 """Environment variable naming the ``--devices`` launcher's process id in each of its workers."""
 PR_SET_PDEATHSIG = 1
 """Linux ``prctl`` option: the signal a process receives when its parent dies."""
+CELL_KINDS = ("attack", "control", "reference")
+"""The kinds of cell (``benchmarks.cells.Cell.kind``), in the order ``--dry-run`` counts them."""
 
 
 @dataclass(frozen=True)
@@ -185,11 +194,14 @@ def output_paths(args: argparse.Namespace, suite: SuiteConfig) -> tuple[Path, Pa
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line; ``--suite`` is needed by everything but ``--list`` (``main`` checks it)."""
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=f"python -m {__package__}.run", description=__doc__, formatter_class=HelpFormatter
     )
-    parser.add_argument("--suite", required=True, help="a shipped suite name (smoke, all, ...) or a YAML path")
-    parser.add_argument("--out", default=None, help="output folder holding the results store (default results/SUITE)")
+    parser.add_argument(
+        "--suite", default=None, help="a shipped suite name (smoke, all, ...; see --list) or a YAML path"
+    )
+    parser.add_argument("--out", default=None, help="output folder holding the results store (default: results/SUITE)")
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -199,7 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a suite field: dotted key, YAML value (e.g. victims.count=2, attacks.*.budget=50)",
     )
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from the store; compute nothing")
-    parser.add_argument("--report-dir", default=None, help="where the report goes (default: the output folder)")
+    parser.add_argument(
+        "--report-dir",
+        default=None,
+        help="where the report goes (default: --out); leaderboards/SUITE overwrites the published board",
+    )
     parser.add_argument(
         "--devices", type=int, default=1, help="worker processes on this node: at most one per GPU, or per CPU core"
     )
@@ -217,12 +233,22 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         metavar="S",
-        help="per-cell time limit: a cell still running after S seconds is recorded as failed, with the reason",
+        help="per-cell time limit: a cell still running after S seconds is recorded as failed, with the reason "
+        "(default: none)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard event files")
     parser.add_argument(
         "--references-only", action="store_true", help="compute only the prior-only reference rows; no report"
+    )
+    parser.add_argument("--list", action="store_true", help="list the shipped suites with their descriptions and exit")
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved suite (after --set) as YAML and exit"
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the suite's cell counts and a time estimate from the rows already stored, and exit",
     )
     return parser
 
@@ -230,6 +256,111 @@ def build_parser() -> argparse.ArgumentParser:
 def _error(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2
+
+
+def list_suites(width: int = 100) -> str:
+    """One line per shipped suite: its name and the start of its description (or why it does not load)."""
+    names = available_suites()
+    column = max((len(name) for name in names), default=0) + 2
+    lines = []
+    for name in names:
+        try:
+            description = load_suite(name).description
+        except ValueError as error:  # SuiteError included
+            description = f"(does not load: {error})"
+        lines.append(name.ljust(column) + textwrap.shorten(description or "-", width - column, placeholder=" ..."))
+    return "\n".join(lines)
+
+
+def print_config(suite: SuiteConfig) -> str:
+    """The resolved suite (every default filled in, every ``--set`` applied) as YAML, its name and hash on top."""
+    import yaml
+
+    header = f"# suite {suite.name}, config hash {suite.config_hash()} (from {suite.source})\n"
+    return header + yaml.safe_dump(suite.to_dict(), sort_keys=False, default_flow_style=False, width=120)
+
+
+def planned_cells(suite: SuiteConfig, references_only: bool = False) -> list[Cell]:
+    """The cells a run of ``suite`` computes: all of them, or the prior-only references for ``--references-only``."""
+    cells = expand_cells(suite)
+    if references_only:
+        return [cell for cell in cells if cell.kind == "reference" and cell.defense is None]
+    return cells
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def dry_run(suite: SuiteConfig, out: Path, args: argparse.Namespace) -> str:
+    """What a run would do: cells per kind, those already stored, and a time estimate; nothing is written.
+
+    The estimate is the mean seconds per cell of each kind over the rows of ``suite`` already in the store at ``out``
+    (opened read-only), times the cells still to compute, divided among ``--devices`` x ``--num-nodes`` workers.
+    """
+    from .store import STORE_NAME, StoreError, existing_store
+
+    cells = planned_cells(suite, args.references_only)
+    counts = {kind: sum(cell.kind == kind for cell in cells) for kind in CELL_KINDS}
+    lines = [
+        f"suite {suite.name} (config hash {suite.config_hash()}): {len(cells)} cells: "
+        + ", ".join(f"{counts[kind]} {kind}" for kind in CELL_KINDS)
+    ]
+    utility_pending = 0 if args.references_only or not suite.utility.enabled else len(suite.defenses)
+    seconds: dict[str, list[float]] = {kind: [] for kind in CELL_KINDS}
+    utility_seconds: list[float] = []
+    finished: set[tuple[int, str, str, int]] = set()
+    path = out / STORE_NAME
+    if path.is_file():
+        try:
+            with existing_store(out) as store:
+                for row in store.cells(suite.name):
+                    seconds.setdefault(row.kind, []).append(row.seconds)
+                finished = store.finished_keys(suite.name)
+                records = store.utility_records()
+                options = {"seed": suite.utility.seed, **dict(suite.utility.options)}
+                if utility_pending:
+                    utility_pending = sum(store.utility(d.spec, options) is None for d in suite.defenses)
+        except StoreError as error:
+            return "\n".join([*lines, f"no estimate: the store {path} cannot be read: {error}"])
+        utility_seconds = [record["seconds"] for _, _, record in records]
+    pending = [cell for cell in cells if cell.key() not in finished]
+    lines.append(f"in {path}: {len(cells) - len(pending)} finished, {len(pending)} to compute")
+    if utility_pending:
+        lines.append(f"utility cost: {utility_pending} defense settings to train first")
+    rows = [value for values in seconds.values() for value in values]
+    if not rows:
+        lines.append("time: no estimate: no finished rows")
+        return "\n".join(lines)
+    overall = sum(rows) / len(rows)
+    total = sum(sum(seconds[c.kind]) / len(seconds[c.kind]) if seconds.get(c.kind) else overall for c in pending)
+    how = f"mean seconds per cell kind of the {len(rows)} finished rows in the store"
+    if utility_pending and utility_seconds:
+        total += utility_pending * sum(utility_seconds) / len(utility_seconds)
+        how += f", plus the mean of its {len(utility_seconds)} utility costs"
+    elif utility_pending:
+        how += "; the utility costs are not counted (none stored)"
+    workers = args.devices * args.num_nodes
+    lines.append(f"time: about {_duration(total / workers)} on {workers} worker(s) ({how})")
+    return "\n".join(lines)
+
+
+def _announce_utility(suite: SuiteConfig, store: ResultsStore, info: RankInfo, references_only: bool) -> None:
+    """Say on stderr that the utility costs missing from the store are trained before the cells (no progress bar)."""
+    if references_only or not suite.utility.enabled:
+        return
+    options = {"seed": suite.utility.seed, **dict(suite.utility.options)}
+    defenses = shard(suite.defenses, info.rank, info.world_size)
+    missing = sum(store.utility(defense.spec, options) is None for defense in defenses)
+    if missing:
+        print(
+            f"utility cost: training {missing} defense settings before the cells (no progress bar until done)",
+            file=sys.stderr,
+        )
 
 
 def report(out: Path, report_dir: Path, suite: SuiteConfig) -> list[Path]:
@@ -334,6 +465,8 @@ def run_rank(suite: SuiteConfig, out: Path, info: RankInfo, args: argparse.Names
             if info.world_size > 1:
                 extra = _finished_elsewhere(out, suite.name)
                 _copy_cached_utility(out, store)
+            if info.rank == 0 and not args.no_progress:
+                _announce_utility(suite, store, info, args.references_only)
             summary = harness.run(also_finished=extra)
             if info.world_size > 1:
                 store.set_meta(f"finished:{info.run_id}", "1")
@@ -362,6 +495,8 @@ def evaluate(
     except (ValueError, MissingRequirement, StoreError) as error:  # SuiteError and every other bad input
         _error(str(error))
         return None
+    if progress:
+        _announce_utility(suite, store, RankInfo(), references_only=False)
     return harness.run()
 
 
@@ -371,8 +506,7 @@ def missing_cells(suite: SuiteConfig, out: Path, references_only: bool = False) 
 
     with open_store(out) as store:
         finished = store.finished_keys(suite.name)
-    cells = [c for c in expand_cells(suite) if (c.kind == "reference" and c.defense is None) or not references_only]
-    return [cell.describe() for cell in cells if cell.key() not in finished]
+    return [cell.describe() for cell in planned_cells(suite, references_only) if cell.key() not in finished]
 
 
 def launch_local(args: argparse.Namespace, argv: list[str]) -> list[int]:
@@ -496,8 +630,23 @@ def run_suite(
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line; its exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.list:
+        print(list_suites())
+        return 0
+    if args.suite is None:
+        parser.error("--suite is required (--list names the shipped suites)")
+    if args.print_config or args.dry_run:
+        try:
+            suite = load_suite(args.suite, args.overrides)
+        except ValueError as error:  # SuiteError included
+            return _error(str(error))
+        out = Path(args.out) if args.out else Path("results") / suite.name
+        print(print_config(suite) if args.print_config else dry_run(suite, out, args))
+        return 0
     if "GGL_RUN_ID" in os.environ and LAUNCHER_PID in os.environ:
         end_with_launcher(int(os.environ[LAUNCHER_PID]))
     try:  # the input checks, before torch, Lightning or the harness is imported: a bad input answers at once
