@@ -43,6 +43,7 @@ import yaml
 from ggl.defenses import DEFENSES, build_defense, load_plugins
 from ggl.io import atomic_write, canonical_json, pretty_json
 
+from .cli import HelpFormatter
 from .config import DefenseConfig, SuiteConfig, load_suite, output_file, output_folder
 
 ENTRY_FIELDS = ("name", "authors", "paper", "defense", "claimed_utility", "notes")
@@ -249,7 +250,7 @@ def entry_evaluation(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.submit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=f"python -m {__package__}.submit", description=__doc__, formatter_class=HelpFormatter
     )
     parser.add_argument("entry", help="leaderboards/submissions/NAME.yaml")
     parser.add_argument(
@@ -273,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default=None, help="results store folder (default results/SUITE)")
     parser.add_argument("--report-dir", default=None, help="where the regenerated tables go (default: --out)")
     parser.add_argument("--entry-out", default=None, help="the entry's JSON (default: NAME.json beside the YAML)")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 

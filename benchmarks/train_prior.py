@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .cli import HelpFormatter
 from .config import MAX_SEED, output_file, output_folder
 
 DATA_CHOICES = ("fashion-mnist", "celeba")
@@ -26,30 +27,32 @@ POSITIVE_INTS = ("latent_dim", "width", "generator_steps", "batch_size", "critic
 def build_parser() -> argparse.ArgumentParser:
     """The command line (every WGAN-GP setting has a flag; defaults are GGL's)."""
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.train_prior",
+        prog=f"python -m {__package__}.train_prior",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--data", choices=DATA_CHOICES, required=True, help="public split to train on")
     parser.add_argument("--data-root", default=None, help="dataset root (torchvision layout)")
     parser.add_argument("--out", required=True, help="path of the prior checkpoint (.pt)")
-    parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--latent-dim", type=int, default=128)
+    parser.add_argument("--image-size", type=int, default=32, help="square image side (power of two, 8 to 1024)")
+    parser.add_argument("--latent-dim", type=int, default=128, help="latent vector size")
     parser.add_argument("--width", type=int, default=32, help="base channel count of both networks")
     parser.add_argument("--unconditional", action="store_true", help="ignore labels (GGL's CelebA prior)")
-    parser.add_argument("--generator-steps", type=int, default=10_000)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--beta1", type=float, default=0.5)
-    parser.add_argument("--beta2", type=float, default=0.999)
-    parser.add_argument("--critic-steps", type=int, default=5)
-    parser.add_argument("--penalty", type=float, default=10.0)
-    parser.add_argument("--ema-decay", type=float, default=0.999)
-    parser.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after this wall time")
+    parser.add_argument("--generator-steps", type=int, default=10_000, help="generator updates to train")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per step")
+    parser.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate of both networks")
+    parser.add_argument("--beta1", type=float, default=0.5, help="Adam beta1")
+    parser.add_argument("--beta2", type=float, default=0.999, help="Adam beta2")
+    parser.add_argument("--critic-steps", type=int, default=5, help="critic updates per generator update")
+    parser.add_argument("--penalty", type=float, default=10.0, help="gradient-penalty weight")
+    parser.add_argument("--ema-decay", type=float, default=0.999, help="decay of the generator's moving average")
+    parser.add_argument(
+        "--max-minutes", type=float, default=None, help="stop (and save) after this wall time (default: no limit)"
+    )
     parser.add_argument("--save-every", type=int, default=250, help="generator steps between saved checkpoints")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--accelerator", default="auto")
+    parser.add_argument("--seed", type=int, default=0, help="seed of data order, initialisation and sampling")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto, cpu or gpu")
     parser.add_argument("--log-dir", default=None, help="TensorBoard/Lightning directory (default: beside --out)")
     parser.add_argument("--resume", action="store_true", help="continue from the Lightning checkpoint beside --out")
     return parser
@@ -117,7 +120,7 @@ def _module(args: argparse.Namespace, datamodule: Any) -> Any:
 
 def _provenance(args: argparse.Namespace, argv: list[str] | None, datamodule: Any) -> dict[str, Any]:
     """What the saved prior records about how it was made (the exact command included)."""
-    command = "python -m benchmarks.train_prior " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    command = f"python -m {__package__}.train_prior " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     return {
         "command": command,
         "data": args.data,

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ggl.io import atomic_write
 
+from ..cli import HelpFormatter
 from ..config import MAX_SEED, output_file
 
 VICTIM_NAMES = ("convnet", "lenet", "resnet18", "resnet18-224")
@@ -62,7 +63,9 @@ def _name_list(option: str, text: str, allowed: Sequence[str]) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.perf", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {__package__}", description=__doc__, formatter_class=HelpFormatter
+    )
     parser.add_argument("--victim", default="lenet,convnet,resnet18", help="comma list of victims")
     parser.add_argument("--image-size", type=int, default=32, help="square image side (power of two, 8 to 512)")
     parser.add_argument("--channels", type=int, default=3, help="image channels")
@@ -79,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--e2e-victim", default="resnet18", help="victim of the end-to-end GGL-CMA run")
     parser.add_argument("--e2e-population", type=int, default=32, help="CMA population of the end-to-end run")
     parser.add_argument("--e2e-budget", type=int, default=256, help="evaluations of the end-to-end run (0: skip)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the timed inputs")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--out", default="perf.json", help="JSON output; the Markdown table goes beside it (.md)")
     return parser
