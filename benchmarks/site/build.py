@@ -275,7 +275,8 @@ def attack_budgets(board: dict[str, Any]) -> list[dict[str, str]]:
     return list(seen.values())
 
 
-PAIR_METRICS = (("psnr", 2), ("ssim", 3), ("mse", 4), ("label_accuracy", 2))
+PAIR_METRICS = (("psnr", "PSNR", 2), ("ssim", "SSIM", 3), ("mse", "MSE", 4), ("label_accuracy", "label accuracy", 2))
+"""The metrics of the per-attack and per-victim tables: key, title, decimals."""
 
 
 def pair_row(pair: dict[str, Any]) -> dict[str, Any]:
@@ -284,7 +285,7 @@ def pair_row(pair: dict[str, Any]) -> dict[str, Any]:
     return {
         "attack": str(pair.get("attack", MISSING)),
         "kind": str(pair.get("kind", MISSING)),
-        "metrics": [fmt(metrics.get(name), digits) for name, digits in PAIR_METRICS],
+        "metrics": [fmt(metrics.get(name), digits) for name, _, digits in PAIR_METRICS],
         "gain": fmt(pair.get("psnr_gain_over_prior"), 2, signed=True),
         "evaluations": fmt(pair.get("mean_evaluations"), 0),
         "seconds": fmt(pair.get("mean_seconds"), 2),
@@ -304,7 +305,7 @@ def victim_row(victim: dict[str, Any]) -> dict[str, Any]:
         "cells": [
             number_cell(victim.get("psnr_above_baseline"), 2, signed=True),
             number_cell(victim.get("pick_above_baseline"), 2, signed=True),
-            *(number_cell(metrics.get(name), digits) for name, digits in PAIR_METRICS),
+            *(number_cell(metrics.get(name), digits) for name, _, digits in PAIR_METRICS),
             number_cell(victim.get("baseline_psnr"), 2),
         ],
         "baseline": text_cell(victim.get("baseline")),
@@ -453,6 +454,7 @@ def build_site(leaderboards: Path = DEFAULT_LEADERBOARDS, out: Path = DEFAULT_OU
     suites = load_suites(leaderboards, submissions)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    staging.chmod(0o755)  # mkdtemp makes the folder private; the site is meant to be served
     try:
         render_site(suites, submissions, staging)
         old = None
