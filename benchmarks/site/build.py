@@ -31,6 +31,8 @@ STATIC = PACKAGE / "static"
 SUITES = PACKAGE.parent / "suites"
 DEFAULT_OUT = Path("build/site")
 DEFAULT_LEADERBOARDS = Path("leaderboards")
+RESERVED = ("static",)
+"""Names of the site's own folders, which no suite may take."""
 DOWNLOADS = ("leaderboard.json", "leaderboard.csv")
 """Report files the suite page offers for download (those the report has)."""
 MISSING = "-"
@@ -366,6 +368,9 @@ def load_suites(leaderboards: Path, submissions: list[dict[str, Any]]) -> list[S
     folders = sorted(p.parent for p in leaderboards.glob("*/leaderboard.json"))
     if not folders:
         raise FileNotFoundError(f"no {leaderboards}/SUITE/leaderboard.json found")
+    reserved = [folder for folder in folders if folder.name in RESERVED]
+    if reserved:
+        raise ValueError(f"{reserved[0]}: the site uses the name {reserved[0].name!r} itself; rename the folder")
     return [load_suite(folder, submissions) for folder in folders]
 
 
@@ -457,15 +462,20 @@ def build_site(leaderboards: Path = DEFAULT_LEADERBOARDS, out: Path = DEFAULT_OU
     staging.chmod(0o755)  # mkdtemp makes the folder private; the site is meant to be served
     try:
         render_site(suites, submissions, staging)
-        old = None
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}-old-", dir=out.parent))
-            out.rename(old / out.name)
-        staging.rename(out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    if old is not None:
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}-old-", dir=out.parent))
+    try:
+        if out.exists():
+            out.rename(old / out.name)
+        staging.rename(out)
+    except BaseException:
+        if (old / out.name).exists() and not out.exists():
+            (old / out.name).rename(out)
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
         shutil.rmtree(old, ignore_errors=True)
     return out
 

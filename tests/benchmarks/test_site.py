@@ -7,8 +7,8 @@ from __future__ import annotations
 import copy
 import html
 import json
+import math
 import shutil
-import time
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlparse
 import pytest
 import yaml
 
-from benchmarks.site.build import build_site, find_chromium
+from benchmarks.site.build import build_site, find_chromium, main
 
 ROOT = Path(__file__).resolve().parents[2]
 LEADERBOARDS = ROOT / "leaderboards"
@@ -138,39 +138,52 @@ def estimate_text(estimate: dict[str, Any], digits: int, sign: bool) -> str:
     return f"{form(estimate['value'], digits)} [{form(low, digits)}, {form(high, digits)}]"
 
 
+def data_value(value: Any) -> str:
+    """The ``data-value`` a JSON number gets: the float's repr, ``Infinity`` for ``inf``, empty when undefined."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return repr(float(value))
+    return {"inf": "Infinity", "-inf": "-Infinity"}.get(str(value), "")
+
+
+def finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 @pytest.mark.parametrize("suite", SUITES)
 def test_table_numbers_are_the_json(site: Path, suite: str) -> None:
     rows = parse(site / suite / "index.html").rows
     entries = board(suite)["leaderboard"]
     assert len(rows) == len(entries)
     for row, entry in zip(rows, entries):
-        worst = entry["worst_case"]
-        assert float(row["rank"][0]) == entry["rank"]
-        assert float(row["band"][0]) == entry["band"]
+        where = entry["defense"]
+        worst = entry.get("worst_case") or {}
+        assert row["rank"][0] == data_value(entry.get("rank")), where
+        assert row["band"][0] == data_value(entry.get("band")), where
         for key, digits, sign in (
             ("psnr_above_baseline", 2, True),
             ("pick_above_baseline", 2, True),
             ("victims_recovered", 2, False),
+            ("psnr", 2, False),
+            ("ssim", 3, False),
         ):
-            estimate = worst[key]
-            if isinstance(estimate, dict) and isinstance(estimate.get("value"), (int, float)):
-                assert float(row[key][0]) == estimate["value"], (entry["defense"], key)
-                if estimate.get("interval"):
-                    assert row[key][1] == estimate_text(estimate, digits, sign), (entry["defense"], key)
-        for key, digits in (("psnr", 2), ("ssim", 3)):
-            assert float(row[key][0]) == worst["metrics"][key]["value"]
-            assert row[key][1] == estimate_text(worst["metrics"][key], digits, False)
+            estimate = (worst.get("metrics") or {}).get(key) if key in ("psnr", "ssim") else worst.get(key)
+            estimate = estimate or {}
+            assert row[key][0] == data_value(estimate.get("value")), (where, key)
+            interval = estimate.get("interval") or []
+            if finite(estimate.get("value")) and all(finite(bound) for bound in interval) and len(interval) == 2:
+                assert row[key][1] == estimate_text(estimate, digits, sign), (where, key)
         utility = (entry.get("utility") or {}).get("metrics") or {}
-        if "accuracy_drop" in utility:
-            assert float(row["accuracy_drop"][0]) == utility["accuracy_drop"]
-            assert row["accuracy_drop"][1].startswith(signed(utility["accuracy_drop"], 3))
-        if "update_cosine" in utility:
-            assert float(row["update_cosine"][0]) == utility["update_cosine"]
-            assert row["update_cosine"][1] == f"{utility['update_cosine']:.3f}"
-        for deciding in worst["deciding_attacks"]:
-            assert f"{deciding['attack']} {deciding['count']}" in row["deciding"][1]
+        assert row["accuracy_drop"][0] == data_value(utility.get("accuracy_drop")), where
+        if finite(utility.get("accuracy_drop")):
+            assert row["accuracy_drop"][1].startswith(signed(utility["accuracy_drop"], 3)), where
+        assert row["update_cosine"][0] == data_value(utility.get("update_cosine")), where
+        if finite(utility.get("update_cosine")):
+            assert row["update_cosine"][1] == f"{utility['update_cosine']:.3f}", where
+        assert row["psnr_gain_over_prior"][0] == data_value(entry.get("psnr_gain_over_prior")), where
+        for deciding in worst.get("deciding_attacks") or []:
+            assert f"{deciding['attack']} {deciding['count']}" in row["deciding"][1], where
         if worst.get("cut_off"):
-            assert f"cut off {worst['cut_off']}/{len(worst['per_victim'])}" in row["flags"][1]
+            assert f"cut off {worst['cut_off']}/{len(worst['per_victim'])}" in row["flags"][1], where
 
 
 @pytest.mark.parametrize("suite", SUITES)
@@ -181,9 +194,9 @@ def test_setting_pages_show_per_victim_numbers(site: Path, suite: str) -> None:
             for page in (site / suite).glob("*.html")
             if page.name != "index.html" and f"<h1>{entry['defense']}</h1>" in html.unescape(page.read_text("utf-8"))
         )
-        for victim in entry["worst_case"]["per_victim"]:
-            value = victim["psnr_above_baseline"]
-            if isinstance(value, (int, float)):
+        for victim in (entry.get("worst_case") or {}).get("per_victim") or []:
+            value = victim.get("psnr_above_baseline")
+            if finite(value):
                 assert f'data-value="{float(value)!r}">{signed(value)}</td>' in text, (entry["defense"], victim)
 
 
@@ -308,7 +321,6 @@ def test_browser_sorts_filters_and_loads_images(site: Path) -> None:
     sync_playwright, chromium = sync_playwright_or_skip()
     suite = "all" if "all" in SUITES else SUITES[0]
     entries = board(suite)["leaderboard"]
-    started = time.monotonic()
     errors: list[str] = []
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium)
@@ -348,4 +360,10 @@ def test_browser_sorts_filters_and_loads_images(site: Path) -> None:
         finally:
             browser.close()
     assert errors == []
-    assert time.monotonic() - started < 20
+
+
+def test_command_line_builds_into_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    leaderboards = minimal_board(tmp_path)
+    assert main(["--leaderboards", str(leaderboards), "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "mini" / "index.html").is_file()
+    assert str(tmp_path / "out") in capsys.readouterr().out
