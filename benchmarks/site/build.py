@@ -340,6 +340,14 @@ class Suite:
     plot: str | None = None
     downloads: list[str] = field(default_factory=list)
 
+    @property
+    def top(self) -> Setting | None:
+        """The setting with the lowest rank (the most private), or None when no setting is ranked."""
+        ranked = [
+            s for s in self.settings if s.cells["rank"].value is not None and not math.isnan(s.cells["rank"].value)
+        ]
+        return min(ranked, key=lambda s: s.cells["rank"].value or 0.0, default=None)
+
 
 def load_suite(folder: Path, submissions: list[dict[str, Any]]) -> Suite:
     """The report in ``folder`` with each setting's page name, grid and submission."""
