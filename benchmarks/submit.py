@@ -271,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a suite field (a smaller evaluation); recorded in the entry",
     )
-    parser.add_argument("--out", default=None, help="results store folder (default results/SUITE)")
+    parser.add_argument("--out", default=None, help="results store folder (default: results/SUITE)")
     parser.add_argument("--report-dir", default=None, help="where the regenerated tables go (default: --out)")
     parser.add_argument("--entry-out", default=None, help="the entry's JSON (default: NAME.json beside the YAML)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
