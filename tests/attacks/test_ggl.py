@@ -66,7 +66,7 @@ def test_recovers_a_victim_generated_by_the_prior(case: dict) -> None:
     assert rec.evaluations == BUDGET
     assert len(rec.extras["latent"]) == 1 and len(rec.extras["latent"][0]) == 128
     assert rec.loss == pytest.approx(min(rec.trace))
-    assert rec.extras["search"]["optimizer"] == "ParametrizedCMA" and rec.extras["labels_inferred"]
+    assert rec.extras["search"]["optimizer"] == "CMA-ES" and rec.extras["labels_inferred"]
 
 
 def test_adaptive_beats_non_adaptive_under_clipping(case: dict) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -81,3 +82,25 @@ def test_bad_names_and_inputs() -> None:
     with pytest.raises(ValueError, match="differentiable"):
         adam.tell(latents, quadratic(latents).detach())
     assert {"cma", "bo", "adam"} <= set(SEARCHES)
+
+
+@pytest.mark.parametrize("sigma,diagonal", [(1.0, False), (0.5, True)])
+def test_cma_asks_what_nevergrad_asks_from_the_same_seed(sigma: float, diagonal: bool) -> None:
+    """The direct ``cma`` driver reproduces nevergrad's ParametrizedCMA candidate for candidate (four generations)."""
+    import nevergrad as ng
+
+    population, seed = 6, 5
+    parametrization = ng.p.Array(init=np.zeros(DIM)).set_mutation(sigma=sigma)
+    parametrization.random_state = np.random.RandomState(seed)
+    family = ng.optimizers.ParametrizedCMA(popsize=population, elitist=False, scale=1.0, diagonal=diagonal)
+    reference = family(parametrization=parametrization, budget=4 * population, num_workers=population)
+    search = make_search("cma", DIM, population, 4 * population, seed=seed, sigma=sigma, diagonal=diagonal)
+    for _ in range(4):
+        candidates = [reference.ask() for _ in range(population)]
+        expected = torch.as_tensor(np.stack([c.value for c in candidates]), dtype=torch.float32)
+        latents = search.ask()
+        torch.testing.assert_close(latents, expected, rtol=0, atol=0)
+        losses = quadratic(latents)
+        for candidate, loss in zip(candidates, losses.double().tolist()):
+            reference.tell(candidate, loss)
+        search.tell(latents, losses)
