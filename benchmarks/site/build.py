@@ -2,7 +2,7 @@
 
 The site is plain HTML with one small script (sorting and filtering the ranked table) and the report's PNGs copied
 next to the pages, so it works from ``file://`` and from any static host. The same inputs give byte-identical
-files: pages are rendered from sorted data only, images are copied byte for byte. The output folder is replaced
+files: pages are rendered in the reports' own order, images are copied byte for byte. The output folder is replaced
 only once the whole site is written, so a failed build leaves the previous site (or none) in place.
 
 Every field the reports may omit (utility, intervals, bands, per-victim data, a grid) is read defensively: a
@@ -97,8 +97,10 @@ COLUMNS = (
 )
 """The ranked table's columns, in order."""
 
-METRIC_DIGITS = {"psnr": 2, "ssim": 3, "mse": 4, "lpips": 3, "label_accuracy": 2}
-"""Decimals of each worst-case metric (as ``leaderboard.md`` shows them)."""
+PAIR_METRICS = (("psnr", "PSNR", 2), ("ssim", "SSIM", 3), ("mse", "MSE", 4), ("label_accuracy", "label accuracy", 2))
+"""The metrics of the per-attack and per-victim tables: key, title, decimals."""
+METRIC_DIGITS = {key: digits for key, _, digits in PAIR_METRICS}
+"""Decimals of each metric (as ``leaderboard.md`` shows them)."""
 
 
 def number(value: Any) -> float | None:
@@ -126,15 +128,12 @@ def fmt(value: Any, digits: int = 2, signed: bool = False) -> str:
     return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
 
 
-def get(data: Any, *path: str | int) -> Any:
-    """``data[path[0]][path[1]]...``, or ``None`` where a step is missing or of the wrong type."""
-    for step in path:
-        if isinstance(step, int) and isinstance(data, list) and -len(data) <= step < len(data):
-            data = data[step]
-        elif isinstance(step, str) and isinstance(data, dict):
-            data = data.get(step)
-        else:
+def get(data: Any, *path: str) -> Any:
+    """``data[path[0]][path[1]]...``, or ``None`` where a key is missing or a step is not a mapping."""
+    for key in path:
+        if not isinstance(data, dict):
             return None
+        data = data.get(key)
     return data
 
 
@@ -275,10 +274,6 @@ def attack_budgets(board: dict[str, Any]) -> list[dict[str, str]]:
             if label not in seen:
                 seen[label] = {"attack": label, "parameters": spec_text(get(pair, "spec"))}
     return list(seen.values())
-
-
-PAIR_METRICS = (("psnr", "PSNR", 2), ("ssim", "SSIM", 3), ("mse", "MSE", 4), ("label_accuracy", "label accuracy", 2))
-"""The metrics of the per-attack and per-victim tables: key, title, decimals."""
 
 
 def pair_row(pair: dict[str, Any]) -> dict[str, Any]:
