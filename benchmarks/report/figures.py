@@ -288,6 +288,7 @@ def _grid(
         len(columns),
         figsize=(0.3 + (0.6 + 0.9 * block_columns) * len(columns), 0.9 + (0.65 + 0.9 * block_rows) * len(victims)),
         squeeze=False,
+        layout="constrained",
     )
     for r, victim in enumerate(victims):
         for c, column in enumerate(columns):
@@ -303,7 +304,6 @@ def _grid(
             if r == 0:
                 axis.set_title(textwrap.fill(column.title, TITLE_WIDTH), fontsize=TITLE_POINTS)
     figure.suptitle(title, fontsize=12)
-    figure.tight_layout()
     return figure
 
 
