@@ -36,7 +36,7 @@ from ..cells import SIMULATION_OK, CellKey, expand_cells
 from ..config import REFERENCE_KINDS, REFERENCE_PREFIX, SuiteConfig
 from ..store import CellRow, FailureRow, ResultsStore, VictimRow
 from .stats import bootstrap_seed, mean
-from .worst_case import RANKING_METRIC, WorstCase, assign_bands, best_per_seed, worst_case
+from .worst_case import RANKING_METRIC, WorstCase, assign_bands, best_per_seed, saturate, worst_case
 
 ATTAINABLE_REFERENCES = (REFERENCE_PREFIX + "class-mean", REFERENCE_PREFIX + "prior-sample")
 """References an attacker can produce from the label alone; the leakage baseline is the best of them."""
@@ -428,7 +428,7 @@ def build_report(store: ResultsStore, suite: str | SuiteConfig) -> Report:
     rows = distinct_labels(rows)
     by_reference: dict[str, list[CellRow]] = defaultdict(list)
     by_defense: dict[str, SettingRows] = defaultdict(SettingRows)
-    for row in rows:
+    for row in map(saturate, rows):
         if row.kind == "reference" and row.defense is None:
             by_reference[row.attack_json].append(row)
         else:

@@ -27,6 +27,7 @@ from .stats import LEVEL, RESAMPLES
 from .worst_case import (
     ABOVE_PRIOR,
     PICK,
+    PSNR_EXACT,
     RECOVERED,
     RECOVERED_METRIC,
     RECOVERED_THRESHOLD,
@@ -331,8 +332,11 @@ def definitions_text() -> str:
     recovered = f"{METRIC_TABLE[RECOVERED_METRIC].title} ≥ {RECOVERED_THRESHOLD:g}"
     return (
         "Ranked by **worst-case PSNR above baseline**: per victim (and seed) the best PSNR over all attacks, minus "
-        "that victim's baseline, averaged over victims. The **baseline** is the better of the prior-only reference "
-        "(the class-mean image or a random prior sample of the class inferred from the defended update) and the "
+        f"that victim's baseline, averaged over victims; a PSNR above {PSNR_EXACT:.2f} dB (an RMS error of one 8-bit "
+        "grey level: the image is rebuilt exactly) counts as that value, so full leaks tie instead of ranking the "
+        "optimiser's floating-point floor (the raw values are in rows.csv). The **baseline** is the better of the "
+        "prior-only reference (the class-mean image or a random prior sample of the class inferred from the defended "
+        "update) and the "
         "**control**: the best PSNR of the same attacks, budgets and seeds run on a control update, the defended "
         "update of another image of the inferred class, which carries nothing about the victim. Lower is more "
         "private; near or below 0 dB no attack recovers more than it would without the victim's update. "

@@ -17,6 +17,10 @@ over the victim's seeds. From it:
 * the deciding attack: per victim and seed, the attack that gave the worst-case PSNR, counted; ``cut_off`` counts
   the victims whose deciding row was still improving when its budget ran out.
 
+Every PSNR is scored up to ``PSNR_EXACT`` (``saturate``): beyond an RMS error of one 8-bit grey level the victim is
+rebuilt exactly, and the figures rank defenses, not the optimiser's floating-point floor. The rows keep their raw
+PSNR (``rows.csv``).
+
 A handful of victims leaves every mean uncertain, so each figure carries an expanded percentile bootstrap
 interval over victims (``benchmarks.report.stats``: 2,000 resamples of the victims, a victim's seeds kept
 together, a seed derived from the suite's name so reports regenerate byte for byte). Settings ranked next to each
@@ -30,7 +34,7 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from ggl.metrics import METRIC_TABLE
@@ -41,12 +45,29 @@ from .stats import bootstrap_interval, mean, paired_interval
 
 RANKING_METRIC = "psnr"
 """The metric whose worst case, above the prior-only reference, ranks the leaderboard."""
+PSNR_EXACT = 20 * math.log10(255)
+"""PSNR (dB, images in [0, 1]) at which a reconstruction counts as exact: an RMS error of one 8-bit grey level
+(48.13 dB). The report scores every PSNR above it as this value: the victim is already rebuilt to the precision of
+its own 8-bit pixels, so a longer search cannot leak more, and ranking 55 dB against 75 dB would rank the
+optimiser's floating-point floor, not the defense."""
 RECOVERED_METRIC = "ssim"
 RECOVERED_THRESHOLD = 0.6
 """SSIM at or above which a victim counts as recovered (``leaderboards/README.md`` says why 0.6)."""
 ABOVE_PRIOR = "psnr_above_baseline"
 PICK = "pick_above_baseline"
 RECOVERED = "victims_recovered"
+
+
+def saturate(row: CellRow) -> CellRow:
+    """``row`` as the report scores it: PSNR above ``PSNR_EXACT`` becomes ``PSNR_EXACT``, and a row at that value
+    is not ``still_improving`` (no budget can make it leak more). Rows below it are returned unchanged."""
+    psnr = row.metrics.get(RANKING_METRIC, math.nan)
+    if not psnr >= PSNR_EXACT:
+        return row
+    metrics = {**row.metrics, RANKING_METRIC: PSNR_EXACT}
+    if STILL_IMPROVING in metrics:
+        metrics[STILL_IMPROVING] = 0.0
+    return replace(row, metrics=metrics)
 
 
 @dataclass(frozen=True)

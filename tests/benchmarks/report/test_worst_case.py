@@ -11,7 +11,7 @@ from scipy.stats import norm, t
 from benchmarks.report.aggregate import build_report
 from benchmarks.report.stats import bootstrap_interval, bootstrap_seed, expanded_tail, paired_interval
 from benchmarks.report.tables import leaderboard_json
-from benchmarks.report.worst_case import ABOVE_PRIOR, RECOVERED, RECOVERED_THRESHOLD
+from benchmarks.report.worst_case import ABOVE_PRIOR, PSNR_EXACT, RECOVERED, RECOVERED_THRESHOLD
 from benchmarks.store import ResultsStore
 from ggl.io import pretty_json
 
@@ -107,3 +107,19 @@ def test_two_builds_give_identical_json(tmp_path: Path, put_cell) -> None:
     second = pretty_json(leaderboard_json(build_report(store, "s")))
     assert first == second and '"band": 2' in first
     store.close()
+
+
+def test_psnr_is_scored_up_to_exact_recovery(store: ResultsStore, put_cell) -> None:
+    """Above an RMS error of one 8-bit grey level (48.13 dB) every PSNR scores the same, and a row that got there is
+    not flagged as cut off; the rows keep their raw values."""
+    assert PSNR_EXACT == pytest.approx(48.1308, abs=1e-4)
+    put_cell(store, 0, CLIP, "dlg", 75.0, 1.0, still_improving=1.0)  # far past exact: scored 48.13, not cut off
+    put_cell(store, 1, CLIP, "dlg", 40.0, 0.9, still_improving=1.0)  # below it: unchanged, cut off
+    report = build_report(store, "s")
+    clip = next(d for d in report.defenses if d.label == "clipping")
+    assert clip.worst.values(ABOVE_PRIOR) == pytest.approx({0: PSNR_EXACT - 14.0, 1: 40.0 - 18.0})
+    assert [v.cut_off for v in clip.worst.victims] == [False, True]
+    assert sorted(r.metrics["psnr"] for r in report.rows if r.attack_label == "dlg" and r.defense == CLIP) == [
+        40.0,
+        75.0,
+    ]
