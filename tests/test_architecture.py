@@ -22,13 +22,17 @@ def module_files() -> dict[str, Path]:
 
 
 def import_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
-    """Module -> the project modules it imports anywhere in its file (lazy imports count); a package's own
-    submodules are not counted as imports of their parent package's ``__init__``."""
+    """Module -> the project modules it imports anywhere in its file (lazy imports count; relative imports are
+    resolved against the module's package); a package's own submodules are not counted as imports of their parent
+    package's ``__init__``."""
     graph: dict[str, set[str]] = {name: set() for name in modules}
     for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                targets = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+            if isinstance(node, ast.ImportFrom):
+                base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+                module = ".".join(part for part in (base, node.module or "") if part)
+                targets = [module, *(f"{module}.{alias.name}" for alias in node.names)]
             elif isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
             else:
