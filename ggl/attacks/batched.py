@@ -11,18 +11,23 @@ batched computation. Engines (``ENGINES``) differ only in how the P per-candidat
   contracted from its inputs and its output gradients (the per-sample-gradient rules of opacus' grad samplers,
   summed over the B images of a candidate instead of kept per sample);
 - ``inner``: the ``hooks`` capture reduced at once to the squared norms and inner products that the L2 and
-  cosine distances need, so deep layers never form their P gradients (only without a simulation).
+  cosine distances need, so deep layers never form their P gradients. A defense simulation made of fixed masks
+  and norm clipping (``ggl.defenses.LinearSimulation``: clipping, DP-SGD's clipping at one sample, Soteria's
+  column mask, sparsification's received mask, the identity of noise and quantization) is evaluated from the same
+  statistics: a clipping factor is a function of the norms, a column mask masks a layer's input features, and any
+  other mask forms only that layer's gradient, one layer at a time. A simulation that depends on each
+  candidate's own values (sign's straight-through) needs full gradients: ``hooks`` or ``vmap``.
 
-``auto`` (``choose_engine``) picks ``inner`` first, when no simulation is set, the metric is ``l2`` or ``cosine``
-and every parameterised layer of the victim is supported; otherwise ``hooks`` when every layer is supported;
-otherwise ``vmap`` (the measured choice, see docs/engine.md). All engines agree to float rounding and are
-differentiable with respect to the images when ``create_graph=True`` (GGL-Adam backpropagates through generator,
-images and gradients).
+``auto`` (``choose_engine``) picks ``inner`` first, when the metric is ``l2`` or ``cosine``, the simulation (if any)
+is given as a ``LinearSimulation`` and every parameterised layer of the victim is supported; otherwise ``hooks``
+when every layer is supported; otherwise ``vmap`` (the measured choice, see docs/engine.md). All engines agree to
+float rounding and are differentiable with respect to the images when ``create_graph=True`` (GGL-Adam
+backpropagates through generator, images and gradients).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import torch
@@ -32,6 +37,7 @@ from torch.nn.grad import conv2d_weight
 
 from ggl.attacks.objective import DISTANCES, gradient_distance
 from ggl.checks import one_of, positive_int
+from ggl.defenses.base import LinearSimulation
 from ggl.registry import Registry
 
 Simulation = Callable[[list[torch.Tensor]], list[torch.Tensor]]
@@ -346,9 +352,21 @@ class InnerProductEngine(HooksEngine):
     """
 
     def statistics(
-        self, images: torch.Tensor, labels: torch.Tensor, target: Sequence[torch.Tensor], create_graph: bool
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        target: Sequence[torch.Tensor],
+        create_graph: bool,
+        masks: Mapping[int, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Squared norms and inner products with ``target`` of each candidate's gradients: two (P, T) tensors."""
+        """Squared norms and inner products with ``target`` of each candidate's gradients, after the optional 0/1
+        ``masks`` (tensor index -> mask of the parameter's shape): two (P, T) tensors.
+
+        A column mask on a Linear weight (the same mask in every row, as Soteria's) masks the layer's input
+        features and keeps the Gram identity; any other mask needs that layer's gradient formed (then reduced at
+        once, one layer at a time).
+        """
+        masks = masks or {}
         population = images.shape[0]
         norms: list[torch.Tensor | None] = [None] * len(target)
         dots: list[torch.Tensor | None] = [None] * len(target)
@@ -357,16 +375,21 @@ class InnerProductEngine(HooksEngine):
         if len(positions) != len(set(positions)):
             # A parameter used by several layer calls: norms do not add, so form the gradients.
             gradients = self.gradients(images, labels, create_graph)
-            return _norms_and_dots(gradients, target)
+            return _norms_and_dots(_masked(gradients, masks), target)
         for attributes, module, inputs, grads in captured:
-            rows = _rows(module, inputs, grads, population) if "weight" in attributes else None
+            weight_mask = masks.get(attributes["weight"]) if "weight" in attributes else None
+            columns = _column_mask(module, weight_mask)
+            gram = weight_mask is None or columns is not None
+            rows = _rows(module, inputs, grads, population) if "weight" in attributes and gram else None
             if isinstance(module, (nn.Linear, nn.Conv2d)) and rows is not None:
                 features, row_grads = rows
+                if columns is not None:
+                    features = features * columns
                 position = attributes["weight"]
                 weight_target = target[position].reshape(row_grads.shape[-1], -1)
                 dots[position] = (row_grads * (features @ weight_target.T)).sum(dim=(1, 2))
-                gram = torch.bmm(row_grads, row_grads.transpose(1, 2)) * torch.bmm(features, features.transpose(1, 2))
-                norms[position] = gram.sum(dim=(1, 2))
+                gram_matrix = torch.bmm(row_grads, row_grads.transpose(1, 2))
+                norms[position] = (gram_matrix * torch.bmm(features, features.transpose(1, 2))).sum(dim=(1, 2))
                 layer = {"bias": _channel_sums(grads, population)} if isinstance(module, nn.Conv2d) else {}
                 if isinstance(module, nn.Linear):
                     layer = {"bias": row_grads.sum(1)}
@@ -375,13 +398,27 @@ class InnerProductEngine(HooksEngine):
             for attr, value in layer.items():
                 if attr in attributes:
                     position = attributes[attr]
-                    norm, dot = _norms_and_dots([value], [target[position]])
+                    (masked,) = _masked([value], {0: masks[position]} if position in masks else {})
+                    norm, dot = _norms_and_dots([masked], [target[position]])
                     norms[position], dots[position] = norm[:, 0], dot[:, 0]
         zero = images.new_zeros(population)
         return (
             torch.stack([zero if n is None else n for n in norms], dim=1),
             torch.stack([zero if d is None else d for d in dots], dim=1),
         )
+
+
+def _masked(gradients: Sequence[torch.Tensor], masks: Mapping[int, torch.Tensor]) -> list[torch.Tensor]:
+    """Per-candidate gradients (P, *s) times their tensor's mask, where one is given."""
+    return [g * masks[i].to(g).unsqueeze(0) if i in masks else g for i, g in enumerate(gradients)]
+
+
+def _column_mask(module: nn.Module, mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The per-input-feature mask (K,) when ``mask`` is a Linear weight mask equal in every row, else None."""
+    if mask is None or not isinstance(module, nn.Linear) or mask.ndim != 2:
+        return None
+    columns = mask[0]
+    return columns if bool((mask == columns.unsqueeze(0)).all()) else None
 
 
 def _norms_and_dots(
@@ -412,17 +449,33 @@ def _distance_from_statistics(
     return 1 - dot / (trial_norm * target_norm)
 
 
-def choose_engine(model: nn.Module, metric: str = "l2", simulated: bool = False) -> str:
+def choose_engine(model: nn.Module, metric: str = "l2", simulated: bool = False, linear: bool = False) -> str:
     """The engine ``auto`` resolves to (measured, see docs/engine.md).
 
-    ``inner`` where it applies (no simulation, L2 or cosine) and supports every layer, else ``hooks`` where it
-    supports every layer, else ``vmap``.
+    ``inner`` where it applies (L2 or cosine, and no simulation or one given as a ``LinearSimulation``) and
+    supports every layer, else ``hooks`` where it supports every layer, else ``vmap``.
     """
     if not HooksEngine.supports(model):
         return "vmap"
-    if not simulated and metric in ("l2", "cosine"):
+    if metric in ("l2", "cosine") and (not simulated or linear):
         return "inner"
     return "hooks"
+
+
+def _clipped_statistics(
+    norms: torch.Tensor, dots: torch.Tensor, linear: LinearSimulation
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Norms and inner products (P, T) after the simulation's group clipping: ``s^2 ||g||^2`` and ``s <g, t>``."""
+    if not linear.clipped:
+        return norms, dots
+    columns = [norms.new_ones(norms.shape[0])] * norms.shape[1]
+    for group in linear.clipped:
+        group_norm = norms[:, list(group)].sum(1).clamp_min(0).sqrt()
+        factor = torch.clamp(linear.bound / group_norm.clamp_min(torch.finfo(group_norm.dtype).tiny), max=1.0)  # type: ignore[operator]
+        for i in group:
+            columns[i] = factor
+    scale = torch.stack(columns, dim=1)
+    return norms * scale * scale, dots * scale
 
 
 class PopulationObjective:
@@ -439,6 +492,10 @@ class PopulationObjective:
         metric: ``l2`` (GGL), ``cosine`` (Inverting Gradients) or ``l1``. layer_weights: optional, one per tensor.
         simulate: optional ``list[(P, *s)] -> list[(P, *s)]`` applied to the trial gradients (e.g.
             ``functools.partial(defense.simulate, received=update)``); it must treat candidates independently.
+        linear_simulation: optional, the same simulation as masks and norm clipping
+            (``defense.linear_simulation(update)``): the ``inner`` engine then evaluates it from norms and inner
+            products, without forming per-candidate gradients; the other engines use ``simulate`` (or
+            ``linear_simulation.apply`` when ``simulate`` is None).
         engine: ``auto`` (default) or a name in ``ENGINES``.
         chunk_size: candidates evaluated together (None: the whole population); bounds memory.
     Call: ``objective(images (P, B, C, H, W), create_graph=False) -> (P,)``; with ``create_graph=True`` the losses
@@ -460,6 +517,7 @@ class PopulationObjective:
         simulate: Simulation | None = None,
         engine: str = "auto",
         chunk_size: int | None = None,
+        linear_simulation: LinearSimulation | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -486,6 +544,10 @@ class PopulationObjective:
             raise ValueError(f"layer_weights has {len(layer_weights)} entries, expected {len(target)}")
         if simulate is not None and not callable(simulate):
             raise ValueError(f"simulate must be callable or None, got {type(simulate).__name__}")
+        if linear_simulation is not None and not isinstance(linear_simulation, LinearSimulation):
+            raise ValueError(f"linear_simulation must be a LinearSimulation or None, got {type(linear_simulation)}")
+        if simulate is None and linear_simulation is not None:
+            simulate = linear_simulation.apply
         one_of("engine", engine, ["auto", *sorted(ENGINES)])
         if chunk_size is not None:
             positive_int("chunk_size", chunk_size)
@@ -495,12 +557,15 @@ class PopulationObjective:
         self.metric = metric
         self.layer_weights = None if layer_weights is None else [float(w) for w in layer_weights]
         self.simulate = simulate
-        self.engine_name = choose_engine(model, metric, simulate is not None) if engine == "auto" else engine
+        self.linear_simulation = linear_simulation
+        simulated, linear = simulate is not None, linear_simulation is not None
+        self.engine_name = choose_engine(model, metric, simulated, linear) if engine == "auto" else engine
         self._statistics = getattr(ENGINES[self.engine_name], "statistics", None) is not None
-        if self._statistics and (simulate is not None or metric not in ("l2", "cosine")):
+        if self._statistics and ((simulated and not linear) or metric not in ("l2", "cosine")):
             raise ValueError(
-                f"engine {self.engine_name!r} needs simulate=None and metric 'l2' or 'cosine' "
-                f"(got metric={metric!r}, simulate={'set' if simulate is not None else None}); use engine='hooks'"
+                f"engine {self.engine_name!r} needs metric 'l2' or 'cosine' and no simulation or one given as "
+                f"linear_simulation (got metric={metric!r}, simulate={'set' if simulated else None}); "
+                "use engine='hooks'"
             )
         self.engine = ENGINES[self.engine_name](model)
         self.chunk_size = chunk_size
@@ -542,7 +607,10 @@ class PopulationObjective:
         with torch.enable_grad():
             for chunk in self._chunks(images):
                 if self._statistics:
-                    norms, dots = self.engine.statistics(chunk, labels, target, create_graph)  # type: ignore[attr-defined]
+                    linear = self.linear_simulation or LinearSimulation()
+                    masks = {i: m.to(chunk.device) for i, m in linear.masks.items()}
+                    norms, dots = self.engine.statistics(chunk, labels, target, create_graph, masks)  # type: ignore[attr-defined]
+                    norms, dots = _clipped_statistics(norms, dots, linear)
                     losses.append(_distance_from_statistics(norms, dots, target, self.metric, self.layer_weights))
                     continue
                 trial = self.engine.gradients(chunk, labels, create_graph)

@@ -133,9 +133,12 @@ class GGL(GradientInversionAttack):
                 f"prior {self.hparams.prior!r} has {generator.num_classes} classes but label "
                 f"{int(labels.max())} was inferred/given"
             )
-        simulate = None
+        simulate, linear = None, None
         if self.hparams.adaptive and target.defense is not None:
-            simulate = functools.partial(target.defense.simulate, received=self.received_update())
+            received = self.received_update()
+            simulate = functools.partial(target.defense.simulate, received=received)
+            describe = getattr(target.defense, "linear_simulation", None)
+            linear = describe(received) if describe is not None else None
         objective = PopulationObjective(
             self.victim,
             self.target_gradients,
@@ -143,6 +146,7 @@ class GGL(GradientInversionAttack):
             metric=self.hparams.metric,
             simulate=simulate,
             engine=self.hparams.engine,
+            linear_simulation=linear,
         )
         self._state = _SearchState(labels, generator, objective)
 

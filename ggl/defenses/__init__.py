@@ -5,7 +5,7 @@ every family below.
 """
 
 from ggl.defenses.audit import SimulationCheck, check_simulation
-from ggl.defenses.base import DEFAULT_SEED, DEFENSES, Defense, make_defense, register_defense
+from ggl.defenses.base import DEFAULT_SEED, DEFENSES, Defense, LinearSimulation, make_defense, register_defense
 from ggl.defenses.clipping import Clipping
 from ggl.defenses.dpsgd import DPSGD, PrivacyGuarantee, clip_per_sample, per_sample_gradients, privacy_guarantee
 from ggl.defenses.loader import build_defense as build_defense
@@ -24,6 +24,7 @@ __all__ = [
     "Defense",
     "GaussianNoise",
     "LaplacianNoise",
+    "LinearSimulation",
     "MixUp",
     "NoDefense",
     "PrivacyGuarantee",

@@ -13,7 +13,8 @@ differentiable, because attacks back-propagate through it to their latents or pi
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 import torch
@@ -35,6 +36,37 @@ sigma 1 already drowns them) and far below overflow, also for DP-SGD's product o
 
 SCALE_REASON = "a larger scale buries any gradient and overflows float32 to inf"
 """Why ``MAX_SCALE`` bounds a scale, as the error message of a scale above it says."""
+
+
+@dataclass(frozen=True)
+class LinearSimulation:
+    """A simulation made only of fixed masks and norm clipping, so that a population engine can evaluate it from
+    per-tensor squared norms and inner products without forming each candidate's gradients.
+
+    ``T(g)_i = s_k(g) * (M_i * g_i)``: tensor i is multiplied by its 0/1 mask ``masks[i]`` (absent: all ones; read
+    off the received update, the same for every candidate), and every tensor of a group k in ``clipped`` by
+    ``s_k = min(1, bound / ||M * g||_k)``, the group's masked L2 norm clipped to ``bound`` (one factor per group
+    and candidate); tensors in no group keep ``s = 1``.
+    """
+
+    masks: Mapping[int, torch.Tensor] = field(default_factory=dict)
+    clipped: tuple[tuple[int, ...], ...] = ()
+    bound: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.clipped and (self.bound is None or not self.bound > 0):
+            raise ValueError(f"LinearSimulation: clipped groups need a positive bound, got {self.bound!r}")
+
+    def apply(self, trial_gradients: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """The simulation on P trial gradients, each (P, *parameter_shape), computed directly (the reference)."""
+        masked = [t * self.masks[i].to(t).unsqueeze(0) if i in self.masks else t for i, t in enumerate(trial_gradients)]
+        for group in self.clipped:
+            norm = torch.stack([masked[i].flatten(1).pow(2).sum(1) for i in group]).sum(0).sqrt()
+            factor = torch.clamp(self.bound / norm.clamp_min(torch.finfo(norm.dtype).tiny), max=1.0)  # type: ignore[operator]
+            for i in group:
+                masked[i] = masked[i] * factor.view(-1, *([1] * (masked[i].ndim - 1)))
+        return masked
+
 
 DEFENSES: Registry[type[Defense]] = Registry("defense")
 """Defense classes by registry name (``none``, ``gaussian``, ``clipping``, ...)."""
@@ -131,6 +163,15 @@ class Defense:
         """Attacker-side simulation on P trial gradients, each (P, *parameter_shape); identity by default."""
         check_trials(trial_gradients, received)
         return list(trial_gradients)
+
+    def linear_simulation(self, received: SharedUpdate) -> LinearSimulation | None:
+        """``simulate`` for this received update as masks and norm clipping, or None when it is not of that form.
+
+        Lets the inner-product engine run adaptive attacks without per-candidate gradients. The default is the
+        identity when ``simulate`` is the inherited identity, and None (use ``simulate``) when a subclass
+        replaced ``simulate`` without describing it here.
+        """
+        return LinearSimulation() if type(self).simulate is Defense.simulate else None
 
     @property
     def spec(self) -> dict[str, Any]:

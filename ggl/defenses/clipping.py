@@ -20,7 +20,15 @@ from typing import Any
 
 import torch
 
-from ggl.defenses.base import Defense, as_choice, as_float, check_trials, group_norms, register_defense
+from ggl.defenses.base import (
+    Defense,
+    LinearSimulation,
+    as_choice,
+    as_float,
+    check_trials,
+    group_norms,
+    register_defense,
+)
 from ggl.fl.client import SharedUpdate
 
 CLIPPING_MODES = ("global", "per_layer")
@@ -72,3 +80,10 @@ class Clipping(Defense):
             trial if float(norm) < self.bound * (1 - NORM_TOLERANCE) else trial_clipped
             for trial, trial_clipped, norm in zip(trial_gradients, clipped, received_norms)
         ]
+
+    def linear_simulation(self, received: SharedUpdate) -> LinearSimulation:
+        """``simulate`` as clipping groups: the whole update, or each tensor, whose received norm reached the bound."""
+        norms = group_norms(received.gradients, batched=False, per_layer=self.mode == "per_layer")
+        reached = [i for i, norm in enumerate(norms) if not float(norm) < self.bound * (1 - NORM_TOLERANCE)]
+        groups = tuple((i,) for i in reached) if self.mode == "per_layer" else ((tuple(reached),) if reached else ())
+        return LinearSimulation(clipped=groups, bound=self.bound)

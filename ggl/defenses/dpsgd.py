@@ -28,6 +28,7 @@ from ggl.defenses.base import (
     MAX_SCALE,
     SCALE_REASON,
     Defense,
+    LinearSimulation,
     as_float,
     check_trials,
     group_norms,
@@ -161,3 +162,9 @@ class DPSGD(Defense):
         if received.num_samples != 1:
             return list(trial_gradients)
         return clip_per_sample(trial_gradients, self.max_grad_norm)
+
+    def linear_simulation(self, received: SharedUpdate) -> LinearSimulation:
+        """``simulate`` as one clipping group over the whole update (one sample), else the identity."""
+        if received.num_samples != 1:
+            return LinearSimulation()
+        return LinearSimulation(clipped=(tuple(range(len(received.gradients))),), bound=self.max_grad_norm)

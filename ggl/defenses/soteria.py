@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ggl.defenses.base import Defense, as_float, check_trials, register_defense
+from ggl.defenses.base import Defense, LinearSimulation, as_float, check_trials, register_defense
 from ggl.fl.client import SharedUpdate
 from ggl.fl.labels import last_linear_indices
 
@@ -163,11 +163,13 @@ class Soteria(Defense):
     def simulate(self, trial_gradients: Sequence[torch.Tensor], received: SharedUpdate) -> list[torch.Tensor]:
         """Zero the columns of the last 2-D (linear weight) gradient that are all zero in the received update."""
         check_trials(trial_gradients, received)
+        return self.linear_simulation(received).apply(trial_gradients)
+
+    def linear_simulation(self, received: SharedUpdate) -> LinearSimulation:
+        """``simulate`` as a column mask on the last 2-D (linear weight) gradient."""
         matrices = [index for index, g in enumerate(received.gradients) if g.ndim == 2]
         if not matrices:
             raise ValueError("soteria: the received update has no 2-D (linear weight) gradient")
-        weight_index = matrices[-1]
-        kept_columns = (received.gradients[weight_index] != 0).any(dim=0)
-        simulated = list(trial_gradients)
-        simulated[weight_index] = simulated[weight_index] * kept_columns.to(simulated[weight_index].dtype)
-        return simulated
+        weight = received.gradients[matrices[-1]]
+        kept_columns = (weight != 0).any(dim=0)
+        return LinearSimulation(masks={matrices[-1]: kept_columns.to(weight.dtype).expand_as(weight)})

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ggl.defenses.base import Defense, as_choice, as_float, check_trials, register_defense
+from ggl.defenses.base import Defense, LinearSimulation, as_choice, as_float, check_trials, register_defense
 from ggl.fl.client import SharedUpdate
 
 SPARSIFICATION_MODES = ("per_layer", "global")
@@ -71,3 +71,8 @@ class Sparsification(Defense):
         """Each trial times the received update's non-zero mask (broadcast over the population)."""
         check_trials(trial_gradients, received)
         return [t * (r != 0).to(t.dtype).unsqueeze(0) for t, r in zip(trial_gradients, received.gradients)]
+
+    def linear_simulation(self, received: SharedUpdate) -> LinearSimulation:
+        """``simulate`` as the received update's non-zero masks (tensors with no zero need none)."""
+        masks = {i: (r != 0).to(r.dtype) for i, r in enumerate(received.gradients) if not bool((r != 0).all())}
+        return LinearSimulation(masks=masks)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from ggl.attacks.batched import ENGINES, PopulationObjective, choose_engine
 from ggl.attacks.objective import gradient_distance
+from ggl.defenses import make_defense
 from ggl.fl import make_victim, shared_update
 
 VICTIM_SHAPES = [("lenet", (1, 16, 16)), ("convnet", (1, 16, 16)), ("resnet18", (3, 8, 8))]
@@ -177,7 +180,7 @@ def test_hooks_refuses_unsupported_layers_and_auto_falls_back_to_vmap():
 
 def test_inner_engine_refuses_a_simulation_or_l1_and_auto_avoids_it():
     model, update, labels, candidates = _setup("lenet", (1, 16, 16))
-    with pytest.raises(ValueError, match="engine 'inner' needs simulate=None"):
+    with pytest.raises(ValueError, match="engine 'inner' needs metric 'l2' or 'cosine' and no simulation"):
         PopulationObjective(model, update.gradients, labels, simulate=_mask, engine="inner")
     with pytest.raises(ValueError, match="metric"):
         PopulationObjective(model, update.gradients, labels, metric="l1", engine="inner")
@@ -206,3 +209,79 @@ def test_hooks_engines_handle_strided_dilated_and_batched_linear_layers():
     serial = PopulationObjective(model, update.gradients, labels, engine="serial")(candidates)
     for engine in ("hooks", "inner"):
         assert _relative(PopulationObjective(model, update.gradients, labels, engine=engine)(candidates), serial) < 1e-8
+
+
+def _defended(name: str, spec: dict, batch: int = 1):
+    """A float64 victim, its update under ``spec`` and three candidate batches (Soteria needs the private batch)."""
+    model, update, labels, candidates = _setup(name, (1, 16, 16), population=3, batch=batch)
+    rng = torch.Generator().manual_seed(5)
+    private = torch.randn(batch, 1, 16, 16, generator=rng, dtype=torch.float64)
+    labels = torch.randint(0, 10, (batch,), generator=rng)
+    update = shared_update(model, private, labels)
+    defense = make_defense(**spec)
+    defended = defense(update, model=model, images=private, labels=labels, generator=torch.Generator().manual_seed(0))
+    return model, defense, defended, labels, candidates
+
+
+LINEAR_DEFENSES = [
+    {"name": "clipping", "bound": 0.05},
+    {"name": "clipping", "bound": 0.05, "mode": "per_layer"},
+    {"name": "clipping", "bound": 1e5},
+    {"name": "dpsgd", "max_grad_norm": 0.05, "noise_multiplier": 0.1},
+    {"name": "soteria", "pruning_rate": 0.5},
+    {"name": "sparsification", "ratio": 0.9},
+    {"name": "gaussian", "sigma": 0.01},
+    {"name": "quantization", "bits": 4},
+]
+
+
+@pytest.mark.parametrize("spec", LINEAR_DEFENSES, ids=lambda spec: "-".join(map(str, spec.values())))
+def test_linear_simulation_is_the_defense_simulation(spec):
+    """Each defense's masks-and-clipping description computes exactly its own ``simulate``."""
+    model, defense, defended, labels, candidates = _defended("lenet", spec)
+    trials = PopulationObjective(model, defended.gradients, labels, engine="serial").gradients(candidates)
+    linear = defense.linear_simulation(defended)
+    expected = defense.simulate(trials, received=defended)
+    for got, want in zip(linear.apply(trials), expected):
+        assert torch.allclose(got, want, rtol=1e-12, atol=0)
+    identity = spec["name"] in ("gaussian", "quantization") or spec.get("bound") == 1e5  # unclipped: n < bound
+    assert any(not torch.equal(t, e) for t, e in zip(trials, expected)) == (not identity)
+
+
+def test_a_simulation_that_depends_on_the_candidate_has_no_linear_form():
+    model, defense, defended, labels, _ = _defended("lenet", {"name": "sign"})
+    assert defense.linear_simulation(defended) is None
+    objective = PopulationObjective(
+        model, defended.gradients, labels, simulate=functools.partial(defense.simulate, received=defended)
+    )
+    assert objective.engine_name == "hooks"
+
+
+@pytest.mark.parametrize("name", ["lenet", "convnet"])
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+@pytest.mark.parametrize("spec", LINEAR_DEFENSES[:6], ids=lambda spec: "-".join(map(str, spec.values())))
+def test_inner_engine_with_a_linear_simulation_equals_the_serial_simulation(name, metric, spec):
+    """Adaptive losses and image gradients of the statistics engine equal the serial loop with ``simulate``."""
+    batch = 2 if spec["name"] != "dpsgd" else 1
+    model, defense, defended, labels, candidates = _defended(name, spec, batch)
+    simulate = functools.partial(defense.simulate, received=defended)
+    linear = defense.linear_simulation(defended)
+
+    def evaluate(engine: str) -> tuple[torch.Tensor, torch.Tensor]:
+        images = candidates[:, :batch].clone().requires_grad_(True)
+        objective = PopulationObjective(
+            model, defended.gradients, labels, metric, simulate=simulate, engine=engine, linear_simulation=linear
+        )
+        losses = objective(images, create_graph=True)
+        return losses.detach(), torch.autograd.grad(losses.sum(), images)[0]
+
+    serial_losses, serial_gradient = evaluate("serial")
+    losses, gradient = evaluate("inner")
+    assert (
+        PopulationObjective(
+            model, defended.gradients, labels, metric, simulate=simulate, linear_simulation=linear
+        ).engine_name
+        == "inner"
+    )
+    assert _relative(losses, serial_losses) < 1e-4
+    assert _relative(gradient, serial_gradient) < 1e-4 and serial_gradient.abs().max() > 0
