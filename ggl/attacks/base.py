@@ -5,8 +5,11 @@ An attack is a ``pl.LightningModule``. Its hyperparameters are its constructor a
 progress bar, logger, callbacks) are arguments of ``reconstruct``, so they never enter a spec. ``reconstruct``
 runs the trials (restarts) as a plain loop, one ``Trainer.fit`` per trial with ``max_steps=iterations`` over a
 loader of the step indices: ``configure_optimizers`` draws the trial's start and returns its optimiser, every
-Lightning step is one search step under manual optimisation, and the trial with the lowest final loss wins. Every
-``Reconstruction`` says whether the winning trial was still improving when it ended (``still_improving``).
+Lightning step is one search step under manual optimisation, and the trial with the lowest final loss wins. An
+attack whose trials are independent elementwise updates (Inverting Gradients' Adam) may run them all in one fit
+as one batched population (``parallel_trials``); the result is the sequential one up to float rounding (tested),
+with the same traces per trial. Every ``Reconstruction`` says whether the winning trial was still improving when
+it ended (``still_improving``).
 
 The attacker sees the victim's architecture and weights, the (defended) shared update, the defense's public
 description and known labels when given. ``AttackTarget`` has no field for the private images by design.
@@ -199,6 +202,8 @@ class _Run:
     budget: EvaluationBudget
     log_every: int
     watched: bool = False
+    parallel: int = 1
+    chain_traces: list[list[float]] = field(default_factory=list)
     trial: int = 0
     prepared: bool = False
     stopped: bool = False
@@ -321,12 +326,13 @@ class GradientInversionAttack(pl.LightningModule):
         progress_bar, callbacks = boolean("progress_bar", progress_bar), tuple(callbacks)
         self._run = run = _Run(target, EvaluationBudget(self.hparams.budget), positive_int("log_every", log_every))
         run.watched = logger is not None or progress_bar or bool(callbacks)
+        run.parallel = self.parallel_trials()
         self.rng = torch.Generator().manual_seed(self.hparams.seed)
         start = time.perf_counter()
         try:
             with _quiet_lightning(), torch.random.fork_rng(devices=[]), torch.enable_grad():
                 torch.manual_seed(self.hparams.seed)
-                for trial in range(self.hparams.restarts):
+                for trial in range(1 if run.parallel > 1 else self.hparams.restarts):
                     run.trial = trial
                     run.trial_starts.append(len(run.trace))
                     trainer = self._make_trainer(accelerator, progress_bar, logger, callbacks)
@@ -353,6 +359,12 @@ class GradientInversionAttack(pl.LightningModule):
     def preview(self) -> torch.Tensor:
         """The current candidate's images (B, C, H, W) in [0, 1] for the image log; should not spend evaluations."""
         return self.trial_result()[0]
+
+    def parallel_trials(self) -> int:
+        """How many trials one fit runs together (1: one fit a trial). With R > 1, ``configure_optimizers`` draws
+        all R starts, ``search_step`` returns the R losses and ``trial_result`` R candidates: images
+        (R, B, C, H, W) and losses (R,). Default: 1."""
+        return 1
 
     def search_converged(self) -> bool:
         """Whether the running trial's optimiser ended the search by its own convergence test. Default: False.
@@ -472,7 +484,15 @@ class GradientInversionAttack(pl.LightningModule):
     def training_step(self, step: int, batch_idx: int) -> None:
         """One search step (the batch is the step index): ``search_step``, then the trace, the log, the budget."""
         run = self._active()
-        loss = float(self.search_step(step))
+        value = self.search_step(step)
+        if run.parallel > 1:
+            losses = [float(v) for v in torch.as_tensor(value).reshape(-1).tolist()]
+            run.chain_traces = run.chain_traces or [[] for _ in losses]
+            for trace, chain_loss in zip(run.chain_traces, losses):
+                trace.append(chain_loss)
+            loss = min(losses, key=lambda v: (math.isnan(v), v))
+        else:
+            loss = float(value)
         run.trace.append(loss)
         if run.watched:
             self._log_step(run, loss)
@@ -501,13 +521,21 @@ class GradientInversionAttack(pl.LightningModule):
         """The trial's candidate competes (however the trial ended); the last trial logs the best images."""
         run = self._active()
         images, labels, loss = self.trial_result()
-        loss = float(loss)
-        run.trial_losses.append(loss)
-        run.trial_converged.append(bool(self.search_converged()))
-        if run.best is None or _better(loss, run.best.loss):
-            run.best = _Candidate(images.detach().clone(), labels.detach().clone(), loss, run.trial)
+        if run.parallel > 1:
+            candidates = [(images[r], float(value), r) for r, value in enumerate(torch.as_tensor(loss).tolist())]
+        else:
+            candidates = [(images, float(loss), run.trial)]
+        for trial_images, trial_loss, trial in candidates:
+            run.trial_losses.append(trial_loss)
+            run.trial_converged.append(run.parallel == 1 and bool(self.search_converged()))
+            if run.best is None or _better(trial_loss, run.best.loss):
+                run.best = _Candidate(trial_images.detach().clone(), labels.detach().clone(), trial_loss, trial)
+        if run.parallel > 1:
+            run.trace = [value for trace in run.chain_traces for value in trace]
+            run.trial_starts = [r * len(run.chain_traces[0]) for r in range(len(run.chain_traces))]
         run.stopped = self.trainer.should_stop
-        if self.logger is not None and (run.stopped or run.trial == self.hparams.restarts - 1):
+        last = run.parallel > 1 or run.trial == self.hparams.restarts - 1
+        if self.logger is not None and (run.stopped or last):
             self._log_images(run.best.images, len(run.trace))  # before Lightning finalises the logger
 
     # ------------------------------------------------------------------------------------------------ private

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
 
 from ggl.attacks.base import AttackTarget, GradientInversionAttack, register_attack
+from ggl.attacks.batched import ENGINES, PopulationObjective
 from ggl.attacks.objective import total_variation
-from ggl.checks import boolean, non_negative_number, positive_number
+from ggl.checks import boolean, non_negative_number, one_of, positive_number
 
 
 @register_attack("inverting_gradients")
@@ -20,6 +22,12 @@ class InvertingGradients(GradientInversionAttack):
     normalised input space with Adam fed the *sign* of the image gradient, a step decay by 0.1 at 3/8, 5/8 and 7/8
     of the iterations, and x projected onto the valid pixel box after every step. Each restart starts from a fresh
     Gaussian; the restart with the lowest final loss wins. Labels: known, else ``infer_labels``.
+
+    With ``batch_restarts`` the restarts run together as one population: every step scores all R trials in one
+    batched pass (``ggl.attacks.batched.PopulationObjective``, the defense simulation included) and steps one
+    Adam over the stacked images. Adam, the step decay, the sign and the box act elementwise, so each trial follows
+    the path it follows alone, from the same start; only float rounding differs (tested). A ``budget`` then stops
+    all trials at the same step.
 
     Args:
         iterations: Adam steps per restart (24,000 in the paper and in breaching's preset; hundreds to a few
@@ -44,15 +52,25 @@ class InvertingGradients(GradientInversionAttack):
         boxed: bool = True,
         lr_decay: bool = True,
         metric: str = "cosine",
+        batch_restarts: bool = False,
+        engine: str = "auto",
         **shared: Any,
     ) -> None:
         lr, tv_weight = positive_number("lr", lr), non_negative_number("tv_weight", tv_weight)
         signed, boxed, lr_decay = boolean("signed", signed), boolean("boxed", boxed), boolean("lr_decay", lr_decay)
+        batch_restarts = boolean("batch_restarts", batch_restarts)
+        engine = one_of("engine", engine, ["auto", *sorted(ENGINES)])
         super().__init__(iterations=iterations, metric=metric, **shared)
 
+    def parallel_trials(self) -> int:
+        return self.hparams.restarts if self.hparams.batch_restarts else 1
+
     def configure_optimizers(self) -> tuple[list[torch.optim.Optimizer], list[torch.optim.lr_scheduler.LRScheduler]]:
-        """A fresh Gaussian start from ``self.rng``; Adam with the step decay (``MultiStepLR``, stepped per step)."""
-        self.inputs = self.random_images().requires_grad_(True)
+        """A fresh Gaussian start from ``self.rng`` (R of them, stacked, for batched restarts); Adam with the step
+        decay (``MultiStepLR``, stepped per step)."""
+        trials = self.parallel_trials()
+        starts = [self.random_images() for _ in range(trials)]
+        self.inputs = (torch.stack(starts) if trials > 1 else starts[0]).requires_grad_(True)
         optimizer = torch.optim.Adam([self.inputs], lr=self.hparams.lr)
         fractions = (3 / 8, 5 / 8, 7 / 8) if self.hparams.lr_decay else ()
         milestones = [round(self.hparams.iterations * f) for f in fractions]
@@ -61,29 +79,54 @@ class InvertingGradients(GradientInversionAttack):
     def prepare(self, target: AttackTarget) -> None:
         self.labels = self.resolve_labels()
         self.box = self.pixel_box()
+        self.population = None
+        if self.parallel_trials() > 1:
+            simulate, linear = None, None
+            if self.hparams.adaptive and target.defense is not None:
+                received = self.received_update()
+                simulate = functools.partial(target.defense.simulate, received=received)
+                describe = getattr(target.defense, "linear_simulation", None)
+                linear = describe(received) if describe is not None else None
+            self.population = PopulationObjective(
+                self.victim,
+                self.target_gradients,
+                self.labels,
+                metric=self.hparams.metric,
+                simulate=simulate,
+                linear_simulation=linear,
+                engine=self.hparams.engine,
+            )
 
     def loss(self, inputs: torch.Tensor) -> torch.Tensor:
-        """The objective of ``inputs`` (B, C, H, W): gradient distance plus weighted total variation."""
-        loss = self.gradient_loss(inputs, self.labels)
+        """The objective of ``inputs`` (B, C, H, W): gradient distance plus weighted total variation; of stacked
+        restarts (R, B, C, H, W): the R objectives."""
+        if self.population is None:
+            loss = self.gradient_loss(inputs, self.labels)
+            if self.hparams.tv_weight:
+                loss = loss + self.hparams.tv_weight * total_variation(inputs).mean()
+            return loss
+        self.spend(inputs.shape[0])
+        loss = self.population(inputs, create_graph=True)
         if self.hparams.tv_weight:
-            loss = loss + self.hparams.tv_weight * total_variation(inputs).mean()
+            images = inputs.reshape(-1, *inputs.shape[2:])
+            loss = loss + self.hparams.tv_weight * total_variation(images).reshape(inputs.shape[:2]).mean(1)
         return loss
 
     def search_step(self, step: int) -> float:
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         loss = self.loss(self.inputs)
-        (gradient,) = torch.autograd.grad(loss, [self.inputs])
+        (gradient,) = torch.autograd.grad(loss.sum(), [self.inputs])
         self.inputs.grad = gradient.sign() if self.hparams.signed else gradient
         optimizer.step()  # type: ignore[union-attr]
         scheduler.step()  # type: ignore[union-attr]
         if self.hparams.boxed:
             with torch.no_grad():
                 self.inputs.copy_(torch.maximum(torch.minimum(self.inputs, self.box[1]), self.box[0]))
-        return float(loss.detach())
+        return loss.detach() if self.population is not None else float(loss.detach())
 
     def preview(self) -> torch.Tensor:
-        return self.to_pixels(self.inputs)
+        return self.to_pixels(self.inputs.reshape(-1, *self.inputs.shape[-3:]))
 
-    def trial_result(self) -> tuple[torch.Tensor, torch.Tensor, float]:
-        final = float(self.loss(self.inputs).detach())
-        return self.to_pixels(self.inputs), self.labels, final
+    def trial_result(self) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        final = self.loss(self.inputs).detach()
+        return self.to_pixels(self.inputs), self.labels, final if self.population is not None else float(final)
