@@ -1,8 +1,10 @@
-"""``python -m benchmarks.perf``: candidates per second, batched vs serial, share of the FLOP limit, memory.
+"""``python -m benchmarks.perf``: candidates per second, batched vs serial, share of the FLOP limit and of the
+device's matrix-product peak, memory.
 
-Writes a JSON list of rows (one per victim x population x engine, serial included, plus end-to-end GGL-CMA
-rows) and a Markdown table next to it. Exit status 0 when done, 2 on bad input. Every argument, the output path
-included, is checked before torch is imported and before anything is measured.
+Writes a JSON list of rows (one per victim x population x engine, serial included; adaptive rows per defense and
+engine; Inverting Gradients restarts sequential and batched; end-to-end GGL-CMA rows) and a Markdown table next
+to it. Exit status 0 when done, 2 on bad input. Every argument, the output path included, is checked before torch
+is imported and before anything is measured.
 """
 
 from __future__ import annotations
@@ -25,6 +27,14 @@ VICTIM_NAMES = ("convnet", "lenet", "resnet18", "resnet18-224")
 """``ggl.fl.VICTIMS``, named here so that the arguments are checked without torch (a test keeps them equal)."""
 ENGINE_NAMES = ("auto", "hooks", "inner", "vmap")
 """``ggl.attacks.batched.ENGINES`` but ``serial`` (always timed), plus ``auto`` (a test keeps them equal)."""
+ADAPTIVE_DEFENSES = {
+    "clipping": {"name": "clipping", "bound": 0.25},
+    "dpsgd": {"name": "dpsgd", "max_grad_norm": 1.0, "noise_multiplier": 0.1},
+    "soteria": {"name": "soteria", "pruning_rate": 0.6},
+    "sparsification": {"name": "sparsification", "ratio": 0.9},
+    "sign": {"name": "sign"},
+}
+"""Defenses ``--defenses`` can time adaptively, at the `all` suite's stronger strengths."""
 MAX_POPULATION = 16_384
 """Largest population, chunk or candidate count: bounds the memory one measurement may take."""
 INT_BOUNDS = {
@@ -34,6 +44,9 @@ INT_BOUNDS = {
     "serial_candidates": (1, MAX_POPULATION),
     "e2e_population": (1, MAX_POPULATION),
     "e2e_budget": (0, 1_000_000),
+    "adaptive_population": (1, MAX_POPULATION),
+    "restarts": (1, 64),
+    "restarts_iterations": (1, 100_000),
     "chunk_size": (0, MAX_POPULATION),
     "seed": (0, MAX_SEED),
 }
@@ -70,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-size", type=int, default=32, help="square image side (power of two, 8 to 512)")
     parser.add_argument("--channels", type=int, default=3, help="image channels")
     parser.add_argument("--batch", type=int, default=1, help="images per candidate (the client's batch B)")
-    parser.add_argument("--population", default="8,32,128", help="comma list of population sizes P")
+    parser.add_argument("--population", default="8,32,64", help="comma list of population sizes P")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls after one warm-up (median reported)")
     parser.add_argument("--max-seconds", type=float, default=10.0, help="stop repeating a timing past this")
@@ -79,11 +92,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--chunk-size", type=int, default=64, help="candidates per engine pass, bounds memory (0: whole population)"
     )
     parser.add_argument("--serial-candidates", type=int, default=16, help="candidates the serial loop times")
+    parser.add_argument(
+        "--defenses",
+        default="clipping,soteria,sparsification",
+        help=f"defenses timed adaptively (simulation on), of {', '.join(ADAPTIVE_DEFENSES)}; '' skips",
+    )
+    parser.add_argument("--adaptive-victim", default="resnet18", help="victim of the adaptive rows")
+    parser.add_argument("--adaptive-population", type=int, default=32, help="population P of the adaptive rows")
+    parser.add_argument(
+        "--restarts", type=int, default=4, help="Inverting Gradients restarts timed as one population (1 skips)"
+    )
+    parser.add_argument("--restarts-iterations", type=int, default=100, help="steps of each timed restart")
     parser.add_argument("--e2e-victim", default="resnet18", help="victim of the end-to-end GGL-CMA run")
     parser.add_argument("--e2e-population", type=int, default=32, help="CMA population of the end-to-end run")
     parser.add_argument("--e2e-budget", type=int, default=256, help="evaluations of the end-to-end run (0: skip)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the timed inputs")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--tf32", action="store_true", help="allow TF32 matrix products and convolutions (CUDA)")
+    parser.add_argument(
+        "--autocast", choices=("none", "bf16"), default="none", help="run every measurement under bf16 autocast"
+    )
     parser.add_argument("--out", default="perf.json", help="JSON output; the Markdown table goes beside it (.md)")
     return parser
 
@@ -103,6 +131,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         raise BadInput(f"--threads must be from 1 to 1024, got {args.threads}")
     if not (math.isfinite(args.max_seconds) and 0 < args.max_seconds <= 86_400):
         raise BadInput(f"--max-seconds must be a number of seconds above 0, at most a day, got {args.max_seconds}")
+    names = _name_list("--defenses", args.defenses, tuple(ADAPTIVE_DEFENSES)) if args.defenses.strip() else []
+    args.defense_specs = [ADAPTIVE_DEFENSES[name] for name in names]
+    if names and args.adaptive_victim not in VICTIM_NAMES:
+        raise BadInput(f"--adaptive-victim {args.adaptive_victim!r} not allowed; allowed: {', '.join(VICTIM_NAMES)}")
     if args.e2e_budget and args.e2e_victim not in VICTIM_NAMES:
         raise BadInput(f"--e2e-victim {args.e2e_victim!r} not allowed; allowed: {', '.join(VICTIM_NAMES)}")
     if not re.fullmatch(r"cpu|cuda(:[0-9]{1,3})?", args.device):
@@ -139,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     import torch
 
-    from .rows import machine_description, markdown_table, run
+    from .rows import machine_description, markdown_table, precision, run
 
     rows = run(args)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -147,7 +179,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         row["torch_version"] = torch.__version__
     out = Path(args.out)
     atomic_write(out, json.dumps(rows, indent=1) + "\n")
-    header = f"Measured {stamp} on {machine_description(args.torch_device)}, torch {torch.__version__}."
+    header = (
+        f"Measured {stamp} on {machine_description(args.torch_device)}, torch {torch.__version__}, "
+        f"{precision(args)}."
+    )
     atomic_write(out.with_suffix(".md"), markdown_table(rows, header))
     print(f"wrote {out} and {out.with_suffix('.md')}", file=sys.stderr)
     return 0

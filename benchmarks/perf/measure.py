@@ -8,6 +8,7 @@ same device reaches on a plain batched forward+backward of the victim by the FLO
 
 from __future__ import annotations
 
+import functools
 import resource
 import statistics
 import time
@@ -22,7 +23,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ggl.attacks.batched import PopulationObjective
-from ggl.fl import Normalization, make_victim, shared_update
+from ggl.defenses import Defense
+from ggl.fl import Normalization, SharedUpdate, make_victim, shared_update
 from ggl.priors.dcgan import DCGANConfig, DCGANGenerator
 
 LOSSES_CHECKED = 8
@@ -43,6 +45,7 @@ class Setting:
     normalization: Normalization
     target: tuple[torch.Tensor, ...]
     labels: torch.Tensor
+    private: torch.Tensor
 
     def images(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents (P * B, d) -> normalised candidate batches (P, B, C, H, W)."""
@@ -50,8 +53,28 @@ class Setting:
         normalised = self.normalization.normalize(pixels)
         return normalised.reshape(-1, self.batch, *normalised.shape[1:])
 
-    def objective(self, engine: str, chunk_size: int | None = None) -> PopulationObjective:
-        return PopulationObjective(self.model, self.target, self.labels, engine=engine, chunk_size=chunk_size)
+    def objective(
+        self, engine: str, chunk_size: int | None = None, defense: Defense | None = None
+    ) -> PopulationObjective:
+        """The batched objective against the plain update, or adaptive against ``defense``'s update of it."""
+        if defense is None:
+            return PopulationObjective(self.model, self.target, self.labels, engine=engine, chunk_size=chunk_size)
+        received = self.defended(defense)
+        return PopulationObjective(
+            self.model,
+            received.gradients,
+            self.labels,
+            simulate=functools.partial(defense.simulate, received=received),
+            linear_simulation=defense.linear_simulation(received),
+            engine=engine,
+            chunk_size=chunk_size,
+        )
+
+    def defended(self, defense: Defense) -> SharedUpdate:
+        """``defense`` applied to the client's update of the private batch (seeded)."""
+        update = shared_update(self.model, self.private, self.labels)
+        generator = torch.Generator(device=self.private.device).manual_seed(0)
+        return defense(update, model=self.model, images=self.private, labels=self.labels, generator=generator)
 
 
 def build_setting(
@@ -67,9 +90,10 @@ def build_setting(
     rng = torch.Generator().manual_seed(seed + 1)
     private = torch.rand(batch, *shape, generator=rng).to(device)
     labels = torch.randint(0, 10, (batch,), generator=rng).to(device)
-    update = shared_update(model, normalization.normalize(private), labels)
+    inputs = normalization.normalize(private)
+    update = shared_update(model, inputs, labels)
     return Setting(
-        victim, image_size, channels, batch, device, model, generator, normalization, update.gradients, labels
+        victim, image_size, channels, batch, device, model, generator, normalization, update.gradients, labels, inputs
     )
 
 
@@ -189,3 +213,12 @@ def reference_rate(setting: Setting, count: int, repeats: int, max_seconds: floa
     flops = int(counter.get_total_flops())
     seconds = statistics.median(timings(step, setting.device, repeats, max_seconds))
     return flops / seconds, flops
+
+
+def matmul_peak_rate(device: torch.device, repeats: int, max_seconds: float, size: int = 1024) -> float:
+    """FLOP/s of a dense float32 ``size`` x ``size`` matrix product: the device's practical peak for this dtype."""
+    rng = torch.Generator().manual_seed(11)
+    left = torch.randn(size, size, generator=rng).to(device)
+    right = torch.randn(size, size, generator=rng).to(device)
+    seconds = statistics.median(timings(lambda: left @ right, device, repeats, max_seconds))
+    return 2 * size**3 / seconds

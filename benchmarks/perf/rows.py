@@ -5,6 +5,9 @@ end-to-end GGL-CMA runs. Imported by the command line only after its arguments a
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
+import math
 import os
 import platform
 import statistics
@@ -14,10 +17,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
+from ggl.attacks import AttackTarget, make_attack
 from ggl.attacks.batched import choose_engine
+from ggl.attacks.search import make_search
+from ggl.defenses import make_defense
+from ggl.fl import shared_update
 
 from .measure import (
     LOSSES_CHECKED,
@@ -26,9 +32,11 @@ from .measure import (
     build_setting,
     candidate_flops,
     latents,
+    matmul_peak_rate,
     peak_memory_mib,
     reference_rate,
     serial_losses,
+    synchronize,
     timings,
 )
 
@@ -54,6 +62,7 @@ def measure_setting(setting: Setting, population: int, args: argparse.Namespace)
     flops = candidate_flops(setting)
     reference_flops_per_s, _ = reference_rate(setting, population * setting.batch, args.repeats, args.max_seconds)
     limit_rate = reference_flops_per_s / flops
+    peak_rate = args.peak_flops_per_s / flops
     common = {
         "victim": setting.victim,
         "image_size": setting.image_size,
@@ -66,6 +75,8 @@ def measure_setting(setting: Setting, population: int, args: argparse.Namespace)
         "flops_per_candidate": flops,
         "reference_flops_per_s": reference_flops_per_s,
         "limit_candidates_per_s": limit_rate,
+        "peak_flops_per_s": args.peak_flops_per_s,
+        "peak_candidates_per_s": peak_rate,
         "memory_method": method,
         "serial_losses": reference.tolist(),
     }
@@ -77,6 +88,7 @@ def measure_setting(setting: Setting, population: int, args: argparse.Namespace)
             "candidates_per_s": serial_rate,
             "speedup": 1.0,
             "limit_share": serial_rate / limit_rate,
+            "peak_share": serial_rate / peak_rate,
             "peak_memory_mib": serial_memory,
             "seconds_median": serial_seconds,
             "candidates_timed": serial_count,
@@ -116,6 +128,7 @@ def engine_row(
         "candidates_per_s": rate,
         "speedup": rate / serial_rate,
         "limit_share": rate / limit_rate,
+        "peak_share": rate / common["peak_candidates_per_s"],
         "peak_memory_mib": memory,
         "seconds_median": seconds,
         "candidates_timed": population,
@@ -127,33 +140,80 @@ def engine_row(
 def cma_reconstruction(
     setting: Setting, population: int, budget: int, engine: str, seed: int
 ) -> tuple[float, float, int]:
-    """One GGL-CMA run over the generator's latent: (seconds, best loss, evaluations).
-
-    nevergrad's ``ParametrizedCMA(popsize=P, elitist=False)`` with ``num_workers=P``: ask P, score them (one
-    batched call, or one candidate at a time for ``serial``), tell P.
-    """
-    import nevergrad as ng
-
-    parametrization = ng.p.Array(shape=(setting.generator.latent_dim,))
-    parametrization.random_state = np.random.RandomState(seed)
-    optimizer = ng.optimizers.ParametrizedCMA(popsize=population, elitist=False)(
-        parametrization=parametrization, budget=budget, num_workers=population
-    )
+    """One GGL-CMA run over the generator's latent with the attack's own search (``make_search("cma")``):
+    (seconds, best loss, evaluations). Each generation is scored in one batched call, or one candidate at a time
+    for ``serial``."""
+    search = make_search("cma", setting.generator.latent_dim, population, budget, seed=seed)
     objective = setting.objective(engine)
     score = serial_losses if engine == "serial" else batched_losses
     score(setting, objective, latents(setting, population, seed))  # warm-up, as in the throughput timings
-    best, evaluations = float("inf"), 0
+    synchronize(setting.device)
     began = time.perf_counter()
-    while evaluations < budget:
-        asked = [optimizer.ask() for _ in range(min(population, budget - evaluations))]
-        z = torch.as_tensor(np.stack([candidate.value for candidate in asked]), dtype=torch.float32)
-        z = z.repeat_interleave(setting.batch, dim=0).to(setting.device)
-        losses = score(setting, objective, z).tolist()
-        for candidate, loss in zip(asked, losses):
-            optimizer.tell(candidate, loss)
-        best = min(best, *losses)
-        evaluations += len(asked)
-    return time.perf_counter() - began, best, evaluations
+    while not search.done:
+        asked = search.ask()
+        z = asked.repeat_interleave(setting.batch, dim=0).to(setting.device)
+        search.tell(asked, score(setting, objective, z).cpu())
+    synchronize(setting.device)
+    return time.perf_counter() - began, search.best_loss, search.evaluations
+
+
+def adaptive_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Adaptive throughput: the population objective with each defense's simulation, per engine, against the
+    serial loop with the same simulation (``inner`` only where the defense has a ``linear_simulation``)."""
+    rows: list[dict[str, Any]] = []
+    setting = build_setting(
+        args.adaptive_victim, args.image_size, args.channels, args.batch, args.torch_device, args.seed
+    )
+    z = latents(setting, args.adaptive_population, args.seed)
+    for spec in args.defense_specs:
+        rows += _adaptive_defense_rows(setting, make_defense(**spec), z, args)
+    return rows
+
+
+def _adaptive_defense_rows(
+    setting: Setting, defense: Any, z: torch.Tensor, args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """Serial, ``hooks`` and (where the simulation is linear) ``inner`` rows for one defense."""
+    population = args.adaptive_population
+    serial_z = z[: min(population, args.serial_candidates) * setting.batch]
+    serial_objective = setting.objective("serial", defense=defense)
+    reference = serial_losses(setting, serial_objective, z[: min(population, LOSSES_CHECKED) * setting.batch])
+    linear = defense.linear_simulation(setting.defended(defense)) is not None
+    rows: list[dict[str, Any]] = []
+    serial_rate = math.nan
+    for engine in ("serial", "hooks", "inner") if linear else ("serial", "hooks"):
+        objective = serial_objective if engine == "serial" else setting.objective(engine, args.chunk_size, defense)
+        score, inputs = (serial_losses, serial_z) if engine == "serial" else (batched_losses, z)
+        call = functools.partial(score, setting, objective, inputs)
+        losses = reference if engine == "serial" else call()[: reference.numel()]
+        seconds = statistics.median(timings(call, setting.device, args.repeats, args.max_seconds))
+        rate = inputs.shape[0] / setting.batch / seconds
+        serial_rate = rate if engine == "serial" else serial_rate
+        rows.append(
+            {
+                "measurement": "adaptive",
+                "victim": setting.victim,
+                "image_size": setting.image_size,
+                "channels": setting.channels,
+                "batch": setting.batch,
+                "population": population,
+                "device": str(setting.device),
+                "defense": defense.spec,
+                "engine": engine,
+                "candidates_per_s": rate,
+                "serial_candidates_per_s": serial_rate,
+                "speedup": rate / serial_rate,
+                "peak_memory_mib": peak_memory_mib(call, setting.device)[0],
+                "loss_max_relative_difference": _relative_difference(losses, reference),
+            }
+        )
+        print(
+            f"{setting.victim:>9} P={population:<4} {defense.name:>14} {engine:>6}: {rate:8.1f} cand/s "
+            f"x{rate / serial_rate:5.2f} serial",
+            file=sys.stderr,
+            flush=True,
+        )
+    return rows
 
 
 def end_to_end_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -196,6 +256,49 @@ def end_to_end_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+def restarts_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Inverting Gradients with R restarts on LeNet: one fit a trial (sequential) against one batched population,
+    from the same seed; the seconds of each and the largest difference in a trial's final loss."""
+    setting = build_setting("lenet", args.image_size, args.channels, args.batch, args.torch_device, args.seed)
+    update = shared_update(setting.model, setting.private, setting.labels)
+    target = AttackTarget(
+        setting.model,
+        update,
+        image_shape=(setting.channels, setting.image_size, setting.image_size),
+        normalization=setting.normalization,
+    )
+    options = {"iterations": args.restarts_iterations, "restarts": args.restarts, "seed": args.seed}
+    accelerator = "gpu" if setting.device.type == "cuda" else "cpu"
+    results = {}
+    for batched in (False, True):
+        attack = make_attack("inverting_gradients", batch_restarts=batched, **options)
+        synchronize(setting.device)
+        began = time.perf_counter()
+        results[batched] = (attack.reconstruct(target, accelerator=accelerator), time.perf_counter() - began)
+    (sequential, serial_seconds), (batched_run, seconds) = results[False], results[True]
+    difference = max(
+        abs(a - b) / max(abs(a), 1e-30)
+        for a, b in zip(sequential.extras["trial_losses"], batched_run.extras["trial_losses"])
+    )
+    return [
+        {
+            "measurement": "restarts",
+            "victim": "lenet",
+            "image_size": args.image_size,
+            "channels": args.channels,
+            "batch": args.batch,
+            "device": str(setting.device),
+            "attack": "inverting_gradients",
+            "restarts": args.restarts,
+            "iterations": args.restarts_iterations,
+            "serial_seconds": serial_seconds,
+            "seconds": seconds,
+            "speedup": serial_seconds / seconds,
+            "loss_max_relative_difference": difference,
+        }
+    ]
+
+
 def markdown_table(rows: Sequence[dict[str, Any]], header: str) -> str:
     """The rows as Markdown: throughput table, then the end-to-end table."""
     lines = [header, ""]
@@ -203,14 +306,44 @@ def markdown_table(rows: Sequence[dict[str, Any]], header: str) -> str:
     if throughput:
         lines += [
             "| victim | size | P | engine | cand/s | serial cand/s | speedup | FLOP-limit cand/s | limit share "
-            "| peak MiB | max rel. loss diff |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| matmul-peak share | peak MiB | max rel. loss diff |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for row in throughput:
             lines.append(
                 f"| {row['victim']} | {row['channels']}x{row['image_size']} | {row['population']} | {row['engine']} "
                 f"| {row['candidates_per_s']:.1f} | {row['serial_candidates_per_s']:.1f} | {row['speedup']:.2f} "
-                f"| {row['limit_candidates_per_s']:.1f} | {row['limit_share']:.0%} | {row['peak_memory_mib']:.0f} "
+                f"| {row['limit_candidates_per_s']:.1f} | {row['limit_share']:.0%} | {row['peak_share']:.1%} "
+                f"| {row['peak_memory_mib']:.0f} | {row['loss_max_relative_difference']:.1e} |"
+            )
+    adaptive = [row for row in rows if row["measurement"] == "adaptive"]
+    if adaptive:
+        lines += [
+            "",
+            "| adaptive (defense simulated) | P | defense | engine | cand/s | serial cand/s | speedup | peak MiB "
+            "| max rel. loss diff |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row in adaptive:
+            defense = ", ".join(f"{k}={v}" for k, v in row["defense"].items() if k != "name")
+            lines.append(
+                f"| {row['victim']} {row['channels']}x{row['image_size']} | {row['population']} "
+                f"| {row['defense']['name']}({defense}) | {row['engine']} | {row['candidates_per_s']:.1f} "
+                f"| {row['serial_candidates_per_s']:.1f} | {row['speedup']:.2f} | {row['peak_memory_mib']:.0f} "
+                f"| {row['loss_max_relative_difference']:.1e} |"
+            )
+    restarts = [row for row in rows if row["measurement"] == "restarts"]
+    if restarts:
+        lines += [
+            "",
+            "| restarts as one population | R | steps | sequential s | batched s | speedup "
+            "| max rel. final-loss diff |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for row in restarts:
+            lines.append(
+                f"| {row['attack']} on {row['victim']} {row['channels']}x{row['image_size']} | {row['restarts']} "
+                f"| {row['iterations']} | {row['serial_seconds']:.2f} | {row['seconds']:.2f} | {row['speedup']:.2f} "
                 f"| {row['loss_max_relative_difference']:.1e} |"
             )
     e2e = [row for row in rows if row["measurement"] == "end_to_end"]
@@ -243,10 +376,32 @@ def machine_description(device: torch.device) -> str:
     return f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
+def precision(args: argparse.Namespace) -> str:
+    """The arithmetic the rows were measured in: ``fp32``, ``tf32`` (CUDA matrix products) or ``bf16-autocast``."""
+    return "bf16-autocast" if args.autocast == "bf16" else ("tf32" if args.tf32 else "fp32")
+
+
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every measurement the arguments ask for, in ``precision(args)``; each row records that precision."""
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
+    torch.backends.cudnn.allow_tf32 = args.tf32
+    autocast = (
+        torch.autocast(args.torch_device.type, dtype=torch.bfloat16)
+        if args.autocast == "bf16"
+        else contextlib.nullcontext()
+    )
+    with autocast:
+        rows = _measure(args)
+    for row in rows:
+        row["precision"] = precision(args)
+    return rows
+
+
+def _measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
+    args.peak_flops_per_s = matmul_peak_rate(args.torch_device, args.repeats, args.max_seconds)
     for victim in args.victims:
         setting = build_setting(victim, args.image_size, args.channels, args.batch, args.torch_device, args.seed)
         for population in args.populations:
@@ -258,6 +413,10 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                     file=sys.stderr,
                     flush=True,
                 )
+    if args.defense_specs:
+        rows += adaptive_rows(args)
+    if args.restarts > 1:
+        rows += restarts_rows(args)
     if args.e2e_budget:
         rows += end_to_end_rows(args)
     return rows

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The perf table on one CUDA GPU, in under 10 minutes on a current data-centre GPU: float32, then TF32, then bf16
+# autocast, each with the adaptive rows, batched restarts and the end-to-end GGL-CMA run at GGL's 25,000-evaluation
+# budget. Rows go to benchmarks/perf/results-gpu-*.json (and .md beside them). Usage: bash benchmarks/perf/gpu.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+python="${PYTHON:-.venv/bin/python}"
+common=(--device cuda --victim lenet,convnet,resnet18 --population 8,32,64,256 --repeats 5 --max-seconds 5
+        --serial-candidates 32 --adaptive-population 64 --defenses clipping,soteria,sparsification,sign
+        --e2e-population 256 --e2e-budget 25000)
+"$python" -m benchmarks.perf "${common[@]}" --out benchmarks/perf/results-gpu-fp32.json
+"$python" -m benchmarks.perf "${common[@]}" --tf32 --e2e-budget 0 --restarts 1 --out benchmarks/perf/results-gpu-tf32.json
+"$python" -m benchmarks.perf "${common[@]}" --autocast bf16 --e2e-budget 0 --restarts 1 \
+    --out benchmarks/perf/results-gpu-bf16.json
