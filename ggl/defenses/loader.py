@@ -4,7 +4,8 @@ Suites and leaderboard submissions name defenses the same way: ``{name: gaussian
 ``{name: my_defense:MyDefense, strength: 2}`` for custom code. A YAML file alone must never run code, so
 ``module:Class`` resolves in exactly two places:
 
-* a module of the project's own packages (``ggl.*``, ``benchmarks.*``), code reviewed with the project;
+* a module of the project's own packages (``ggl.*``, ``benchmarks.*``, or ``ggl_bench.*``: the name the
+  ``benchmarks/`` folder installs under), code reviewed with the project;
 * a plugin: a Python file named on the command line (``--plugin path/to/my_defense.py``), imported once by
   ``load_plugins`` and then known by its file stem (``my_defense:MyDefense``).
 
@@ -27,11 +28,16 @@ from typing import Any, TypeVar
 
 from ggl.defenses.base import Defense, make_defense
 
-PROJECT_PACKAGES = ("ggl", "benchmarks")
+PROJECT_PACKAGES = ("ggl", "benchmarks", "ggl_bench")
 """Top-level packages whose modules a ``module:Class`` spec may name directly."""
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-"""The folder holding the project's packages (``ggl/``, ``benchmarks/``)."""
+"""The folder holding the project's packages: the checkout (``ggl/``, ``benchmarks/``), or once installed
+``site-packages`` (``ggl/``, ``ggl_bench/``)."""
+
+BENCHMARK_FOLDERS = ("benchmarks", "ggl_bench")
+"""Where the benchmarks package sits under ``PROJECT_ROOT``, under either name: ``benchmarks/`` in a checkout
+(imported as ``ggl_bench`` too by an editable install), ``ggl_bench/`` installed."""
 
 PLUGIN_MODULE_PREFIX = "ggl_plugin_"
 """Prefix of the ``sys.modules`` name of a loaded plugin, so a plugin never shadows an installed module."""
@@ -41,8 +47,9 @@ T = TypeVar("T")
 _CUSTOM_NAME = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
 _PLUGINS: dict[str, ModuleType] = {}
 _HOW = (
-    "a custom {kind} is module:Class where module is a project module (ggl.<...>, benchmarks.<...>) or the "
-    "file stem of a plugin named on the command line (--plugin path/to/my_{kind}.py, then my_{kind}:Class)"
+    "a custom {kind} is module:Class where module is a project module ("
+    + ", ".join(f"{package}.<...>" for package in PROJECT_PACKAGES)
+    + ") or the file stem of a plugin named on the command line (--plugin path/to/my_{kind}.py, then my_{kind}:Class)"
 )
 
 
@@ -131,7 +138,7 @@ def _project_module(what: str, module_name: str, how: str) -> ModuleType:
         raise ValueError(f"{what}: {module_name!r} is a program, not a module of classes")
     top = importlib.util.find_spec(parts[0])  # locates the package without executing it
     locations = [Path(p).resolve() for p in (top.submodule_search_locations or [])] if top else []
-    if locations != [PROJECT_ROOT / parts[0]]:
+    if len(locations) != 1 or locations[0] not in project_folders(parts[0]):
         raise ValueError(f"{what}: package {parts[0]!r} on sys.path is not this project's; {how}")
     try:
         return importlib.import_module(module_name)
@@ -141,6 +148,19 @@ def _project_module(what: str, module_name: str, how: str) -> ModuleType:
         raise ValueError(f"{what}: importing module {module_name!r} failed: {error}") from None
     except (Exception, SystemExit) as error:
         raise ValueError(f"{what}: importing module {module_name!r} failed: {type(error).__name__}: {error}") from None
+
+
+def project_folders(package: str) -> list[Path]:
+    """The folders the project's top-level ``package`` may be imported from.
+
+    ``benchmarks`` and ``ggl_bench`` name one package: ``ggl_bench/`` under ``PROJECT_ROOT``, or ``benchmarks/``
+    in a checkout (beside ``setup.cfg``). Installed, a top-level ``benchmarks/`` in ``site-packages`` is another
+    distribution's (opacus ships one), never the project's.
+    """
+    if package not in BENCHMARK_FOLDERS:
+        return [PROJECT_ROOT / package]
+    checkout = (PROJECT_ROOT / "setup.cfg").is_file()
+    return [PROJECT_ROOT / folder for folder in BENCHMARK_FOLDERS if checkout or folder != "benchmarks"]
 
 
 def build_defense(spec: Mapping[str, Any]) -> Defense:
