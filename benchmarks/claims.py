@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from ggl.io import atomic_write, pretty_json
 
+from .cli import HelpFormatter
 from .config import MAX_SEED, REFERENCE_PREFIX, format_value, output_file
 
 if TYPE_CHECKING:
@@ -241,14 +242,15 @@ def table(results: Mapping[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m benchmarks.claims`` (an option's help ends with its default)."""
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.claims", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=f"python -m {__package__}.claims", description=__doc__, formatter_class=HelpFormatter
     )
     parser.add_argument("--store", default=f"results/{SUITE}", help="results folder of the suite's run")
-    parser.add_argument("--suite", default=SUITE, help="suite name in the store (default ggl-claims)")
-    parser.add_argument("--seed", type=int, default=0, help="which attack seed's rows to read (default 0)")
+    parser.add_argument("--suite", default=SUITE, help="suite name in the store")
+    parser.add_argument("--seed", type=int, default=0, help="which attack seed's rows to read")
     parser.add_argument("--table", default=None, help="write a Markdown page with the tables here (default: print)")
-    parser.add_argument("--json", default=None, help="write the setting and every run here")
+    parser.add_argument("--json", default=None, help="write the setting and every run here (default: not written)")
     return parser
 
 

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from ggl.io import atomic_write, pretty_json
 
+from .cli import HelpFormatter
 from .config import REFERENCE_PREFIX, AttackConfig, SuiteConfig, load_suite, output_file, output_folder
 
 if TYPE_CHECKING:  # torch is imported where it is used, so the command line checks its input without it
@@ -231,24 +232,36 @@ def ceiling_line(summary: Mapping[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m benchmarks.references`` (an option's help ends with its default)."""
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.references",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog=f"python -m {__package__}.references", description=__doc__, formatter_class=HelpFormatter
     )
     parser.add_argument("--suite", required=True, help="a shipped suite name or a YAML path (its prior and settings)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a suite field: dotted key, YAML value (e.g. victims.count=32); repeatable",
+    )
     parser.add_argument("--victims", type=int, default=None, help="the first N victims (default: the suite's count)")
     parser.add_argument(
         "--store", default=None, help="results folder (default results/SUITE; with --compute results/SUITE-references)"
     )
     parser.add_argument("--compute", action="store_true", help="compute missing reference rows first")
-    parser.add_argument("--json", default=None, help="write the summary (and per-victim values) to this JSON file")
-    parser.add_argument("--fits", default=None, help="PNG grid of up to 16 victims above their ceiling fits")
+    parser.add_argument(
+        "--json",
+        default=None,
+        help="write the summary (and per-victim values) to this JSON file (default: not written)",
+    )
+    parser.add_argument(
+        "--fits", default=None, help="PNG grid of up to 16 victims above their ceiling fits (default: not drawn)"
+    )
     parser.add_argument(
         "--samples",
         default=None,
-        help="PNG grid of prior samples: ten per class (one row each), or 30 of an unconditional prior",
+        help="PNG grid of prior samples: ten per class (a row each), 30 if unconditional (default: not drawn)",
     )
     return parser
 

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from ggl.io import atomic_write, canonical_json
 
+from .cli import HelpFormatter
 from .config import output_file
 
 PAPER_TABLE3 = Path(__file__).with_name("paper_table3.json")
@@ -233,8 +234,9 @@ def table3_markdown(paper: Mapping[str, Any], ours: Ours, dataset: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m benchmarks.table3`` (an option's help ends with its default)."""
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.table3", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=f"python -m {__package__}.table3", description=__doc__, formatter_class=HelpFormatter
     )
     parser.add_argument("--store", required=True, help="results folder of the suite's run")
     parser.add_argument("--suite", required=True, help="suite name in the store")
