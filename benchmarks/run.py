@@ -8,7 +8,8 @@
 
 The suite expands into cells (victim x defense x attack x seed) plus prior-only reference rows; each finished cell
 is committed to ``DIR/results.sqlite`` (default ``results/SUITE``), so a stopped run resumes where it stopped.
-At the end the report (leaderboard tables, plots, grids) is written to ``--report-dir`` (default ``DIR``;
+At the end the report (leaderboard tables, plots, grids, and ``rows.jsonl``: the rows without images, which
+submissions and ``python -m benchmarks.leaderboard`` build on) is written to ``--report-dir`` (default ``DIR``;
 ``--report-dir leaderboards/SUITE`` publishes it); ``--report-only`` rewrites it from the store alone.
 ``--references-only`` computes only the prior-only reference rows and writes no report (``python -m
 benchmarks.references --compute`` uses it). ``--list`` names the shipped suites, ``--print-config`` prints the

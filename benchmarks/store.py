@@ -530,18 +530,25 @@ class ResultsStore:
 
     def put_cell(self, row: CellRow) -> bool:
         """Commit one finished cell (releasing its claim, clearing its failure); False when it was already there."""
-        values = (
-            *(row.suite, int(row.victim), row.defense_json, row.attack_json, int(row.seed), row.kind),
-            *(row.defense_label, row.attack_label, row.config_hash, row.code_version, float(row.seconds)),
-            *(int(row.evaluations), canonical_json(row.metrics), canonical_json(row.labels)),
-            *(encode_array(row.images), _now()),
-        )
+        return self.put_cells([row]) == 1
+
+    def put_cells(self, rows: Sequence[CellRow]) -> int:
+        """Commit finished cells in one transaction (releasing their claims, clearing their failures); the number
+        written (a cell already there is kept as it is)."""
         where = " WHERE " + " AND ".join(f"{name} = ?" for name in _KEY_COLUMNS)
+        written = 0
         with self._transaction() as connection:
-            written = self._insert(connection, "cells", values)
-            connection.execute("DELETE FROM claims" + where, values[:5])
-            connection.execute("DELETE FROM failures" + where, values[:5])
-        return written == 1
+            for row in rows:
+                values = (
+                    *(row.suite, int(row.victim), row.defense_json, row.attack_json, int(row.seed), row.kind),
+                    *(row.defense_label, row.attack_label, row.config_hash, row.code_version, float(row.seconds)),
+                    *(int(row.evaluations), canonical_json(row.metrics), canonical_json(row.labels)),
+                    *(encode_array(row.images), _now()),
+                )
+                written += self._insert(connection, "cells", values)
+                connection.execute("DELETE FROM claims" + where, values[:5])
+                connection.execute("DELETE FROM failures" + where, values[:5])
+        return written
 
     def finished_keys(self, suite: str) -> set[Key]:
         """Keys (victim, defense JSON, attack JSON, seed) of the finished cells of ``suite``."""

@@ -14,6 +14,8 @@ the same store gives byte-identical output):
 * ``attacks.{md,csv}``: every (defense, attack) pair with its metrics (means over victims), plus the prior-only
   reference rows.
 * ``rows.csv``: every stored cell with its key, config hash, code version and metrics.
+* ``rows.jsonl``: the rows of the report without images (cells, utility costs, failures, one JSON object a line,
+  with the suite's configuration first; ``benchmarks.shipped``): a store rebuilt from it gives the same tables.
 * failed cells (an error, or the per-cell time limit) with their reasons, under the leaderboard and in
   ``leaderboard.json``, when there are some; a defense setting whose every cell failed is listed unranked.
 * ``privacy_utility.png``: worst-case leakage above the prior (with its interval) against utility cost;
@@ -28,15 +30,18 @@ bootstrap), ``tables`` (Markdown, CSV, JSON), ``figures`` (PNGs).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from ggl.io import atomic_write, pretty_json
 
 from ..config import SuiteConfig
+from ..shipped import ROWS_FILE, rows_text, store_records, write_rows
 from ..store import ResultsStore
 from .aggregate import (
     ATTAINABLE_REFERENCES,
     DefenseSummary,
+    OffBoardEntry,
     PairSummary,
     Report,
     best_values,
@@ -44,7 +49,7 @@ from .aggregate import (
     plain,
 )
 from .calibration import calibration_json, calibration_markdown
-from .figures import privacy_utility_plot, reconstruction_grids, slug
+from .figures import privacy_utility_plot, reconstruction_grids, setting_has_images, slug
 from .tables import (
     SCHEMA,
     attack_columns,
@@ -68,18 +73,33 @@ REPORT_FILES = (
     "attacks.md",
     "attacks.csv",
     "rows.csv",
+    ROWS_FILE,
     "privacy_utility.png",
 )
 """The files every report has (besides ``grids/*.png``, one per defense setting)."""
 
 
-def write_report(store: ResultsStore, folder: str | Path, suite: str | SuiteConfig) -> list[Path]:
+def write_report(
+    store: ResultsStore,
+    folder: str | Path,
+    suite: str | SuiteConfig,
+    *,
+    shipped: SuiteConfig | None = None,
+    off_board: Sequence[OffBoardEntry] = (),
+) -> list[Path]:
     """Write every report file of ``suite`` into ``folder``; returns their paths.
 
     A ``SuiteConfig`` reports exactly its own cells and utility options (``build_report``); a name, every stored row.
+    ``rows.jsonl`` holds the rows of ``shipped`` (default: ``suite``), so a board that adds submissions to the
+    standard settings still ships only the standard rows. ``off_board`` lists submissions the tables leave out, with
+    why. A setting whose rows hold no images (imported from shipped rows) keeps the grid already in ``folder``.
     """
     folder = Path(folder)
     report = build_report(store, suite)
+    report.off_board = list(off_board)
+    suite_name = suite if isinstance(suite, str) else suite.name
+    if shipped is None and isinstance(suite, SuiteConfig):
+        shipped = suite
     outputs = {
         "leaderboard.md": leaderboard_markdown(report),
         "leaderboard.csv": csv_text(leaderboard_rows(report), leaderboard_csv_columns()),
@@ -91,13 +111,17 @@ def write_report(store: ResultsStore, folder: str | Path, suite: str | SuiteConf
     if report.calibration:
         outputs["calibration.md"] = calibration_markdown(report)
         outputs["calibration.json"] = pretty_json(calibration_json(report))
+    rows = rows_text(suite_name, shipped, store_records(store, shipped if shipped is not None else suite_name))
     written = [atomic_write(folder / name, text) for name, text in outputs.items()]
+    written.append(write_rows(folder / ROWS_FILE, rows))
     privacy_utility_plot(report, folder / "privacy_utility.png")
     written.append(folder / "privacy_utility.png")
     grids = folder / "grids"
+    kept = {f"{slug(s.label)}.png" for s in report.defenses if s.pairs and not setting_has_images(report, s)}
     if grids.is_dir():
         for old in grids.glob("*.png"):
-            old.unlink()
+            if old.name not in kept:
+                old.unlink()
     written += reconstruction_grids(report, grids)
     return written
 
@@ -107,6 +131,7 @@ __all__ = [
     "REPORT_FILES",
     "SCHEMA",
     "DefenseSummary",
+    "OffBoardEntry",
     "PairSummary",
     "Report",
     "attack_columns",

@@ -125,6 +125,16 @@ class DefenseSummary:
         return None if value is None else float(value)
 
 
+@dataclass(frozen=True)
+class OffBoardEntry:
+    """A submission the tables leave out: its name, its file, the configurations it was evaluated on, and why."""
+
+    name: str
+    file: str
+    config_hashes: tuple[str, ...]
+    reason: str
+
+
 @dataclass
 class Report:
     """Everything the report files show, computed from the rows of one suite."""
@@ -144,6 +154,7 @@ class Report:
     left_out: int = 0  # stored rows of this suite that belong to another configuration
     bootstrap_seed: int = 0
     calibration: dict[str, list[str]] = field(default_factory=dict)  # check -> defense labels (the suite's)
+    off_board: list[OffBoardEntry] = field(default_factory=list)  # submissions not on this board, with why
 
 
 def _row_ref(row: CellRow) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from scipy.stats import t
 from ggl.io import atomic_write, canonical_json
 
 from ..config import short_hash
+from ..shipped import has_images
 from .aggregate import DefenseSummary, Report
 from .stats import LEVEL
 from .worst_case import ABOVE_PRIOR
@@ -232,10 +233,10 @@ def _layout(count: int) -> tuple[int, int]:
 
 def _show(axis: Any, picture: np.ndarray | None) -> None:
     """Every image of a (B, C, H, W) batch in one grid cell, grey or RGB, side by side (row-major in a near-square
-    block); an empty cell when missing."""
+    block); an empty cell when missing (a row imported from shipped rows has no images)."""
     axis.set_xticks([])
     axis.set_yticks([])
-    if picture is None:
+    if picture is None or not has_images(picture):
         return
     count, _, height, width = picture.shape
     rows, columns = _layout(count)
@@ -285,7 +286,7 @@ def _grid(
     reconstruction captioned with its PSNR and SSIM."""
     originals = {v.victim: v for v in report.originals}
     rows = {(r.defense_json, r.attack_json, r.victim): r for r in report.rows if r.seed == seed}
-    batch = max((originals[v].images.shape[0] for v in victims), default=1)
+    batch = max((len(originals[v].labels) for v in victims), default=1)
     block_rows, block_columns = _layout(batch)
     figure, axes = plt.subplots(
         len(victims),
@@ -326,14 +327,21 @@ def grid_columns(report: Report, summary: DefenseSummary) -> list[Column]:
     ]
 
 
+def setting_has_images(report: Report, summary: DefenseSummary) -> bool:
+    """Whether any row of a defense setting holds a reconstruction (rows imported from shipped rows hold none)."""
+    defense_json = canonical_json(summary.spec)
+    return any(has_images(row.images) for row in report.rows if row.defense_json == defense_json)
+
+
 def reconstruction_grids(report: Report, folder: Path, max_victims: int = 8) -> list[Path]:
-    """One PNG per defense setting with rows: rows = victims, columns = original, the prior-only references, the
-    attacks, then their controls; the first seed's reconstructions, every image of a batch."""
+    """One PNG per defense setting with reconstructions: rows = victims, columns = original, the prior-only
+    references, the attacks, then their controls; the first seed's reconstructions, every image of a batch. A
+    setting whose rows hold no images (imported from shipped rows) gets none."""
     plt = _pyplot()
     seed = report.seeds[0] if report.seeds else None
     victims = sorted(v.victim for v in report.originals)[:max_victims]
     written = []
-    for summary in (s for s in report.defenses if s.pairs):
+    for summary in (s for s in report.defenses if s.pairs and victims and setting_has_images(report, s)):
         columns = grid_columns(report, summary)
         figure = _grid(plt, f"{report.suite}: {summary.label}", columns, victims, report, seed)
         path = folder / f"{slug(summary.label)}.png"

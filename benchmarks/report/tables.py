@@ -22,7 +22,7 @@ from typing import Any
 from ggl.metrics import METRIC_TABLE
 
 from ..store import FailureRow
-from .aggregate import PairSummary, Report, plain
+from .aggregate import OffBoardEntry, PairSummary, Report, plain
 from .stats import LEVEL, RESAMPLES
 from .worst_case import (
     ABOVE_PRIOR,
@@ -65,6 +65,9 @@ HEADERS = {
     "victim": "Victim",
     "seed": "Seed",
     "reason": "Reason",
+    "entry": "Entry",
+    "file": "File",
+    "evaluated_on": "Evaluated on (config hash)",
 }
 """Titles of the report's own columns; metric titles come from ``METRIC_TABLE``."""
 TEXT_COLUMNS = (
@@ -78,8 +81,12 @@ TEXT_COLUMNS = (
     "figure",
     "expected",
     "verdict",
+    "entry",
+    "file",
+    "evaluated_on",
 )
 FAILURE_COLUMNS = ("defense", "attack", "victim", "seed", "reason")
+OFF_BOARD_COLUMNS = ("entry", "file", "evaluated_on", "reason")
 
 
 def fmt(name: str, value: float | None) -> str:
@@ -190,6 +197,19 @@ def failure_rows(failures: Sequence[FailureRow]) -> list[dict[str, str]]:
             "reason": reason_text(f.reason),
         }
         for f in failures
+    ]
+
+
+def off_board_rows(entries: Sequence[OffBoardEntry]) -> list[dict[str, str]]:
+    """Submissions the tables leave out, as table rows."""
+    return [
+        {
+            "entry": entry.name,
+            "file": entry.file,
+            "evaluated_on": ", ".join(entry.config_hashes) or "-",
+            "reason": entry.reason,
+        }
+        for entry in entries
     ]
 
 
@@ -383,6 +403,15 @@ def leaderboard_markdown(report: Report) -> str:
             "",
             markdown_table(failure_rows(report.failures), FAILURE_COLUMNS, HEADERS),
         ]
+    if report.off_board:
+        lines += [
+            "## Submissions not on this configuration",
+            "",
+            "These entries are in no table above: they have no evaluation on this board's suite configuration. "
+            "Evaluating them again with `python -m benchmarks.submit` puts them on it.",
+            "",
+            markdown_table(off_board_rows(report.off_board), OFF_BOARD_COLUMNS, HEADERS),
+        ]
     return "\n".join(lines)
 
 
@@ -485,6 +514,11 @@ def leaderboard_json(report: Report) -> dict[str, Any]:
         document["failed_cells"] = [failure_json(failure) for failure in report.failures]
     if report.left_out:
         document["rows_of_other_configurations"] = report.left_out
+    if report.off_board:
+        document["submissions_not_on_this_configuration"] = [
+            {"name": e.name, "file": e.file, "config_hashes": list(e.config_hashes), "reason": e.reason}
+            for e in report.off_board
+        ]
     return plain(document)
 
 
