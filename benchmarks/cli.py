@@ -2,6 +2,7 @@
 
     ggl-bench run --suite smoke            # = python -m benchmarks.run (python -m ggl_bench.run when installed)
     ggl-bench submit ENTRY.yaml            # = python -m benchmarks.submit
+    ggl-bench leaderboard --suite all      # = python -m benchmarks.leaderboard
     ggl-bench perf --device cuda           # = python -m benchmarks.perf
     ggl-bench train-prior --data ... --out ...  # = python -m benchmarks.train_prior
 
@@ -17,6 +18,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("run", "run a suite (or list, print or count its cells) and write its leaderboard"),
     "submit": ("submit", "validate and evaluate a leaderboard submission"),
+    "leaderboard": ("leaderboard", "regenerate a published leaderboard from its shipped rows and the submissions"),
     "perf": ("perf.cli", "measure candidates per second of the batched attack engines"),
     "train-prior": ("train_prior", "train a WGAN-GP generative prior on a public split"),
 }
