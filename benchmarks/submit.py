@@ -1,7 +1,8 @@
-"""Submit a defense to the leaderboard: validate its YAML entry, evaluate it, write its JSON, regenerate tables.
+"""Submit a defense to the leaderboard: validate its YAML entry, evaluate only its cells, write its JSON.
 
     python -m benchmarks.submit leaderboards/submissions/NAME.yaml [--plugin PATH.py] [--suite all]
-                                [--set key=value ...] [--out DIR] [--report-dir DIR] [--entry-out PATH]
+                                [--set key=value ...] [--leaderboards DIR] [--out DIR] [--report-dir DIR]
+                                [--entry-out PATH]
 
 An entry (``leaderboards/submissions/NAME.yaml``, read with ``yaml.safe_load``)::
 
@@ -18,12 +19,19 @@ Custom code runs only from a file the command line names: ``--plugin path/to/my_
 ``ggl.defenses.Defense``, is instantiated with the entry's parameters; the YAML alone can name only registered
 defenses, project modules (``ggl.*``, ``benchmarks.*``) and loaded plugins (see ``ggl.defenses.loader``).
 
-The defense is evaluated on the suite (default ``all``; ``--suite``/``--set`` choose a smaller one) against
-every attack of it, in the suite's results store (default ``results/SUITE``, shared with the suite's own run, so
-finished cells are reused), the report of that store is regenerated, and the entry's numbers are written to
-``NAME.json`` beside the YAML (one evaluation per suite configuration, each with its config hash and code version).
-Exit status: 0 done; 2 invalid entry, plugin or output path (every bad field is listed, before any evaluation);
-1 some cells failed.
+The standard settings are not computed again: their rows ship without images in ``leaderboards/SUITE/rows.jsonl``
+(``benchmarks.shipped``). When those rows are of the suite's configuration (the same config hash; ``--set`` makes
+another one), they seed the working store (default ``results/submit-SUITE``) and the harness computes only the
+entry's cells: its attacks, their controls, its prior-only references and its utility cost. Otherwise (no shipped
+rows, or rows of another configuration) the whole suite is computed, said on stderr, so that the rank is never one
+among a partial store. The report of the standard settings and the entry goes to ``--report-dir`` (default: the
+working store's folder; nothing under ``leaderboards/`` is written unless ``--report-dir`` names it), and
+``NAME.json`` beside the YAML gets the evaluation under ``SUITE@CONFIG_HASH``: the figures with their intervals,
+the rank among the standard settings, the config hash, the code version and the entry's own rows (cells, utility,
+failures) in the shipped rows' form, without images. A pull request adds ``NAME.yaml`` and ``NAME.json`` only;
+``python -m benchmarks.leaderboard --suite SUITE`` regenerates the published tables from the committed files.
+Exit status: 0 done; 2 invalid entry, plugin, output path or shipped rows (every bad field is listed, before any
+evaluation); 1 some cells failed.
 """
 
 from __future__ import annotations
@@ -43,8 +51,11 @@ import yaml
 from ggl.defenses import DEFENSES, build_defense, load_plugins
 from ggl.io import atomic_write, canonical_json, pretty_json
 
+from .cells import expand_cells
 from .cli import HelpFormatter
 from .config import DefenseConfig, SuiteConfig, load_suite, output_file, output_folder
+from .shipped import ROWS_FILE, ShippedRows, evaluation_key, import_rows, read_rows, store_records
+from .store import ResultsStore, StoreError, open_store
 
 ENTRY_FIELDS = ("name", "authors", "paper", "defense", "claimed_utility", "notes")
 UTILITY_FIELDS = ("update_cosine", "accuracy", "clean_accuracy", "accuracy_drop")
@@ -207,10 +218,34 @@ def load_submission(path: str | Path) -> Submission:
     )
 
 
-def entry_evaluation(
-    report_json: dict[str, Any], submission: Submission, suite: Any, overrides: list[str]
-) -> dict[str, Any]:
-    """The submission's leaderboard entry from a report (``leaderboard.json``) with its provenance."""
+class _Plan(NamedTuple):
+    """What ``main`` evaluates and where it writes, all checked before any evaluation.
+
+    ``suite`` is the standard configuration (``--suite`` with ``--set``); ``ranked`` adds the entry to its settings;
+    ``evaluated`` is what the harness computes: the entry's cells alone when ``shipped`` (the suite's shipped rows,
+    of this configuration) seeds the store, else the whole of ``ranked``.
+    """
+
+    submission: Submission
+    suite: SuiteConfig
+    ranked: SuiteConfig
+    evaluated: SuiteConfig
+    shipped: ShippedRows | None
+    overrides: list[str]
+    out: Path
+    report_dir: Path
+    entry_out: Path
+
+
+def _without_victims(worst_case: dict[str, Any]) -> dict[str, Any]:
+    """A worst case without its per-victim breakdown (the entry's rows hold what it is made of)."""
+    return {key: value for key, value in worst_case.items() if key != "per_victim"}
+
+
+def entry_evaluation(report_json: dict[str, Any], plan: _Plan, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The entry's evaluation from the report of the standard settings and the entry (``leaderboard.json``): its
+    figures with intervals, rank, utility, provenance and its own rows (``rows``, without images)."""
+    submission = plan.submission
     spec = canonical_json(submission.defense)
     matches = [e for e in report_json["leaderboard"] if canonical_json(e["spec"]) == spec]
     if not matches:
@@ -227,28 +262,35 @@ def entry_evaluation(
                 "measured": measured[key],
                 "within_tolerance": abs(float(measured[key]) - claimed) <= UTILITY_TOLERANCE,
             }
+    shipped = plan.shipped
     return {
-        "suite": suite.name,
-        "overrides": list(overrides),
-        "config_hash": suite.config_hash(),
+        "suite": plan.suite.name,
+        "overrides": list(plan.overrides),
+        "config_hash": plan.suite.config_hash(),
+        "evaluated_config_hash": plan.evaluated.config_hash(),
+        "shipped_rows": None if shipped is None else {"config_hash": shipped.config_hash, "sha256": shipped.digest},
         "victims": report_json["victims"],
         "seeds": report_json["seeds"],
-        "code_versions": sorted({row["code_version"] for pair in entry["attacks"] for row in pair["rows"]}),
-        "rank_in_store": entry["rank"],
+        "code_versions": sorted({row["code_version"] for row in rows if row["table"] == "cells"}),
+        "rank": entry["rank"],
         "band": entry["band"],
-        "of_defenses_in_store": len(report_json["leaderboard"]),
-        "worst_case": {key: value for key, value in entry["worst_case"].items() if key != "per_victim"},
+        "ranked_settings": sum(1 for e in report_json["leaderboard"] if e["rank"]),
+        "standard_settings": len(plan.suite.defenses),
+        "worst_case": _without_victims(entry["worst_case"]),
         "psnr_gain_over_prior": entry["psnr_gain_over_prior"],
         "strongest_attack": entry["strongest_attack"],
         "best": entry["best"],
         "utility": entry.get("utility"),
         "utility_check": check,
         "attacks": entry["attacks"],
-        "references": report_json["references"],
+        "controls": entry["controls"],
+        "references": [{**r, "worst_case": _without_victims(r["worst_case"])} for r in report_json["references"]],
+        "rows": rows,
     }
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m benchmarks.submit`` (an option's help ends with its default)."""
     parser = argparse.ArgumentParser(
         prog=f"python -m {__package__}.submit", description=__doc__, formatter_class=HelpFormatter
     )
@@ -271,15 +313,27 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a suite field (a smaller evaluation); recorded in the entry",
     )
-    parser.add_argument("--out", default=None, help="results store folder (default: results/SUITE)")
-    parser.add_argument("--report-dir", default=None, help="where the regenerated tables go (default: --out)")
+    parser.add_argument(
+        "--leaderboards",
+        default="leaderboards",
+        metavar="DIR",
+        help="where the shipped rows of the standard settings are read from: DIR/SUITE/rows.jsonl",
+    )
+    parser.add_argument("--out", default=None, help="results store folder (default: results/submit-SUITE)")
+    parser.add_argument(
+        "--report-dir",
+        default=None,
+        help="where the report of the standard settings and the entry goes (default: --out); the published "
+        "tables are regenerated with python -m benchmarks.leaderboard instead",
+    )
     parser.add_argument("--entry-out", default=None, help="the entry's JSON (default: NAME.json beside the YAML)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
-def write_entry(path: Path, submission: Submission, suite: Any, evaluation: dict[str, Any]) -> None:
-    """Add ``evaluation`` to the entry's JSON (earlier evaluations of the same defense are kept), atomically."""
+def write_entry(path: Path, submission: Submission, evaluation: dict[str, Any]) -> None:
+    """Add ``evaluation`` to the entry's JSON under ``SUITE@CONFIG_HASH`` (earlier evaluations of the same defense
+    are kept), atomically."""
     existing: dict[str, Any] = {}
     if path.is_file():
         try:
@@ -287,7 +341,7 @@ def write_entry(path: Path, submission: Submission, suite: Any, evaluation: dict
         except json.JSONDecodeError:
             existing = {}
     evaluations = dict(existing.get("evaluations", {})) if existing.get("defense") == submission.defense else {}
-    evaluations[f"{suite.name}@{suite.config_hash()}"] = evaluation
+    evaluations[evaluation_key(evaluation["suite"], evaluation["config_hash"])] = evaluation
     document = {
         "schema": ENTRY_SCHEMA,
         "name": submission.name,
@@ -306,8 +360,9 @@ def _print_outcome(submission: Submission, evaluation: dict[str, Any], entry_out
     interval = " [{:+.2f}, {:+.2f}]".format(*worst["interval"]) if worst.get("interval") else ""
     print(
         f"{submission.name}: worst-case PSNR above baseline {worst['value']:+.2f} dB{interval} "
-        f"(rank {evaluation['rank_in_store']}, band {evaluation['band']}); entry written to {entry_out}; "
-        f"tables in {report_dir}",
+        f"(rank {evaluation['rank']} of {evaluation['ranked_settings']}: the suite's "
+        f"{evaluation['standard_settings']} settings and this entry; band {evaluation['band']}); entry written to "
+        f"{entry_out}; report in {report_dir}",
         file=sys.stderr,
     )
     for key, check in evaluation["utility_check"].items():
@@ -319,20 +374,8 @@ def _print_outcome(submission: Submission, evaluation: dict[str, Any], entry_out
             )
 
 
-class _Plan(NamedTuple):
-    """What ``main`` evaluates (``suite``: the entry's cells), ranks it among (``ranked``: the suite's settings and
-    the entry) and where it writes, all checked before any evaluation."""
-
-    submission: Submission
-    suite: SuiteConfig
-    ranked: SuiteConfig
-    out: Path
-    report_dir: Path
-    entry_out: Path
-
-
 def output_problems(entry_out: Path, report_dir: Path) -> list[str]:
-    """Why the entry's JSON or the tables could not be written; found before hours of evaluation, not after.
+    """Why the entry's JSON or the report could not be written; found before hours of evaluation, not after.
 
     The paths are checked as every command checks its outputs (``output_file``, ``output_folder``); the entry's
     folder must exist as well, and an existing entry must be writable.
@@ -352,60 +395,133 @@ def output_problems(entry_out: Path, report_dir: Path) -> list[str]:
     return []
 
 
+def setting_problems(submission: Submission, suite: SuiteConfig) -> list[str]:
+    """An entry that is already a setting of the suite: the same label, or the same defense spec."""
+    problems = []
+    for defense in suite.defenses:
+        if _label_key(defense.label) == _label_key(submission.name):
+            problems.append(
+                f"field 'name': {submission.name!r} is the label of a defense of suite {suite.name!r}; choose another"
+            )
+        if canonical_json(dict(defense.spec)) == canonical_json(submission.defense):
+            problems.append(
+                f"field 'defense': {_shown(submission.defense)} is the setting {defense.label!r} of suite "
+                f"{suite.name!r}, already on its leaderboard; submit another setting"
+            )
+    return problems
+
+
+def shipped_rows(path: Path, suite: SuiteConfig) -> ShippedRows | None:
+    """The suite's shipped rows when they are of this configuration; None (saying why on stderr) when the whole
+    suite must be computed instead: no rows shipped, or rows of another configuration."""
+    cells = len(expand_cells(suite))
+    whole = (
+        f"the whole suite is computed: its {len(suite.defenses)} settings ({cells} cells) and the entry's, so that "
+        "the entry is ranked among all of them (the finished cells of a store given with --out are reused)"
+    )
+    if not path.is_file():
+        print(f"note: no shipped rows of suite {suite.name!r} at {path}; {whole}", file=sys.stderr)
+        return None
+    shipped = read_rows(path)
+    if shipped.config_hash != suite.config_hash():
+        print(
+            f"note: {path} holds the rows of configuration {shipped.config_hash}, but suite {suite.name!r} as given "
+            f"(with its --set overrides) is configuration {suite.config_hash()}: the shipped rows do not apply; "
+            f"{whole}",
+            file=sys.stderr,
+        )
+        return None
+    return shipped
+
+
 def _plan(args: argparse.Namespace) -> _Plan:
-    """Load the plugins, the entry and the suite, and check labels and output paths; ValueError if any is bad."""
+    """Load the plugins, the entry, the suite and its shipped rows, and check labels and output paths; ValueError if
+    any is bad."""
     load_plugins(args.plugins)
     submission = load_submission(args.entry)
     suite = load_suite(args.suite, args.overrides)
-    out = Path(args.out) if args.out else Path("results") / suite.name
+    out = Path(args.out) if args.out else Path("results") / f"submit-{suite.name}"
     report_dir = Path(args.report_dir) if args.report_dir else out
     entry_out = Path(args.entry_out) if args.entry_out else Path(args.entry).with_suffix(".json")
-    problems = [
-        f"field 'name': {submission.name!r} is the label of a defense of suite {suite.name!r}; choose another"
-        for defense in suite.defenses
-        if _label_key(defense.label) == _label_key(submission.name)
-    ]
-    problems += output_problems(entry_out, report_dir)
+    problems = setting_problems(submission, suite) + output_problems(entry_out, report_dir)
     if problems:
         raise SubmissionError(args.entry, problems)
     entry = DefenseConfig(submission.name, submission.defense)
-    evaluated = replace(suite, defenses=(entry,))
     ranked = replace(suite, defenses=(*suite.defenses, entry))
-    return _Plan(submission, evaluated, ranked, out, report_dir, entry_out)
+    shipped = shipped_rows(Path(args.leaderboards) / suite.name / ROWS_FILE, suite)
+    evaluated = replace(suite, defenses=(entry,)) if shipped is not None else ranked
+    return _Plan(submission, suite, ranked, evaluated, shipped, list(args.overrides), out, report_dir, entry_out)
+
+
+def seed_store(store: ResultsStore, shipped: ShippedRows) -> int:
+    """Put the shipped rows into the working store once; the cells added. A store seeded from other shipped rows
+    is refused (its standard rows would not be the shipped ones)."""
+    key = f"shipped:{shipped.name}"
+    seeded = store.get_meta(key)
+    if seeded == shipped.digest:
+        return 0
+    if seeded is not None:
+        raise StoreError(
+            f"results store {store.path} was seeded from other shipped rows of suite {shipped.name!r} (sha256 "
+            f"{seeded[:12]}, now {shipped.digest[:12]} in {shipped.path}); remove {store.path.parent} or give "
+            "another --out"
+        )
+    added = import_rows(store, shipped.records, shipped.suite)
+    store.set_meta(key, shipped.digest)
+    return added
+
+
+def entry_rows(store: ResultsStore, plan: _Plan) -> list[dict[str, Any]]:
+    """The entry's own rows (its cells, utility cost and failed cells), as shipped rows are written."""
+    spec = canonical_json(plan.submission.defense)
+    records = store_records(store, plan.ranked)
+    return [record for record in records if canonical_json(record["defense"]) == spec]
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         plan = _plan(args)
-    except ValueError as error:  # SubmissionError, SuiteError, a plugin that cannot be imported
+    except ValueError as error:  # SubmissionError, SuiteError, RowsError, a plugin that cannot be imported
         print(f"error: {error}", file=sys.stderr)
         return 2
     from .report import build_report, leaderboard_json, write_report
     from .run import evaluate
-    from .store import StoreError, open_store
 
-    submission, suite, ranked, out, report_dir, entry_out = plan
     try:
-        store = open_store(out)
+        store = open_store(plan.out)
     except StoreError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     with store:
-        summary = evaluate(suite, store, progress=not args.no_progress, tensorboard_dir=out / "tensorboard")
+        try:
+            if plan.shipped is not None:
+                added = seed_store(store, plan.shipped)
+                print(
+                    f"{plan.shipped.path}: the shipped rows of the suite's {len(plan.suite.defenses)} settings are in "
+                    f"{store.path} ({added} cells added now); computing only the cells of {plan.submission.name}",
+                    file=sys.stderr,
+                )
+            store.set_meta(f"suite:{plan.suite.name}", canonical_json(plan.suite.to_dict()))  # the tables' order
+        except (StoreError, ValueError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        progress = not args.no_progress
+        summary = evaluate(plan.evaluated, store, progress=progress, tensorboard_dir=plan.out / "tensorboard")
         if summary is None:
             return 2
         for line in summary.lines():
             print(line, file=sys.stderr)
-        write_report(store, report_dir, ranked)
-        report = leaderboard_json(build_report(store, ranked))
+        write_report(store, plan.report_dir, plan.ranked, shipped=plan.suite)
+        report = leaderboard_json(build_report(store, plan.ranked))
+        rows = entry_rows(store, plan)
     try:
-        evaluation = entry_evaluation(report, submission, suite, args.overrides)
-        write_entry(entry_out, submission, suite, evaluation)
+        evaluation = entry_evaluation(report, plan, rows)
+        write_entry(plan.entry_out, plan.submission, evaluation)
     except (RuntimeError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    _print_outcome(submission, evaluation, entry_out, report_dir)
+    _print_outcome(plan.submission, evaluation, plan.entry_out, plan.report_dir)
     return 1 if summary.failed else 0
 
 

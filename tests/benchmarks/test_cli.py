@@ -42,9 +42,9 @@ def folder_bytes(folder: Path) -> dict[str, bytes]:
 
 def test_ggl_bench_help_lists_the_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
     text = help_text(capsys, cli.main)
-    for command in ("run", "submit", "perf", "train-prior"):
+    for command in ("run", "submit", "leaderboard", "perf", "train-prior"):
         assert re.search(rf"\b{command}\b", text), command
-    assert set(cli.COMMANDS) == {"run", "submit", "perf", "train-prior"}
+    assert set(cli.COMMANDS) == {"run", "submit", "leaderboard", "perf", "train-prior"}
 
 
 def test_ggl_bench_passes_the_rest_to_the_command(capsys: pytest.CaptureFixture[str]) -> None:
@@ -152,7 +152,7 @@ def test_dry_run_estimates_from_the_stored_rows(capsys: pytest.CaptureFixture[st
     ("main", "defaults"),
     [
         (run.main, ["(default: 1)", "(default: results/SUITE)", "(default: --out)", "(default: none)"]),
-        (submit.main, ["(default: all", "(default: results/SUITE)", "(default: --out)"]),
+        (submit.main, ["(default: all", "(default: results/submit-SUITE)", "(default: --out)"]),
         (perf.main, ["(default: perf.json)", "(default: 3)", "(default: lenet,convnet,resnet18)"]),
         (train_prior.main, ["(default: 10000)", "(default: 0.0001)", "(default: auto)", "(default: 32)"]),
     ],
