@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import signal
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ from ggl.checks import positive_number
 from ggl.data import make_datamodule
 from ggl.defenses import SimulationCheck, build_defense, check_simulation
 from ggl.fl import VICTIMS, infer_labels, make_victim, shared_update
+from ggl.io import canonical_json
 from ggl.metrics import match_reconstructions, mse_representation, reconstruction_metrics
 from ggl.priors import load_prior
 
@@ -143,6 +145,10 @@ class _Victim:
     labels_hat: torch.Tensor
 
 
+_Reconstructed = tuple[torch.Tensor, torch.Tensor, int, float, dict[str, float], list[float]]
+"""A cell's reconstruction: images, labels, evaluations, seconds, the row's diagnostics, the search's loss trace."""
+
+
 @dataclass
 class _Setting:
     """One defense setting on one victim and seed: the defended update and what the cells derive from it once."""
@@ -155,27 +161,90 @@ class _Setting:
     check: SimulationCheck | None = None  # the simulation check, made by the first attack or control cell
 
 
+HPARAM_METRICS = ("psnr", "ssim", MATCH_LOSS)
+"""The row metrics a cell's row of the TensorBoard hparams table shows, beside its seconds and evaluations."""
+
+
+def flat_hparams(prefix: str, value: Any) -> dict[str, float | str]:
+    """``value`` as TensorBoard hparams: a mapping's entries under ``prefix.key`` (nested ones joined by dots),
+    finite numbers as numbers, everything else (text, booleans, lists, None) as text: the hparams plugin takes
+    only numbers and strings."""
+    if isinstance(value, Mapping):
+        flat: dict[str, float | str] = {}
+        for key, item in value.items():
+            flat.update(flat_hparams(f"{prefix}.{key}", item))
+        return flat
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return {prefix: value}
+    return {prefix: value if isinstance(value, str) else canonical_json(value)}
+
+
 class TensorBoardLog:
-    """Scalars (metrics, seconds, evaluations) and the reconstruction of every computed cell, one run per rank."""
+    """Per computed cell: its final scalars and reconstruction, the search's loss curve and a row of the hparams
+    table; one writer per rank.
+
+    The final scalars take the victim index as their step (one curve per defense and attack across victims); the
+    loss curve (``Reconstruction.trace``, all trials in order) takes the search step. The hparams plugin reads one
+    session per TensorBoard run, so each cell's row (the attack's and the defense's parameters flattened, and its
+    final metrics) is a small run of its own under ``cells/``, written once when the cell is done.
+    """
 
     def __init__(self, folder: Path, multiple_seeds: bool) -> None:
         self.folder = folder
         self.multiple_seeds = multiple_seeds
         self._writer: Any = None
 
-    def add(self, row: CellRow) -> None:
-        """Log one stored row (the writer starts with the first row, so runs that compute nothing write nothing)."""
-        if self._writer is None:
-            from torch.utils.tensorboard import SummaryWriter
+    def add(self, row: CellRow, trace: Sequence[float] = ()) -> None:
+        """Log one stored row and its search's loss after every step (empty for a reference cell); the writer
+        starts with the first row, so runs that compute nothing write nothing."""
+        from torch.utils.tensorboard import SummaryWriter
 
+        if self._writer is None:
             self._writer = SummaryWriter(str(self.folder))
-        tag = f"{row.defense_label}/{row.attack_label}" + (f"/seed{row.seed}" if self.multiple_seeds else "")
+        pair = f"{row.defense_label}/{row.attack_label}"
+        seed = f"/seed{row.seed}" if self.multiple_seeds else ""
+        tag = pair + seed
         for name, value in sorted(row.metrics.items()):
             if math.isfinite(value):
                 self._writer.add_scalar(f"{tag}/{name}", value, global_step=row.victim)
         self._writer.add_scalar(f"{tag}/seconds", row.seconds, global_step=row.victim)
         self._writer.add_scalar(f"{tag}/evaluations", row.evaluations, global_step=row.victim)
         self._writer.add_images(f"{tag}/reconstruction", row.images, global_step=row.victim)
+        curve = f"{pair}/victim{row.victim}{seed}/search_loss"
+        for step, loss in enumerate(trace):
+            if math.isfinite(loss):
+                self._writer.add_scalar(curve, loss, global_step=step)
+        self._add_session(row)
+
+    def session_name(self, row: CellRow) -> str:
+        """The folder of ``row``'s hparams session under ``cells/``: victim, defense, attack (and seed)."""
+        seed = f" seed{row.seed}" if self.multiple_seeds else ""
+        text = f"victim{row.victim} {row.defense_label} {row.attack_label}{seed}"
+        return re.sub(r"[^\w.=+,()-]+", "_", text).strip("_")
+
+    def _add_session(self, row: CellRow) -> None:
+        """``row``'s session of the hparams table: its parameters, and its final metrics as the session's scalars."""
+        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard.summary import hparams
+
+        params: dict[str, float | str] = {
+            "kind": row.kind,
+            "victim": row.victim,
+            "seed": row.seed,
+            "defense": row.defense_label,
+            "attack": row.attack_label,
+            **(flat_hparams("defense", row.defense) if row.defense is not None else {}),
+            **flat_hparams("attack", row.attack),
+        }
+        metrics = {name: row.metrics[name] for name in HPARAM_METRICS if name in row.metrics}
+        metrics.update(seconds=row.seconds, evaluations=float(row.evaluations))
+        metrics = {name: value for name, value in metrics.items() if math.isfinite(value)}
+        _, start, end = hparams(params, metrics)  # no experiment summary: the plugin unites the sessions' hparams
+        with SummaryWriter(str(self.folder / "cells" / self.session_name(row))) as session:
+            session.file_writer.add_summary(start)
+            session.file_writer.add_summary(end)
+            for name, value in metrics.items():
+                session.add_scalar(name, value)
 
     def close(self) -> None:
         if self._writer is not None:
@@ -189,7 +258,8 @@ class Harness:
     Args:
         suite: the validated suite. store: the results store (may be set later, after ``preflight``).
         rank, world_size: this process's share of the cells. device: "cpu", "cuda" or None (CUDA when available).
-        progress: show a progress bar over this rank's cells. tensorboard_dir: scalars and images per cell.
+        progress: show a progress bar over this rank's cells. tensorboard_dir: per cell its scalars, image, search
+            loss curve and hparams row (``TensorBoardLog``).
         log: where one-line messages go. references_only: compute only the prior-only reference rows (no attack
             cells, no utility costs). cell_seconds: per-cell time limit (None: none); a cell past it is recorded
             as failed with its reason.
@@ -402,8 +472,7 @@ class Harness:
         summary = RunSummary()
         self.store.claim_context(self.suite.name, self.suite.context())
         if self.suite.utility.enabled and not self.references_only:
-            for defense in shard(self.suite.defenses, self.rank, self.world_size):
-                self._utility(defense, summary)
+            self._utility_phase(summary)
         cells = self.cells()
         summary.total = len(cells)
         finished = self.store.finished_keys(self.suite.name) | (also_finished or set())
@@ -463,7 +532,7 @@ class Harness:
         try:
             self.victim(cell.victim)  # the ground truth is stored outside the time limit
             with cell_time_limit(self.cell_seconds):
-                row = self.compute(cell)
+                row, trace = self.compute(cell)
         except Exception as error:  # one failed cell must not stop the others
             reason = f"{type(error).__name__}: {error}"
             summary.failed.append((cell.describe(), reason))
@@ -473,7 +542,7 @@ class Harness:
         self.store.put_cell(row)
         summary.computed += 1
         if self.tensorboard is not None:
-            self.tensorboard.add(row)
+            self.tensorboard.add(row, trace)
 
     def _identity(self, cell: Cell) -> dict[str, Any]:
         """The fields that name ``cell`` in the store (``CellIdentity``): key, kind, labels, provenance."""
@@ -511,22 +580,40 @@ class Harness:
             mininterval=0.1 if sys.stderr.isatty() else LOG_PROGRESS_SECONDS,
         )
 
-    def _utility(self, defense: DefenseConfig, summary: RunSummary) -> None:
+    def _utility_phase(self, summary: RunSummary) -> None:
+        """Compute the utility costs of this rank's defense settings missing from the store, then log that the phase
+        is done and how long it took (``benchmarks.run`` announces it before; no progress bar runs meanwhile)."""
+        start, failed_before = time.perf_counter(), len(summary.failed)
+        defenses = shard(self.suite.defenses, self.rank, self.world_size)
+        computed = sum(self._utility(defense, summary) for defense in defenses)
+        if not computed:
+            return
+        failed = len(summary.failed) - failed_before
+        rank = f"[rank {self.rank}/{self.world_size}] " if self.world_size > 1 else ""
+        self.log(
+            f"{rank}utility cost: done, {computed} defense settings in {time.perf_counter() - start:.1f} s"
+            + (f" ({failed} failed)" if failed else "")
+        )
+
+    def _utility(self, defense: DefenseConfig, summary: RunSummary) -> bool:
+        """Compute and store the utility cost of ``defense`` unless the store has it; whether it was computed (a
+        failure is listed in ``summary`` and counts as computed)."""
         options = {"seed": self.suite.utility.seed, **dict(self.suite.utility.options)}
         assert self.store is not None
         if self.store.utility(defense.spec, options) is not None:
-            return
+            return False
         start = time.perf_counter()
         try:
             metrics = utility_cost(dict(defense.spec), **options)
         except Exception as error:
             summary.failed.append((f"utility cost of {defense.label}", f"{type(error).__name__}: {error}"))
             self.log(f"utility cost failed for {defense.label}\n{traceback.format_exc(limit=4)}")
-            return
+            return True
         clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
         self.store.put_utility(
             defense.spec, options, clean, self.config_hash, self.code_version, time.perf_counter() - start
         )
+        return True
 
     # -------------------------------------------------------------------------------------------------- cells
     def _attack_params(self, attack: AttackConfig, seed: int) -> dict[str, Any]:
@@ -603,9 +690,9 @@ class Harness:
             )
         return setting.check
 
-    def _attack(self, cell: Cell, victim: _Victim) -> tuple[torch.Tensor, torch.Tensor, int, float, dict[str, float]]:
+    def _attack(self, cell: Cell, victim: _Victim) -> _Reconstructed:
         """Reconstruct from the defended update (a control cell: from the control update): images, labels,
-        evaluations, seconds as the attack reports them, and the row's diagnostics."""
+        evaluations, seconds as the attack reports them, the row's diagnostics and the search's loss trace."""
         setting = self._setting(cell, victim)
         received = self._control(cell, setting) if cell.control else setting.defended
         attack = make_attack(**self._attack_params(cell.attack, cell.seed))
@@ -626,7 +713,8 @@ class Harness:
         }
         if "still_improving" in reconstruction.extras:
             diagnostics[STILL_IMPROVING] = float(bool(reconstruction.extras["still_improving"]))
-        return images, labels_hat, int(reconstruction.evaluations), float(reconstruction.seconds), diagnostics
+        evaluations, seconds = int(reconstruction.evaluations), float(reconstruction.seconds)
+        return images, labels_hat, evaluations, seconds, diagnostics, [float(loss) for loss in reconstruction.trace]
 
     def _match_loss(self, images: torch.Tensor, labels: torch.Tensor, received: Any) -> float:
         """The common distance of the attacker's pick: 1 - cosine similarity between the plain gradient of
@@ -638,9 +726,7 @@ class Harness:
         with torch.no_grad():
             return float(gradient_distance(trial, [g.to(self.device) for g in received.gradients], "cosine")[0])
 
-    def _reference(
-        self, cell: Cell, victim: _Victim
-    ) -> tuple[torch.Tensor, torch.Tensor, int, float, dict[str, float]]:
+    def _reference(self, cell: Cell, victim: _Victim) -> _Reconstructed:
         """A prior-only pseudo-attack: the inferred label and the prior, never the gradient otherwise. Per defense
         setting the label is the one inferred from the defended update, as the attacks infer it."""
         start = time.perf_counter()
@@ -656,7 +742,7 @@ class Harness:
             generator=generator,
             device=self.device,
         )
-        return images, labels, evaluations, time.perf_counter() - start, {}
+        return images, labels, evaluations, time.perf_counter() - start, {}, []
 
     def _mse_r(self, images: torch.Tensor, victim: _Victim) -> float:
         """MSE-R of the reconstruction, its images matched to the victim's as the image metrics match them."""
@@ -664,11 +750,12 @@ class Harness:
         inputs = self.datamodule().normalization.normalize(matched).to(self.device)
         return float(mse_representation(self.model(), inputs, victim.inputs).mean())
 
-    def compute(self, cell: Cell) -> CellRow:
-        """Run one cell and return its row (not yet stored)."""
+    def compute(self, cell: Cell) -> tuple[CellRow, list[float]]:
+        """Run one cell: its row (not yet stored) and, beside it, the search's loss after every step (empty for a
+        reference cell), which the store does not keep and TensorBoard shows."""
         victim = self.victim(cell.victim)
         reconstruct = self._reference if cell.attack.is_reference else self._attack
-        images, labels_hat, evaluations, seconds, diagnostics = reconstruct(cell, victim)
+        images, labels_hat, evaluations, seconds, diagnostics, trace = reconstruct(cell, victim)
         if tuple(images.shape) != tuple(victim.images.shape):
             raise RuntimeError(f"reconstruction has shape {tuple(images.shape)}, expected {tuple(victim.images.shape)}")
         metrics = {
@@ -676,7 +763,7 @@ class Harness:
             MSE_R: self._mse_r(images, victim),
             **diagnostics,
         }
-        return CellRow(
+        row = CellRow(
             **self._identity(cell),
             seconds=seconds,
             evaluations=evaluations,
@@ -684,3 +771,4 @@ class Harness:
             labels=labels_hat.tolist(),
             images=images.numpy().astype(np.float32),
         )
+        return row, trace
