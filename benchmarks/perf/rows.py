@@ -300,66 +300,83 @@ def restarts_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], header: str) -> str:
-    """The rows as Markdown: throughput table, then the end-to-end table."""
+    """The rows as Markdown: throughput, adaptive, restarts and end-to-end tables, each where it has rows."""
     lines = [header, ""]
-    throughput = [row for row in rows if row["measurement"] == "throughput"]
-    if throughput:
-        lines += [
-            "| victim | size | P | engine | cand/s | serial cand/s | speedup | FLOP-limit cand/s | limit share "
-            "| matmul-peak share | peak MiB | max rel. loss diff |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for row in throughput:
-            lines.append(
-                f"| {row['victim']} | {row['channels']}x{row['image_size']} | {row['population']} | {row['engine']} "
-                f"| {row['candidates_per_s']:.1f} | {row['serial_candidates_per_s']:.1f} | {row['speedup']:.2f} "
-                f"| {row['limit_candidates_per_s']:.1f} | {row['limit_share']:.0%} | {row['peak_share']:.1%} "
-                f"| {row['peak_memory_mib']:.0f} | {row['loss_max_relative_difference']:.1e} |"
-            )
-    adaptive = [row for row in rows if row["measurement"] == "adaptive"]
-    if adaptive:
-        lines += [
-            "",
-            "| adaptive (defense simulated) | P | defense | engine | cand/s | serial cand/s | speedup | peak MiB "
-            "| max rel. loss diff |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
-        for row in adaptive:
-            defense = ", ".join(f"{k}={v}" for k, v in row["defense"].items() if k != "name")
-            lines.append(
-                f"| {row['victim']} {row['channels']}x{row['image_size']} | {row['population']} "
-                f"| {row['defense']['name']}({defense}) | {row['engine']} | {row['candidates_per_s']:.1f} "
-                f"| {row['serial_candidates_per_s']:.1f} | {row['speedup']:.2f} | {row['peak_memory_mib']:.0f} "
-                f"| {row['loss_max_relative_difference']:.1e} |"
-            )
-    restarts = [row for row in rows if row["measurement"] == "restarts"]
-    if restarts:
-        lines += [
-            "",
-            "| restarts as one population | R | steps | sequential s | batched s | speedup "
-            "| max rel. final-loss diff |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for row in restarts:
-            lines.append(
-                f"| {row['attack']} on {row['victim']} {row['channels']}x{row['image_size']} | {row['restarts']} "
-                f"| {row['iterations']} | {row['serial_seconds']:.2f} | {row['seconds']:.2f} | {row['speedup']:.2f} "
-                f"| {row['loss_max_relative_difference']:.1e} |"
-            )
-    e2e = [row for row in rows if row["measurement"] == "end_to_end"]
-    if e2e:
-        lines += [
-            "",
-            "| end-to-end GGL-CMA | P | budget | engine | seconds | serial seconds | speedup | best loss |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for row in e2e:
-            lines.append(
-                f"| {row['victim']} {row['channels']}x{row['image_size']} | {row['population']} | {row['budget']} "
-                f"| {row['engine']} | {row['seconds']:.2f} | {row['serial_seconds']:.2f} | {row['speedup']:.2f} "
-                f"| {row['best_loss']:.4g} |"
-            )
-    return "\n".join(lines) + "\n"
+    for measurement, table in TABLES.items():
+        selected = [row for row in rows if row["measurement"] == measurement]
+        if selected:
+            lines += [*table(selected), ""]
+    return "\n".join(lines[:-1]) + "\n"
+
+
+def _throughput_table(rows: Sequence[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| victim | size | P | engine | cand/s | serial cand/s | speedup | FLOP-limit cand/s | limit share "
+        "| matmul-peak share | peak MiB | max rel. loss diff |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['victim']} | {row['channels']}x{row['image_size']} | {row['population']} | {row['engine']} "
+            f"| {row['candidates_per_s']:.1f} | {row['serial_candidates_per_s']:.1f} | {row['speedup']:.2f} "
+            f"| {row['limit_candidates_per_s']:.1f} | {row['limit_share']:.0%} | {row['peak_share']:.1%} "
+            f"| {row['peak_memory_mib']:.0f} | {row['loss_max_relative_difference']:.1e} |"
+        )
+    return lines
+
+
+def _adaptive_table(rows: Sequence[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| adaptive (defense simulated) | P | defense | engine | cand/s | serial cand/s | speedup | peak MiB "
+        "| max rel. loss diff |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        defense = ", ".join(f"{k}={v}" for k, v in row["defense"].items() if k != "name")
+        lines.append(
+            f"| {row['victim']} {row['channels']}x{row['image_size']} | {row['population']} "
+            f"| {row['defense']['name']}({defense}) | {row['engine']} | {row['candidates_per_s']:.1f} "
+            f"| {row['serial_candidates_per_s']:.1f} | {row['speedup']:.2f} | {row['peak_memory_mib']:.0f} "
+            f"| {row['loss_max_relative_difference']:.1e} |"
+        )
+    return lines
+
+
+def _restarts_table(rows: Sequence[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| restarts as one population | R | steps | sequential s | batched s | speedup | max rel. final-loss diff |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['attack']} on {row['victim']} {row['channels']}x{row['image_size']} | {row['restarts']} "
+            f"| {row['iterations']} | {row['serial_seconds']:.2f} | {row['seconds']:.2f} | {row['speedup']:.2f} "
+            f"| {row['loss_max_relative_difference']:.1e} |"
+        )
+    return lines
+
+
+def _end_to_end_table(rows: Sequence[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| end-to-end GGL-CMA | P | budget | engine | seconds | serial seconds | speedup | best loss |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['victim']} {row['channels']}x{row['image_size']} | {row['population']} | {row['budget']} "
+            f"| {row['engine']} | {row['seconds']:.2f} | {row['serial_seconds']:.2f} | {row['speedup']:.2f} "
+            f"| {row['best_loss']:.4g} |"
+        )
+    return lines
+
+
+TABLES = {
+    "throughput": _throughput_table,
+    "adaptive": _adaptive_table,
+    "restarts": _restarts_table,
+    "end_to_end": _end_to_end_table,
+}
+"""The Markdown table of each kind of row, in the order they are printed."""
 
 
 def machine_description(device: torch.device) -> str:

@@ -478,6 +478,24 @@ def _clipped_statistics(
     return norms * scale * scale, dots * scale
 
 
+def _checked_target(model: nn.Module, target_gradients: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The received update as tensors, checked against ``model`` (an ``eval()`` module, one tensor a parameter)."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if model.training:
+        raise ValueError("model must be in eval() mode: candidates in one batch must not share batch statistics")
+    parameters = list(model.parameters())
+    target = [torch.as_tensor(g) for g in target_gradients]
+    if len(target) != len(parameters):
+        raise ValueError(f"target_gradients has {len(target)} tensors but the model has {len(parameters)} parameters")
+    for index, (g, p) in enumerate(zip(target, parameters)):
+        if tuple(g.shape) != tuple(p.shape):
+            raise ValueError(
+                f"target_gradients[{index}] has shape {tuple(g.shape)}, the parameter has {tuple(p.shape)}"
+            )
+    return target
+
+
 class PopulationObjective:
     """Gradient distance of a population of candidate batches to a shared update, evaluated in one batched pass.
 
@@ -519,21 +537,7 @@ class PopulationObjective:
         chunk_size: int | None = None,
         linear_simulation: LinearSimulation | None = None,
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if model.training:
-            raise ValueError("model must be in eval() mode: candidates in one batch must not share batch statistics")
-        parameters = list(model.parameters())
-        target = [torch.as_tensor(g) for g in target_gradients]
-        if len(target) != len(parameters):
-            raise ValueError(
-                f"target_gradients has {len(target)} tensors but the model has {len(parameters)} parameters"
-            )
-        for index, (g, p) in enumerate(zip(target, parameters)):
-            if tuple(g.shape) != tuple(p.shape):
-                raise ValueError(
-                    f"target_gradients[{index}] has shape {tuple(g.shape)}, the parameter has {tuple(p.shape)}"
-                )
+        target = _checked_target(model, target_gradients)
         labels = torch.as_tensor(labels)
         if labels.ndim != 1 or labels.numel() == 0 or labels.dtype not in (torch.int64, torch.int32):
             raise ValueError(
