@@ -514,7 +514,7 @@ def screenshot(page: Path, png: Path, width: int = 1280, height: int = 900) -> P
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m benchmarks.site``."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.site", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=f"python -m {__package__}", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     parser.add_argument(
         "--leaderboards",
