@@ -18,6 +18,7 @@ description and known labels when given. ``AttackTarget`` has no field for the p
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import logging
 import math
@@ -34,6 +35,7 @@ import torch.nn.functional as F
 from pytorch_lightning.utilities.parsing import AttributeDict
 from torch import nn
 
+from ggl.attacks.batched import PopulationObjective
 from ggl.attacks.objective import DISTANCES, gradient_distance
 from ggl.checks import boolean, non_negative_int, one_of, positive_int
 from ggl.fl.client import SharedUpdate, non_finite_kinds
@@ -348,8 +350,9 @@ class GradientInversionAttack(pl.LightningModule):
     def prepare(self, target: AttackTarget) -> None:
         """Once per reconstruction, on the attack's device, before the first step. Default: nothing."""
 
-    def search_step(self, step: int) -> float:
-        """One optimisation step of the current trial; returns the loss after (or during) the step."""
+    def search_step(self, step: int) -> float | torch.Tensor:
+        """One optimisation step of the current trial; returns the loss after (or during) the step (the R losses
+        (R,) with ``parallel_trials`` R > 1)."""
         raise NotImplementedError
 
     def trial_result(self) -> tuple[torch.Tensor, torch.Tensor, float]:
@@ -457,6 +460,26 @@ class GradientInversionAttack(pl.LightningModule):
         trial = self.trial_gradients(inputs, labels)
         return gradient_distance(trial, self.target_gradients, self.hparams.metric)[0]
 
+    def population_objective(self, labels: torch.Tensor, engine: str) -> PopulationObjective:
+        """A batched objective against the received update with the attack's metric; when adaptive, the defense's
+        ``simulate`` and, where it has one, its ``linear_simulation`` (so the ``inner`` engine can run it)."""
+        simulate, linear = None, None
+        defense = self.target.defense
+        if self.hparams.adaptive and defense is not None:
+            received = self.received_update()
+            simulate = functools.partial(defense.simulate, received=received)
+            describe = getattr(defense, "linear_simulation", None)
+            linear = describe(received) if describe is not None else None
+        return PopulationObjective(
+            self.victim,
+            self.target_gradients,
+            labels,
+            metric=self.hparams.metric,
+            simulate=simulate,
+            engine=engine,
+            linear_simulation=linear,
+        )
+
     def received_update(self) -> SharedUpdate:
         """The received update with its gradients on the attack's device (what a defense simulation compares to)."""
         update = self.target.update
@@ -535,7 +558,7 @@ class GradientInversionAttack(pl.LightningModule):
             run.trial_starts = [r * len(run.chain_traces[0]) for r in range(len(run.chain_traces))]
         run.stopped = self.trainer.should_stop
         last = run.parallel > 1 or run.trial == self.hparams.restarts - 1
-        if self.logger is not None and (run.stopped or last):
+        if self.logger is not None and run.best is not None and (run.stopped or last):
             self._log_images(run.best.images, len(run.trace))  # before Lightning finalises the logger
 
     # ------------------------------------------------------------------------------------------------ private

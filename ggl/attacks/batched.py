@@ -471,7 +471,8 @@ def _clipped_statistics(
     columns = [norms.new_ones(norms.shape[0])] * norms.shape[1]
     for group in linear.clipped:
         group_norm = norms[:, list(group)].sum(1).clamp_min(0).sqrt()
-        factor = torch.clamp(linear.bound / group_norm.clamp_min(torch.finfo(group_norm.dtype).tiny), max=1.0)  # type: ignore[operator]
+        bound = float(linear.bound or 0.0)  # a group implies a positive bound (LinearSimulation checks)
+        factor = torch.clamp(bound / group_norm.clamp_min(torch.finfo(group_norm.dtype).tiny), max=1.0)
         for i in group:
             columns[i] = factor
     scale = torch.stack(columns, dim=1)

@@ -13,7 +13,6 @@ and a whole population is scored in one batched pass (``PopulationObjective``).
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,21 +132,7 @@ class GGL(GradientInversionAttack):
                 f"prior {self.hparams.prior!r} has {generator.num_classes} classes but label "
                 f"{int(labels.max())} was inferred/given"
             )
-        simulate, linear = None, None
-        if self.hparams.adaptive and target.defense is not None:
-            received = self.received_update()
-            simulate = functools.partial(target.defense.simulate, received=received)
-            describe = getattr(target.defense, "linear_simulation", None)
-            linear = describe(received) if describe is not None else None
-        objective = PopulationObjective(
-            self.victim,
-            self.target_gradients,
-            labels,
-            metric=self.hparams.metric,
-            simulate=simulate,
-            engine=self.hparams.engine,
-            linear_simulation=linear,
-        )
+        objective = self.population_objective(labels, self.hparams.engine)
         self._state = _SearchState(labels, generator, objective)
 
     def latents_to_inputs(self, latents: torch.Tensor) -> torch.Tensor:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import torch
 
 from ggl.attacks.base import AttackTarget, GradientInversionAttack, register_attack
-from ggl.attacks.batched import ENGINES, PopulationObjective
+from ggl.attacks.batched import ENGINES
 from ggl.attacks.objective import total_variation
 from ggl.checks import boolean, non_negative_number, one_of, positive_number
 
@@ -81,21 +80,7 @@ class InvertingGradients(GradientInversionAttack):
         self.box = self.pixel_box()
         self.population = None
         if self.parallel_trials() > 1:
-            simulate, linear = None, None
-            if self.hparams.adaptive and target.defense is not None:
-                received = self.received_update()
-                simulate = functools.partial(target.defense.simulate, received=received)
-                describe = getattr(target.defense, "linear_simulation", None)
-                linear = describe(received) if describe is not None else None
-            self.population = PopulationObjective(
-                self.victim,
-                self.target_gradients,
-                self.labels,
-                metric=self.hparams.metric,
-                simulate=simulate,
-                linear_simulation=linear,
-                engine=self.hparams.engine,
-            )
+            self.population = self.population_objective(self.labels, self.hparams.engine)
 
     def loss(self, inputs: torch.Tensor) -> torch.Tensor:
         """The objective of ``inputs`` (B, C, H, W): gradient distance plus weighted total variation; of stacked
@@ -112,7 +97,7 @@ class InvertingGradients(GradientInversionAttack):
             loss = loss + self.hparams.tv_weight * total_variation(images).reshape(inputs.shape[:2]).mean(1)
         return loss
 
-    def search_step(self, step: int) -> float:
+    def search_step(self, step: int) -> float | torch.Tensor:
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         loss = self.loss(self.inputs)
         (gradient,) = torch.autograd.grad(loss.sum(), [self.inputs])

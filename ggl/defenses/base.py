@@ -62,7 +62,7 @@ class LinearSimulation:
         masked = [t * self.masks[i].to(t).unsqueeze(0) if i in self.masks else t for i, t in enumerate(trial_gradients)]
         for group in self.clipped:
             norm = torch.stack([masked[i].flatten(1).pow(2).sum(1) for i in group]).sum(0).sqrt()
-            factor = torch.clamp(self.bound / norm.clamp_min(torch.finfo(norm.dtype).tiny), max=1.0)  # type: ignore[operator]
+            factor = torch.clamp(float(self.bound or 0.0) / norm.clamp_min(torch.finfo(norm.dtype).tiny), max=1.0)
             for i in group:
                 masked[i] = masked[i] * factor.view(-1, *([1] * (masked[i].ndim - 1)))
         return masked
