@@ -180,8 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     atomic_write(out, json.dumps(rows, indent=1) + "\n")
     header = (
-        f"Measured {stamp} on {machine_description(args.torch_device)}, torch {torch.__version__}, "
-        f"{precision(args)}."
+        f"Measured {stamp} on {machine_description(args.torch_device)}, torch {torch.__version__}, {precision(args)}."
     )
     atomic_write(out.with_suffix(".md"), markdown_table(rows, header))
     print(f"wrote {out} and {out.with_suffix('.md')}", file=sys.stderr)
