@@ -17,6 +17,7 @@ from benchmarks import leaderboard
 from benchmarks.cells import expand_cells
 from benchmarks.config import DefenseConfig, load_suite
 from benchmarks.shipped import ROWS_FILE, evaluation_key
+from benchmarks.site.build import build_site
 from benchmarks.store import open_store
 from benchmarks.submit import SubmissionError, load_submission, main
 from ggl.defenses import loader
@@ -300,6 +301,9 @@ def test_a_submission_computes_only_its_cells_and_writes_only_its_two_files(
     assert heavy["spec"] == HEAVY_SPEC and heavy["rank"] == evaluation["rank"]
     assert heavy["worst_case"]["psnr_above_baseline"] == evaluation["worst_case"]["psnr_above_baseline"]
     assert "| Heavy noise |" in (published / "leaderboard.md").read_text()
+    site = build_site(board / "leaderboards", board / "site")
+    pages = "".join(page.read_text() for page in site.rglob("*.html"))
+    assert "Heavy noise" in pages and file_hashes(submissions) == after  # the site reads, never writes, the entries
 
 
 def test_shipped_rows_of_another_configuration_compute_the_whole_suite(
