@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, default=1, help="images per candidate (the client's batch B)")
     parser.add_argument("--population", default="8,32,64", help="comma list of population sizes P")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
-    parser.add_argument("--repeats", type=int, default=3, help="timed calls after one warm-up (median reported)")
+    parser.add_argument("--repeats", type=int, default=2, help="timed calls after one warm-up (median reported)")
     parser.add_argument("--max-seconds", type=float, default=10.0, help="stop repeating a timing past this")
     parser.add_argument("--engines", default="vmap,hooks,inner", help="batched engines to time (serial always runs)")
     parser.add_argument(
@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--restarts-iterations", type=int, default=100, help="steps of each timed restart")
     parser.add_argument("--e2e-victim", default="resnet18", help="victim of the end-to-end GGL-CMA run")
+    parser.add_argument(
+        "--e2e-engines", default="inner", help="batched engines of the end-to-end run (serial always runs)"
+    )
     parser.add_argument("--e2e-population", type=int, default=32, help="CMA population of the end-to-end run")
     parser.add_argument("--e2e-budget", type=int, default=256, help="evaluations of the end-to-end run (0: skip)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the timed inputs")
@@ -122,6 +125,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.victims = _name_list("--victim", args.victim, VICTIM_NAMES)
     args.populations = _int_list("--population", args.population)
     args.engine_names = _name_list("--engines", args.engines, ENGINE_NAMES)
+    args.e2e_engine_names = _name_list("--e2e-engines", args.e2e_engines, ENGINE_NAMES)
     if not 8 <= args.image_size <= 512 or args.image_size & (args.image_size - 1):
         raise BadInput(f"--image-size must be a power of two from 8 to 512, got {args.image_size}")
     for option, (low, high) in INT_BOUNDS.items():

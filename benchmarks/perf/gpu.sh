@@ -7,7 +7,7 @@ cd "$(dirname "$0")/../.."
 python="${PYTHON:-.venv/bin/python}"
 common=(--device cuda --victim lenet,convnet,resnet18 --population 8,32,64,256 --repeats 5 --max-seconds 5
         --serial-candidates 32 --adaptive-population 64 --defenses clipping,soteria,sparsification,sign
-        --e2e-population 256 --e2e-budget 25000)
+        --e2e-population 256 --e2e-budget 25000 --e2e-engines inner)
 "$python" -m benchmarks.perf "${common[@]}" --out benchmarks/perf/results-gpu-fp32.json
 "$python" -m benchmarks.perf "${common[@]}" --tf32 --e2e-budget 0 --restarts 1 --out benchmarks/perf/results-gpu-tf32.json
 "$python" -m benchmarks.perf "${common[@]}" --autocast bf16 --e2e-budget 0 --restarts 1 \

@@ -224,7 +224,7 @@ def end_to_end_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
         setting, args.e2e_population, args.e2e_budget, "serial", args.seed
     )
     rows = []
-    for engine in ["serial", *args.engine_names]:
+    for engine in ["serial", *args.e2e_engine_names]:
         if engine == "serial":
             seconds, best, evaluations = serial_seconds, serial_best, args.e2e_budget
         else:

@@ -26,7 +26,9 @@ def test_perf_cli_tiny_run(tmp_path):
     argv = [
         "--victim", "lenet", "--image-size", "8", "--channels", "1", "--population", "3", "--repeats", "1",
         "--engines", "vmap,hooks,inner,auto", "--e2e-victim", "lenet", "--e2e-budget", "6", "--e2e-population", "3",
-        "--threads", "1", "--out", str(out),
+        "--e2e-engines", "vmap,hooks,inner,auto", "--adaptive-victim", "lenet", "--adaptive-population", "3",
+        "--defenses", "clipping,sign", "--restarts", "2", "--restarts-iterations", "2", "--threads", "1",
+        "--out", str(out),
     ]  # fmt: skip
     assert main(argv) == 0
     rows = json.loads(out.read_text())
@@ -42,6 +44,22 @@ def test_perf_cli_tiny_run(tmp_path):
     end_to_end = [row for row in rows if row["measurement"] == "end_to_end"]
     assert [row["budget"] for row in end_to_end] == [6] * 5
     assert all(row["seconds"] > 0 for row in end_to_end)
+    adaptive = [(row["defense"]["name"], row["engine"]) for row in rows if row["measurement"] == "adaptive"]
+    assert adaptive == [
+        (d, e)
+        for d, e in [
+            ("clipping", "serial"),
+            ("clipping", "hooks"),
+            ("clipping", "inner"),
+            ("sign", "serial"),
+            ("sign", "hooks"),
+        ]
+    ]  # sign: no linear form, no inner
+    adaptive_rows = [row for row in rows if row["measurement"] == "adaptive"]
+    assert all(row["loss_max_relative_difference"] < 1e-4 for row in adaptive_rows)
+    (restarts,) = [row for row in rows if row["measurement"] == "restarts"]
+    assert restarts["restarts"] == 2 and restarts["loss_max_relative_difference"] < 1e-4
+    assert all(0 < row["peak_share"] for row in throughput)
     table = out.with_suffix(".md").read_text()
     assert "| lenet | 1x8 | 3 | hooks |" in table and "end-to-end GGL-CMA" in table
 
