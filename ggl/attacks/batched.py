@@ -37,7 +37,7 @@ from torch.nn.grad import conv2d_weight
 
 from ggl.attacks.objective import DISTANCES, gradient_distance
 from ggl.checks import one_of, positive_int
-from ggl.defenses.base import LinearSimulation
+from ggl.defenses.base import LinearSimulation, clip_factors
 from ggl.registry import Registry
 
 Simulation = Callable[[list[torch.Tensor]], list[torch.Tensor]]
@@ -471,8 +471,7 @@ def _clipped_statistics(
     columns = [norms.new_ones(norms.shape[0])] * norms.shape[1]
     for group in linear.clipped:
         group_norm = norms[:, list(group)].sum(1).clamp_min(0).sqrt()
-        bound = float(linear.bound or 0.0)  # a group implies a positive bound (LinearSimulation checks)
-        factor = torch.clamp(bound / group_norm.clamp_min(torch.finfo(group_norm.dtype).tiny), max=1.0)
+        (factor,) = clip_factors([group_norm], float(linear.bound or 0.0))  # a group has a bound (checked)
         for i in group:
             columns[i] = factor
     scale = torch.stack(columns, dim=1)

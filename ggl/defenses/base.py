@@ -38,6 +38,11 @@ SCALE_REASON = "a larger scale buries any gradient and overflows float32 to inf"
 """Why ``MAX_SCALE`` bounds a scale, as the error message of a scale above it says."""
 
 
+def clip_factors(norms: Sequence[torch.Tensor], bound: float) -> list[torch.Tensor]:
+    """``min(1, bound / norm)`` for each norm; a zero norm gives 1 (nothing to clip)."""
+    return [torch.clamp(bound / norm.clamp_min(torch.finfo(norm.dtype).tiny), max=1.0) for norm in norms]
+
+
 @dataclass(frozen=True)
 class LinearSimulation:
     """A simulation made only of fixed masks and norm clipping, so that a population engine can evaluate it from
@@ -62,7 +67,7 @@ class LinearSimulation:
         masked = [t * self.masks[i].to(t).unsqueeze(0) if i in self.masks else t for i, t in enumerate(trial_gradients)]
         for group in self.clipped:
             norm = torch.stack([masked[i].flatten(1).pow(2).sum(1) for i in group]).sum(0).sqrt()
-            factor = torch.clamp(float(self.bound or 0.0) / norm.clamp_min(torch.finfo(norm.dtype).tiny), max=1.0)
+            (factor,) = clip_factors([norm], float(self.bound or 0.0))
             for i in group:
                 masked[i] = masked[i] * factor.view(-1, *([1] * (masked[i].ndim - 1)))
         return masked

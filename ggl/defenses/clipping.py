@@ -26,6 +26,7 @@ from ggl.defenses.base import (
     as_choice,
     as_float,
     check_trials,
+    clip_factors,
     group_norms,
     register_defense,
 )
@@ -34,11 +35,6 @@ from ggl.fl.client import SharedUpdate
 CLIPPING_MODES = ("global", "per_layer")
 NORM_TOLERANCE = 1e-4
 """Relative tolerance under which a received norm counts as "below the bound" (unclipped)."""
-
-
-def clip_factors(norms: Sequence[torch.Tensor], bound: float) -> list[torch.Tensor]:
-    """``min(1, bound / norm)`` for each norm; a zero norm gives 1 (nothing to clip)."""
-    return [torch.clamp(bound / norm.clamp_min(torch.finfo(norm.dtype).tiny), max=1.0) for norm in norms]
 
 
 @register_defense

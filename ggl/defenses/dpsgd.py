@@ -31,11 +31,11 @@ from ggl.defenses.base import (
     LinearSimulation,
     as_float,
     check_trials,
+    clip_factors,
     group_norms,
     register_defense,
     sample_like,
 )
-from ggl.defenses.clipping import clip_factors
 from ggl.fl.client import SharedUpdate
 
 
