@@ -41,6 +41,7 @@ from ggl.checks import boolean, non_negative_int, one_of, positive_int
 from ggl.fl.client import SharedUpdate, non_finite_kinds
 from ggl.fl.labels import infer_labels
 from ggl.fl.normalization import Normalization
+from ggl.fl.protocol import UpdateProtocol
 from ggl.registry import Registry
 
 
@@ -66,6 +67,9 @@ class AttackTarget:
         image_shape: (C, H, W) of one input image.
         normalization: the model's input normalisation (identity when None is given).
         labels: known labels (B,) as a LongTensor, or None to infer them from the update.
+        protocol: the round's update rule (``ggl.fl.protocol.UpdateProtocol``), which the server sets; None reads
+            it from ``update.metadata`` (FedSGD when the update records none). Attacks simulate it on their
+            candidates: FedAvg's local steps are unrolled.
 
     There is deliberately no field for the private images. Fields after ``update`` are keyword-only.
     """
@@ -77,6 +81,7 @@ class AttackTarget:
     image_shape: tuple[int, int, int]
     normalization: Normalization = None  # type: ignore[assignment]
     labels: torch.Tensor | None = None
+    protocol: UpdateProtocol = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, nn.Module):
@@ -93,6 +98,10 @@ class AttackTarget:
             raise ValueError(
                 f"AttackTarget.normalization has {len(self.normalization.mean)} channels but image_shape has {shape[0]}"
             )
+        if self.protocol is None:
+            object.__setattr__(self, "protocol", UpdateProtocol.from_metadata(self.update.metadata))
+        elif not isinstance(self.protocol, UpdateProtocol):
+            raise ValueError(f"AttackTarget.protocol must be an UpdateProtocol or None, got {self.protocol!r}")
         self._check_gradients()
         if self.labels is not None:
             labels = torch.as_tensor(self.labels)
@@ -434,13 +443,18 @@ class GradientInversionAttack(pl.LightningModule):
         return self.target.normalization.denormalize(inputs.detach()).clamp(0, 1)
 
     def trial_gradients(self, inputs: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
-        """Gradients (1, *param_shape) of the mean cross-entropy of ``inputs`` (B, C, H, W) at the victim's weights.
+        """Gradients (1, *param_shape) of the mean cross-entropy of ``inputs`` (B, C, H, W) at the victim's weights;
+        under FedAvg the update the target's protocol makes from ``inputs`` (its local steps unrolled).
 
         ``labels`` are class indices (B,) or soft-label logits (B, K) (DLG). The graph is kept so the distance can
         be differentiated with respect to ``inputs``; the victim's weights and ``.grad`` are never modified.
         Spends one objective evaluation.
         """
         victim = self.victim
+        if not self.target.protocol.is_fedsgd:
+            self.spend(1)
+            trial = self.target.protocol.candidate_updates(victim, inputs.unsqueeze(0), labels, create_graph=True)
+            return self._simulated(trial)
         names = [name for name, _ in victim.named_parameters()]
         leaves = [p.detach().requires_grad_(True) for p in victim.parameters()]
         logits = torch.func.functional_call(victim, dict(zip(names, leaves)), (inputs,))
@@ -450,9 +464,12 @@ class GradientInversionAttack(pl.LightningModule):
             loss = F.cross_entropy(logits, labels)
         gradients = torch.autograd.grad(loss, leaves, create_graph=True)
         self.spend(1)
-        trial = [g.unsqueeze(0) for g in gradients]
+        return self._simulated([g.unsqueeze(0) for g in gradients])
+
+    def _simulated(self, trial: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``trial`` through the defense's simulation when the attack is adaptive."""
         if self.hparams.adaptive and self.target.defense is not None:
-            trial = list(self.target.defense.simulate(trial, received=self.received_update()))
+            return list(self.target.defense.simulate(trial, received=self.received_update()))
         return trial
 
     def gradient_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -478,6 +495,7 @@ class GradientInversionAttack(pl.LightningModule):
             simulate=simulate,
             engine=engine,
             linear_simulation=linear,
+            protocol=self.target.protocol,
         )
 
     def received_update(self) -> SharedUpdate:

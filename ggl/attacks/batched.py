@@ -38,6 +38,7 @@ from torch.nn.grad import conv2d_weight
 from ggl.attacks.objective import DISTANCES, gradient_distance
 from ggl.checks import one_of, positive_int
 from ggl.defenses.base import LinearSimulation, clip_factors
+from ggl.fl.protocol import UpdateProtocol
 from ggl.registry import Registry
 
 Simulation = Callable[[list[torch.Tensor]], list[torch.Tensor]]
@@ -449,6 +450,19 @@ def _distance_from_statistics(
     return 1 - dot / (trial_norm * target_norm)
 
 
+class UnrolledEngine(PopulationEngine):
+    """FedAvg's update of each candidate: its local SGD steps unrolled on stacked parameters, batched over P."""
+
+    name = "unrolled"
+
+    def __init__(self, model: nn.Module, protocol: UpdateProtocol) -> None:
+        super().__init__(model)
+        self.protocol = protocol
+
+    def gradients(self, images: torch.Tensor, labels: torch.Tensor, create_graph: bool) -> list[torch.Tensor]:
+        return self.protocol.candidate_updates(self.model, images, labels, create_graph)
+
+
 def choose_engine(model: nn.Module, metric: str = "l2", simulated: bool = False, linear: bool = False) -> str:
     """The engine ``auto`` resolves to (measured, see docs/engine.md).
 
@@ -515,6 +529,9 @@ class PopulationObjective:
             products, without forming per-candidate gradients; the other engines use ``simulate`` (or
             ``linear_simulation.apply`` when ``simulate`` is None).
         engine: ``auto`` (default) or a name in ``ENGINES``.
+        protocol: the round's update rule (``ggl.fl.protocol.UpdateProtocol``; None or FedSGD: the batch
+            gradient). Under FedAvg every candidate's update is its unrolled local steps
+            (``UpdateProtocol.candidate_updates``, batched over the population), whatever ``engine`` says.
         chunk_size: candidates evaluated together (None: the whole population); bounds memory.
     Call: ``objective(images (P, B, C, H, W), create_graph=False) -> (P,)``; with ``create_graph=True`` the losses
     are differentiable with respect to ``images``.
@@ -536,6 +553,7 @@ class PopulationObjective:
         engine: str = "auto",
         chunk_size: int | None = None,
         linear_simulation: LinearSimulation | None = None,
+        protocol: UpdateProtocol | None = None,
     ) -> None:
         target = _checked_target(model, target_gradients)
         labels = torch.as_tensor(labels)
@@ -562,17 +580,26 @@ class PopulationObjective:
         self.layer_weights = None if layer_weights is None else [float(w) for w in layer_weights]
         self.simulate = simulate
         self.linear_simulation = linear_simulation
-        simulated, linear = simulate is not None, linear_simulation is not None
-        self.engine_name = choose_engine(model, metric, simulated, linear) if engine == "auto" else engine
-        self._statistics = getattr(ENGINES[self.engine_name], "statistics", None) is not None
-        if self._statistics and ((simulated and not linear) or metric not in ("l2", "cosine")):
+        self.chunk_size = chunk_size
+        self.engine = self._make_engine(engine, protocol)
+        self.engine_name = self.engine.name
+        self._statistics = getattr(self.engine, "statistics", None) is not None
+
+    def _make_engine(self, engine: str, protocol: UpdateProtocol | None) -> PopulationEngine:
+        """The engine named (``auto``: ``choose_engine``); FedAvg's unrolled updates whatever is named."""
+        if protocol is not None and not protocol.is_fedsgd:
+            return UnrolledEngine(self.model, protocol)
+        simulated, linear = self.simulate is not None, self.linear_simulation is not None
+        name = choose_engine(self.model, self.metric, simulated, linear) if engine == "auto" else engine
+        if getattr(ENGINES[name], "statistics", None) is not None and (
+            (simulated and not linear) or self.metric not in ("l2", "cosine")
+        ):
             raise ValueError(
-                f"engine {self.engine_name!r} needs metric 'l2' or 'cosine' and no simulation or one given as "
-                f"linear_simulation (got metric={metric!r}, simulate={'set' if simulated else None}); "
+                f"engine {name!r} needs metric 'l2' or 'cosine' and no simulation or one given as "
+                f"linear_simulation (got metric={self.metric!r}, simulate={'set' if simulated else None}); "
                 "use engine='hooks'"
             )
-        self.engine = ENGINES[self.engine_name](model)
-        self.chunk_size = chunk_size
+        return ENGINES[name](self.model)
 
     def _check_images(self, images: torch.Tensor) -> None:
         if not isinstance(images, torch.Tensor) or images.ndim != 5:

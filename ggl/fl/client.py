@@ -80,28 +80,35 @@ def fedavg_update(
     labels: torch.Tensor,
     local_steps: int = 1,
     lr: float = 0.1,
+    local_batch_size: int | None = None,
 ) -> SharedUpdate:
-    """FedAvg: ``local_steps`` full-batch SGD steps at ``lr`` on a copy of the model; shares ``w_before - w_after``.
+    """FedAvg: ``local_steps`` SGD steps at ``lr`` on a copy of the model; shares ``w_before - w_after``.
 
-    With one step this is ``lr`` times the FedSGD gradient. The caller's model is not modified.
+    Each step takes the next mini-batch of ``local_batch_size`` images in the batch's order, cycling (None: the
+    whole batch every step). With one full-batch step this is ``lr`` times the FedSGD gradient. The caller's model
+    is not modified.
     """
     _check_batch(model, images, labels)
     positive_int("local_steps", local_steps)
     positive_number("lr", lr)
+    size = images.shape[0] if local_batch_size is None else positive_int("local_batch_size", local_batch_size)
+    starts = list(range(0, images.shape[0], size))
     before = [p.detach().clone() for p in model.parameters()]
     after = [p.clone() for p in before]
     names = [name for name, _ in model.named_parameters()]
     buffers = dict(model.named_buffers())
     with torch.enable_grad():
-        for _ in range(local_steps):
+        for step in range(local_steps):
+            first = starts[step % len(starts)]
             leaves = [p.requires_grad_(True) for p in after]
             state = {**buffers, **dict(zip(names, leaves))}
-            logits = torch.func.functional_call(model, state, (images,))
-            gradients = torch.autograd.grad(F.cross_entropy(logits, labels.long()), leaves)
+            logits = torch.func.functional_call(model, state, (images[first : first + size],))
+            loss = F.cross_entropy(logits, labels[first : first + size].long())
+            gradients = torch.autograd.grad(loss, leaves)
             after = [(p - lr * g).detach() for p, g in zip(leaves, gradients)]
     difference = tuple(b - a for b, a in zip(before, after))
     return SharedUpdate(
         difference,
         int(images.shape[0]),
-        {"algorithm": "fedavg", "local_steps": local_steps, "lr": lr},
+        {"algorithm": "fedavg", "local_steps": local_steps, "lr": lr, "local_batch_size": local_batch_size},
     )

@@ -10,7 +10,9 @@ uniform (``p_ic ~ 1/K``), ``n_c ~ B (1/K - db_c)``. Counts are assigned greedily
 class with the largest remaining estimate and lower that estimate by one sample. Without a bias, the weight-row
 sums are rescaled by the impact of one sample, estimated from the absent classes (whose rows sum to ``m/K``).
 Assumptions: non-negative features into the last layer (ReLU/sigmoid), cross-entropy, an update proportional to
-the gradient (FedSGD, or FedAvg with one step). Accuracy degrades for confident (trained) models and large B.
+the gradient: a FedAvg update (``w_before - w_after``) is divided by ``local_steps * local_lr`` first, exact for
+one full-batch step and first-order for more. Accuracy degrades for confident (trained) models, many local steps
+and large B.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torch import nn
 
 from ggl.checks import positive_int
 from ggl.fl.client import SharedUpdate
+from ggl.fl.protocol import UpdateProtocol
 
 
 def last_linear_indices(model: nn.Module) -> tuple[int, int | None]:
@@ -52,7 +55,8 @@ def infer_labels(update: SharedUpdate, model: nn.Module) -> torch.Tensor:
     num_classes = row_sums.shape[0]
     batch = update.num_samples
     if bias_index is not None:
-        per_class = update.gradients[bias_index].detach().double()
+        scale = UpdateProtocol.from_metadata(update.metadata).gradient_scale()
+        per_class = update.gradients[bias_index].detach().double() / scale
     else:
         positive = row_sums[row_sums > 0]
         impact = num_classes * (positive.median() if positive.numel() else row_sums.abs().max())

@@ -36,7 +36,7 @@ QUICK = {
 
 def test_target_has_no_field_for_private_images() -> None:
     names = {f.name for f in dataclasses.fields(AttackTarget)}
-    assert names == {"model", "update", "defense", "image_shape", "normalization", "labels"}
+    assert names == {"model", "update", "defense", "image_shape", "normalization", "labels", "protocol"}
     assert not any("image" in name and name != "image_shape" for name in names)
 
 

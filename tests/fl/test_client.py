@@ -46,7 +46,7 @@ def test_fedavg_one_step_is_lr_times_fedsgd() -> None:
     for difference, gradient in zip(fedavg.gradients, fedsgd.gradients):
         torch.testing.assert_close(difference, 0.05 * gradient, rtol=1e-4, atol=1e-7)
     assert all(torch.equal(before[key], value) for key, value in model.state_dict().items())
-    assert fedavg.metadata == {"algorithm": "fedavg", "local_steps": 1, "lr": 0.05}
+    assert fedavg.metadata == {"algorithm": "fedavg", "local_steps": 1, "lr": 0.05, "local_batch_size": None}
 
 
 def test_fedavg_several_steps_equal_torch_sgd() -> None:
