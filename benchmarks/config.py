@@ -58,6 +58,8 @@ TOP_LEVEL_FIELDS = (
     "requires",
     "controls",
     "calibration",
+    "update",
+    "variants",
 )
 MAX_SUITE_BYTES = 1 << 20
 """Largest suite file read (1 MiB); real suites are a few KiB."""
@@ -71,6 +73,12 @@ MAX_CELLS = 1_000_000
 """Most cells (victims x seeds x (defense settings x attacks + references)) one suite may hold."""
 MAX_SEED = 2**63 - 1
 """Largest seed: every seed must fit the 64-bit signed integer torch's generators take."""
+VARIANT_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
+"""A variant name is a folder name and the suffix of its suite's name (``realistic.batch-4``)."""
+UPDATE_ALGORITHMS = ("fedsgd", "fedavg")
+"""The update protocols a suite may name (``ggl.fl.protocol.ALGORITHMS``; a test keeps the two in step)."""
+OPTIMIZERS = ("sgd", "adam")
+"""Optimisers of a victim's training stage (``ggl.fl.training``)."""
 SUITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 """A suite name is part of file names (``results/NAME``): letters, digits, ``.``, ``_``, ``-``, at most 100."""
 
@@ -110,12 +118,59 @@ class DataModuleConfig:
 
 
 @dataclass(frozen=True)
+class TrainConfig:
+    """A training stage of the victim (``ggl.fl.training.TrainingSpec``): ``epochs`` over the datamodule's public
+    split, seeded; 0 epochs is the untrained model."""
+
+    epochs: int = 0
+    lr: float = 0.05
+    batch_size: int = 32
+    seed: int = 0
+    optimizer: str = "sgd"
+
+    @property
+    def stage(self) -> str:
+        """``untrained`` or ``N epochs``: how tables name the stage."""
+        return "untrained" if self.epochs == 0 else f"{self.epochs} epoch{'s' if self.epochs > 1 else ''}"
+
+
+@dataclass(frozen=True)
 class ModelConfig:
-    """The victim model (``ggl.fl.make_victim(name, seed=seed, checkpoint=checkpoint)``)."""
+    """The victim model (``ggl.fl.make_victim(name, seed=seed, checkpoint=checkpoint)``), trained per ``train``
+    when given (untrained otherwise). ``name`` may be ``module:Class``, as for defenses."""
 
     name: str = "lenet"
     seed: int = 0
     checkpoint: str | None = None
+    train: TrainConfig | None = None
+
+
+@dataclass(frozen=True)
+class UpdateConfig:
+    """The FL update protocol (``ggl.fl.protocol.UpdateProtocol``): ``fedsgd`` or ``fedavg`` with its local steps."""
+
+    algorithm: str = "fedsgd"
+    local_steps: int = 1
+    local_lr: float = 0.1
+    local_batch_size: int | None = None
+
+    def describe(self) -> str:
+        """``FedSGD``, or ``FedAvg (5 steps, lr 0.1)``."""
+        if self.algorithm == "fedsgd":
+            return "FedSGD"
+        batch = "" if self.local_batch_size is None else f", mini-batch {self.local_batch_size}"
+        return f"FedAvg ({self.local_steps} steps, lr {self.local_lr:g}{batch})"
+
+
+@dataclass(frozen=True)
+class VariantConfig:
+    """One protocol setting of a suite with ``variants``: the suite with ``overrides`` (dotted keys, as ``--set``)
+    applied, run into its own store as the suite ``BASE.NAME``; ``axis`` groups variants in the combined table."""
+
+    name: str
+    label: str
+    axis: str
+    overrides: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -240,13 +295,34 @@ class SuiteConfig:
     requires: RequiresConfig
     controls: bool = True
     calibration: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    update: UpdateConfig | None = None
+    variants: tuple[VariantConfig, ...] = ()
     source: str = "<memory>"
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data (JSON-able), without ``source``."""
+        """Plain data (JSON-able), without ``source``. Unset optional sections (``update``, ``variants``,
+        ``model.train``) are left out, so a suite that does not use them keeps its configuration hash."""
         data = asdict(self)
         data.pop("source")
+        for key in ("update", "variants"):
+            if not data[key]:
+                data.pop(key)
+        if data["model"]["train"] is None:
+            data["model"].pop("train")
         return json.loads(canonical_json(data))
+
+    @property
+    def protocol(self) -> UpdateConfig:
+        """The update protocol (FedSGD when the suite sets none)."""
+        return self.update or UpdateConfig()
+
+    def variant(self, name: str) -> VariantConfig:
+        """The variant called ``name``; ``SuiteError`` listing the variants otherwise."""
+        for variant in self.variants:
+            if variant.name == name:
+                return variant
+        names = ", ".join(v.name for v in self.variants) or "none"
+        raise SuiteError(self.source, "variants", f"has no variant {name!r}; its variants: {names}")
 
     def config_hash(self) -> str:
         """Hash of the whole resolved suite: recorded with every row."""
@@ -254,12 +330,12 @@ class SuiteConfig:
 
     def context(self) -> dict[str, Any]:
         """What every cell's result depends on besides its key; one store holds one context."""
-        return {
-            "datamodule": asdict(self.datamodule),
-            "model": asdict(self.model),
-            "prior": self.prior,
-            "victims": {"seed": self.victims.seed, "batch_size": self.victims.batch_size},
-        }
+        data = self.to_dict()
+        context = {key: data[key] for key in ("datamodule", "model", "prior")}
+        context["victims"] = {"seed": self.victims.seed, "batch_size": self.victims.batch_size}
+        if "update" in data:
+            context["update"] = data["update"]
+        return context
 
     def reference_attacks(self) -> tuple[AttackConfig, ...]:
         return self.references.attacks(self.prior is not None)
@@ -746,6 +822,10 @@ def _read_defenses(source: str, data: Any) -> tuple[DefenseConfig, ...]:
 def _read_datamodule(source: str, data: Any) -> DataModuleConfig:
     fields = _Fields(source, "datamodule", data, ("name", "options"))
     name = fields.text("name", default="embedded") or "embedded"
+    if ":" in name:  # module:Class, resolved and built (its options checked) by the run's preflight
+        options = fields.mapping("options")
+        _check_plain(source, fields.name("options"), options)
+        return DataModuleConfig(name, options)
     if name not in DATAMODULE_OPTIONS:
         raise fields.error("name", f"unknown datamodule {name!r}; allowed: {', '.join(DATAMODULE_OPTIONS)}")
     return DataModuleConfig(name, _read_options(fields, DATAMODULE_OPTIONS[name]))
@@ -766,9 +846,71 @@ def _read_options(fields: _Fields, table: Mapping[str, Check]) -> dict[str, Any]
 
 
 def _read_model(source: str, data: Any) -> ModelConfig:
-    fields = _Fields(source, "model", data, ("name", "seed", "checkpoint"))
+    fields = _Fields(source, "model", data, ("name", "seed", "checkpoint", "train"))
     name = fields.text("name", default="lenet") or "lenet"
-    return ModelConfig(name, fields.seed("seed"), fields.text("checkpoint"))
+    train = None
+    if fields.data.get("train") is not None:
+        allowed = ("epochs", "lr", "batch_size", "seed", "optimizer")
+        stage = _Fields(source, "model.train", fields.data["train"], allowed)
+        optimizer = stage.text("optimizer", default="sgd")
+        if optimizer not in OPTIMIZERS:
+            raise stage.error("optimizer", f"must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+        train = TrainConfig(
+            stage.checked("epochs", 0, non_negative_int),
+            stage.checked("lr", 0.05, positive_number),
+            stage.checked("batch_size", 32, positive_int),
+            stage.seed("seed"),
+            str(optimizer),
+        )
+    if train is not None and fields.data.get("checkpoint") is not None:
+        raise fields.error("train", "and model.checkpoint both give the weights; keep one")
+    return ModelConfig(name, fields.seed("seed"), fields.text("checkpoint"), train)
+
+
+def _read_update(source: str, data: Any) -> UpdateConfig | None:
+    """The ``update`` section: ``{algorithm: fedsgd | fedavg, local_steps, local_lr, local_batch_size}``."""
+    if data is None:
+        return None
+    fields = _Fields(source, "update", data, ("algorithm", "local_steps", "local_lr", "local_batch_size"))
+    algorithm = fields.text("algorithm", default="fedsgd")
+    if algorithm not in UPDATE_ALGORITHMS:
+        raise fields.error("algorithm", f"must be one of {', '.join(UPDATE_ALGORITHMS)}, got {algorithm!r}")
+    local = [key for key in ("local_steps", "local_batch_size") if fields.data.get(key) is not None]
+    if algorithm == "fedsgd" and local:
+        raise fields.error(local[0], "applies to fedavg only (FedSGD shares one full-batch gradient)")
+    batch = fields.data.get("local_batch_size")
+    return UpdateConfig(
+        str(algorithm),
+        fields.checked("local_steps", 1, positive_int),
+        fields.checked("local_lr", 0.1, positive_number),
+        None if batch is None else fields.checked("local_batch_size", None, positive_int),
+    )
+
+
+def _read_variants(source: str, data: Any) -> tuple[VariantConfig, ...]:
+    """``variants``: a list of ``{name, label, axis, set: {dotted.key: value}}``."""
+    if data is None:
+        return ()
+    if not isinstance(data, list) or not data:
+        raise SuiteError(source, "variants", "must be a non-empty list of {name, label, axis, set} mappings")
+    variants = []
+    for index, entry in enumerate(data):
+        fields = _Fields(source, f"variants.{index}", entry, ("name", "label", "axis", "set"))
+        name = fields.text("name", required=True)
+        if name is None or not VARIANT_NAME.fullmatch(name):
+            raise fields.error(
+                "name", f"must be 1-40 lower-case letters, digits or '-' (it names a folder), got {name!r}"
+            )
+        overrides = fields.mapping("set")
+        _check_plain(source, fields.name("set"), overrides)
+        if any(key.split(".")[0] in ("name", "variants") for key in overrides):
+            raise fields.error("set", "may not change the suite's name or variants")
+        label = fields.text("label", default=name) or name
+        variants.append(VariantConfig(name, label, fields.text("axis", default="protocol") or "protocol", overrides))
+    names = [variant.name for variant in variants]
+    if len(set(names)) != len(names):
+        raise SuiteError(source, "variants", f"names must differ, got {', '.join(names)}")
+    return tuple(variants)
 
 
 def _read_prior(source: str, prior: Any) -> str | None:
@@ -898,6 +1040,8 @@ def build_suite(data: dict[str, Any], source: str) -> SuiteConfig:
         utility=_read_utility(source, data.get("utility")),
         requires=_read_requires(source, data.get("requires")),
         controls=_read_flag(source, "controls", data.get("controls", True)),
+        update=_read_update(source, data.get("update")),
+        variants=_read_variants(source, data.get("variants")),
         source=source,
     )
     suite = replace(suite, calibration=_read_calibration(source, data.get("calibration"), suite))
@@ -907,15 +1051,30 @@ def build_suite(data: dict[str, Any], source: str) -> SuiteConfig:
     return suite
 
 
-def load_suite(name_or_path: str | Path, overrides: Sequence[str] = ()) -> SuiteConfig:
-    """Read a shipped suite by name or a YAML file by path, apply ``key=value`` overrides, validate."""
+def load_suite(name_or_path: str | Path, overrides: Sequence[str] = (), variant: str | None = None) -> SuiteConfig:
+    """Read a shipped suite by name or a YAML file by path, apply ``key=value`` overrides, validate.
+
+    With ``variant``, the suite of that variant: named ``NAME.VARIANT``, the variant's ``set`` applied first and
+    the command line's overrides after (so they win), without ``variants``.
+    """
     path = suite_path(name_or_path)
     source = str(path) if path.is_file() else str(name_or_path)
     data = read_yaml(path, source)
-    for text in overrides:
-        key, value = parse_override(text)
+    parsed = [parse_override(text) for text in overrides]
+    for key, value in parsed:
         apply_override(data, key, value)
-    return build_suite(data, source)
+    suite = build_suite(data, source)
+    if variant is None:
+        return suite
+    chosen = suite.variant(variant)
+    data = {key: value for key, value in data.items() if key != "variants"}
+    data["name"] = f"{suite.name}.{chosen.name}"
+    for key, value in [*chosen.overrides.items(), *parsed]:
+        try:
+            apply_override(data, key, value)
+        except SuiteError as error:
+            raise SuiteError(source, f"variants ({chosen.name}).set.{key}", str(error).split(": ", 2)[-1]) from None
+    return build_suite(data, f"{source} (variant {chosen.name})")
 
 
 # ----------------------------------------------------------------------------------------------------------------

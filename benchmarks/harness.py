@@ -27,7 +27,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,9 @@ from ggl.attacks.objective import gradient_distance
 from ggl.checks import positive_number
 from ggl.data import make_datamodule
 from ggl.defenses import SimulationCheck, build_defense, check_simulation
-from ggl.fl import VICTIMS, infer_labels, make_victim, shared_update
+from ggl.fl import VICTIMS, infer_labels, make_victim
+from ggl.fl.protocol import UpdateProtocol
+from ggl.fl.training import TrainingSpec, victim_stage
 from ggl.io import canonical_json
 from ggl.metrics import match_reconstructions, mse_representation, reconstruction_metrics
 from ggl.priors import load_prior
@@ -76,6 +78,8 @@ class MissingRequirement(RuntimeError):
     """The suite needs data, weights or a device this machine lacks; the message lists what is missing."""
 
 
+STAGE_META = "stage:"
+"""Store metadata key prefix (``stage:SUITE``) of the trained victim's stage, cache key and accuracies."""
 CONTROL_DRAWS = 100_000
 """Most random draws searching the victims split for a control image of one class."""
 
@@ -88,6 +92,13 @@ LOG_PROGRESS_SECONDS = 30.0
 
 class CellTimeout(Exception):
     """A cell ran past the per-cell time limit (``Harness(cell_seconds=...)``)."""
+
+
+def victim_cache() -> Path:
+    """Where trained victim stages are cached: ``$GGL_BENCH_CACHE/victims``, by default under
+    ``$XDG_CACHE_HOME/ggl-bench`` (``~/.cache/ggl-bench``). A file's name is its configuration's hash."""
+    default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ggl-bench"
+    return Path(os.environ.get("GGL_BENCH_CACHE") or default) / "victims"
 
 
 @contextmanager
@@ -294,8 +305,10 @@ class Harness:
         self.cell_seconds = None if cell_seconds is None else positive_number("cell_seconds", cell_seconds)
         self.config_hash = suite.config_hash()
         self.code_version = code_version()
+        self.protocol = UpdateProtocol(**asdict(suite.protocol))
         self._datamodule: Any = None
         self._model: Any = None
+        self.stage: dict[str, Any] | None = None
         self._prior: Any = None
         self._indices: list[int] | None = None
         self._victims: dict[int, _Victim] = {}
@@ -371,9 +384,16 @@ class Harness:
         suite = self.suite
         for defense in suite.defenses:
             try:
-                build_defense(dict(defense.spec))
+                built = build_defense(dict(defense.spec))
             except (ValueError, TypeError) as error:
                 raise SuiteError(suite.source, f"defenses ({defense.label})", str(error)) from None
+            if built.fedsgd_only and not self.protocol.is_fedsgd:
+                raise SuiteError(
+                    suite.source,
+                    f"defenses ({defense.label})",
+                    f"{built.name} recomputes a FedSGD gradient, so it cannot defend a {self.protocol.describe()} "
+                    "update; leave it out of this suite's defenses or use update.algorithm: fedsgd",
+                )
         for attack in suite.attacks:
             try:
                 make_attack(**self._attack_params(attack, suite.seeds[0]))
@@ -406,16 +426,34 @@ class Harness:
         return self._indices
 
     def model(self) -> Any:
+        """The victim at the round's weights: as initialised, from ``model.checkpoint``, or trained to the suite's
+        stage (``model.train``; cached by its configuration's hash, its accuracies in the store's metadata)."""
         if self._model is None:
             datamodule = self.datamodule()
             config = self.suite.model
-            model = make_victim(
-                config.name,
-                num_classes=datamodule.num_classes,
-                image_shape=tuple(datamodule.image_shape),
-                seed=config.seed,
-                checkpoint=config.checkpoint,
-            )
+            shape = tuple(datamodule.image_shape)
+            if config.train is None:
+                model = make_victim(
+                    config.name, datamodule.num_classes, shape, seed=config.seed, checkpoint=config.checkpoint
+                )
+            else:
+                stage = victim_stage(
+                    config.name,
+                    num_classes=datamodule.num_classes,
+                    image_shape=shape,
+                    model_seed=config.seed,
+                    datamodule=datamodule,
+                    datamodule_key=asdict(self.suite.datamodule),
+                    spec=TrainingSpec(**asdict(config.train)),
+                    cache_dir=victim_cache(),
+                )
+                model = stage.model
+                self.stage = {
+                    "stage": config.train.stage,
+                    "key": stage.key,
+                    "train_accuracy": stage.train_accuracy,
+                    "test_accuracy": stage.test_accuracy,
+                }
             self._model = model.to(self.device)
         return self._model
 
@@ -436,7 +474,7 @@ class Harness:
             images, labels = datamodule.victim_batch(indices)
             inputs = datamodule.normalization.normalize(images).to(self.device)
             model = self.model()
-            update = shared_update(model, inputs, labels.to(self.device))
+            update = self.protocol.client_update(model, inputs, labels.to(self.device))
             labels_hat = infer_labels(update, model).cpu()
             self._victims = {index: _Victim(images, labels, inputs, update, labels_hat)}
             assert self.store is not None
@@ -471,6 +509,9 @@ class Harness:
         start = time.perf_counter()
         summary = RunSummary()
         self.store.claim_context(self.suite.name, self.suite.context())
+        self.model()
+        if self.stage is not None:
+            self.store.set_meta(f"{STAGE_META}{self.suite.name}", canonical_json(self.stage))
         if self.suite.utility.enabled and not self.references_only:
             self._utility_phase(summary)
         cells = self.cells()
@@ -670,7 +711,7 @@ class Harness:
             generator = torch.Generator().manual_seed(
                 seed_from(self.suite.name, cell.victim, dict(cell.defense.spec), cell.seed, CONTROL)
             )
-            update = shared_update(self.model(), inputs, labels)
+            update = self.protocol.client_update(self.model(), inputs, labels)
             setting.control = setting.defense(
                 update, model=self.model(), images=inputs, labels=labels, generator=generator
             )
@@ -702,6 +743,7 @@ class Harness:
             defense=setting.defense,
             image_shape=tuple(self.datamodule().image_shape),
             normalization=self.datamodule().normalization,
+            protocol=self.protocol,
         )
         accelerator = "gpu" if self.device.type == "cuda" else "cpu"
         reconstruction = attack.reconstruct(target, accelerator=accelerator)
@@ -717,11 +759,11 @@ class Harness:
         return images, labels_hat, evaluations, seconds, diagnostics, [float(loss) for loss in reconstruction.trace]
 
     def _match_loss(self, images: torch.Tensor, labels: torch.Tensor, received: Any) -> float:
-        """The common distance of the attacker's pick: 1 - cosine similarity between the plain gradient of
-        ``images`` with ``labels`` and the received update (no defense simulation: nothing a defense says enters it,
-        and the cosine ignores the update's scale)."""
+        """The common distance of the attacker's pick: 1 - cosine similarity between the update the protocol makes
+        from ``images`` with ``labels`` and the received update (no defense simulation: nothing a defense says enters
+        it, and the cosine ignores the update's scale)."""
         inputs = self.datamodule().normalization.normalize(images).to(self.device)
-        gradients = shared_update(self.model(), inputs, labels.to(self.device)).gradients
+        gradients = self.protocol.client_update(self.model(), inputs, labels.to(self.device)).gradients
         trial = [g.unsqueeze(0) for g in gradients]
         with torch.no_grad():
             return float(gradient_distance(trial, [g.to(self.device) for g in received.gradients], "cosine")[0])

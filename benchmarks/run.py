@@ -180,11 +180,20 @@ def _watch_launcher(launcher: int, every: float = 1.0) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
+def base_paths(args: argparse.Namespace, suite: SuiteConfig) -> tuple[Path, Path]:
+    """``--out`` and ``--report-dir`` as given (defaults ``results/SUITE`` and ``--out``), before any variant."""
+    base = suite.name.rsplit(".", 1)[0] if args.variant else suite.name
+    out = Path(args.out) if args.out else Path("results") / base
+    return out, Path(args.report_dir) if args.report_dir else out
+
+
 def output_paths(args: argparse.Namespace, suite: SuiteConfig) -> tuple[Path, Path]:
-    """``--out`` and ``--report-dir`` (defaults ``results/SUITE`` and ``--out``), checked before any work: folders this
-    process can write in or create (``--report-only`` only reads ``--out``)."""
-    out = Path(args.out) if args.out else Path("results") / suite.name
-    report_dir = Path(args.report_dir) if args.report_dir else out
+    """``--out`` and ``--report-dir`` (defaults ``results/SUITE`` and ``--out``; a variant's are their subfolders
+    named after it), checked before any work: folders this process can write in or create (``--report-only`` only
+    reads ``--out``)."""
+    out, report_dir = base_paths(args, suite)
+    if args.variant:
+        out, report_dir = out / args.variant, report_dir / args.variant
     if args.report_only and os.path.lexists(out) and not out.is_dir():
         raise ValueError(f"--out {str(out)!r} is a file; name the folder holding results.sqlite")
     if not args.report_only:
@@ -227,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="PATH.py",
-        help="a Python file defining custom defenses, then named module:Class by its file stem (repeatable)",
+        help="a Python file of custom defenses, victims or datamodules, named module:Class by its stem (repeatable)",
     )
     parser.add_argument(
         "--cell-seconds",
@@ -237,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="per-cell time limit: a cell still running after S seconds is recorded as failed, with the reason "
         "(default: none)",
     )
+    parser.add_argument("--variant", default=None, help="only this variant of a suite with variants (default: all)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard event files")
     parser.add_argument(
@@ -382,7 +392,7 @@ def merge_shards(out: Path) -> int:
         for path in sorted((out / SHARDS).glob("rank*.sqlite")):
             with ResultsStore(path) as shard:
                 for key, value in shard.meta_items():
-                    if key.startswith(("context:", "suite:")):
+                    if key.startswith(("context:", "suite:", "stage:")):
                         main.set_meta(key, value)
                 for victim in shard.victims():
                     main.put_victim(victim)
@@ -630,6 +640,30 @@ def run_suite(
     return status
 
 
+def run_variants(suite: SuiteConfig, args: argparse.Namespace, argv: list[str]) -> int:
+    """A suite with variants: each variant in turn (``--variant NAME``, same options; its store and report in the
+    subfolders named after it), then the table across them (``benchmarks.report.axes``) in ``--report-dir``."""
+    statuses = []
+    for variant in suite.variants:
+        print(f"variant {variant.name} ({variant.axis}): {variant.label}", file=sys.stderr, flush=True)
+        status = main([*argv, "--variant", variant.name])
+        if status == 2:
+            return 2
+        statuses.append(status)
+    if args.print_config or args.dry_run or args.references_only:
+        return max(statuses)
+    from .report.axes import write_axes_report
+
+    _, report_dir = base_paths(args, suite)
+    try:
+        configs = {v.name: load_suite(args.suite, args.overrides, variant=v.name) for v in suite.variants}
+        paths = write_axes_report(suite, report_dir, configs)
+    except ValueError as error:
+        return _error(str(error))
+    print(f"table across variants: {', '.join(str(path) for path in paths)}", file=sys.stderr)
+    return max(statuses)
+
+
 def main(argv: list[str] | None = None) -> int:
     """The command line; its exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -640,19 +674,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.suite is None:
         parser.error("--suite is required (--list names the shipped suites)")
+    try:
+        suite = load_suite(args.suite, args.overrides, variant=args.variant)
+    except ValueError as error:  # SuiteError included
+        return _error(str(error))
+    if suite.variants:
+        return run_variants(suite, args, argv)
     if args.print_config or args.dry_run:
-        try:
-            suite = load_suite(args.suite, args.overrides)
-        except ValueError as error:  # SuiteError included
-            return _error(str(error))
-        out = Path(args.out) if args.out else Path("results") / suite.name
+        out = base_paths(args, suite)[0] / (args.variant or "")
         print(print_config(suite) if args.print_config else dry_run(suite, out, args))
         return 0
     if "GGL_RUN_ID" in os.environ and LAUNCHER_PID in os.environ:
         end_with_launcher(int(os.environ[LAUNCHER_PID]))
     try:  # the input checks, before torch, Lightning or the harness is imported: a bad input answers at once
         info = detect_rank()
-        suite = load_suite(args.suite, args.overrides)
         check_counts(args, info)
         out, report_dir = output_paths(args, suite)
         missing = [path for path in args.plugins if not (Path(path).is_file() and path.endswith(".py"))]

@@ -39,7 +39,10 @@ from .config import (
     ReferencesConfig,
     RequiresConfig,
     SuiteConfig,
+    TrainConfig,
+    UpdateConfig,
     UtilityConfig,
+    VariantConfig,
     VictimsConfig,
 )
 from .store import CellRow, FailureRow, ResultsStore
@@ -216,7 +219,7 @@ def suite_from_dict(data: Mapping[str, Any], where: str) -> SuiteConfig:
             name=data["name"],
             description=data["description"],
             datamodule=DataModuleConfig(**data["datamodule"]),
-            model=ModelConfig(**data["model"]),
+            model=_model(data["model"]),
             prior=data["prior"],
             victims=VictimsConfig(**data["victims"]),
             seeds=tuple(data["seeds"]),
@@ -227,6 +230,8 @@ def suite_from_dict(data: Mapping[str, Any], where: str) -> SuiteConfig:
             requires=RequiresConfig(data["requires"]["gpu"], tuple(data["requires"]["files"])),
             controls=data["controls"],
             calibration={check: tuple(labels) for check, labels in data["calibration"].items()},
+            update=UpdateConfig(**data["update"]) if data.get("update") else None,
+            variants=tuple(VariantConfig(**variant) for variant in data.get("variants", ())),
             source=where,
         )
     except (KeyError, TypeError, AttributeError) as error:
@@ -234,6 +239,11 @@ def suite_from_dict(data: Mapping[str, Any], where: str) -> SuiteConfig:
             f"{where}: the suite it states does not match this code's suite format ({type(error).__name__}: "
             f"{error}); regenerate the rows with this code"
         ) from None
+
+
+def _model(data: Mapping[str, Any]) -> ModelConfig:
+    train = data.get("train")
+    return ModelConfig(**{**data, "train": TrainConfig(**train) if train else None})
 
 
 def _cell(record: Mapping[str, Any]) -> CellRow:

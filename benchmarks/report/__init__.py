@@ -18,6 +18,8 @@ the same store gives byte-identical output):
   with the suite's configuration first; ``benchmarks.shipped``): a store rebuilt from it gives the same tables.
 * failed cells (an error, or the per-cell time limit) with their reasons, under the leaderboard and in
   ``leaderboard.json``, when there are some; a defense setting whose every cell failed is listed unranked.
+* ``victim.json``, when the suite trains its victim (``model.train``): the stage, its cache key and its train and
+  test accuracy, as the run recorded them.
 * ``privacy_utility.png``: worst-case leakage above the prior (with its interval) against utility cost;
   ``grids/*.png``: originals vs every attack and reference, one image per defense setting.
 
@@ -30,6 +32,7 @@ bootstrap), ``tables`` (Markdown, CSV, JSON), ``figures`` (PNGs).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -108,6 +111,9 @@ def write_report(
         "attacks.csv": csv_text(attack_rows(report), attack_columns()),
         "rows.csv": rows_csv(report),
     }
+    stage = store.get_meta(f"stage:{suite_name}")
+    if stage is not None:
+        outputs["victim.json"] = pretty_json(json.loads(stage))
     if report.calibration:
         outputs["calibration.md"] = calibration_markdown(report)
         outputs["calibration.json"] = pretty_json(calibration_json(report))

@@ -3,6 +3,8 @@
 All victims are built from a seed (same seed, same weights), are untrained by default (as in GGL, DLG and iDLG),
 accept any number of input channels and classes, end in one ``nn.Linear`` (label inference and Soteria rely on
 it), and are returned in ``eval()`` mode so that a gradient depends on the batch alone, never on batch statistics.
+A custom victim is named ``module:Class`` (a project module or a ``--plugin`` file, see ``ggl.plugins``) and is
+checked for the same contract before it is used.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ggl.fl.labels import last_linear_indices
+from ggl.plugins import is_custom_name, resolve_class
 from ggl.registry import Registry
 
 
@@ -125,13 +129,15 @@ def make_victim(
     """Build a victim model by name with seeded initialisation, in ``eval()`` mode.
 
     Args:
-        name: one of ``VICTIMS`` (lenet, convnet, resnet18, resnet18-224).
+        name: one of ``VICTIMS`` (lenet, convnet, resnet18, resnet18-224), or ``module:Class`` for a custom
+            ``nn.Module`` built as ``Class(in_channels=C, num_classes=K, image_size=S)`` (see ``custom_victim``).
         num_classes: outputs of the last linear layer.
         image_shape: (channels, height, width) of the inputs; height must equal width.
         seed: initialisation seed; the global RNG is left untouched.
         checkpoint: optional path to a trained ``state_dict`` (``torch.save``), loaded with ``weights_only``.
     """
-    build = VICTIMS.lookup(name)
+    custom = is_custom_name(name)
+    build = custom_victim(name) if custom else VICTIMS.lookup(name)
     if len(image_shape) != 3 or image_shape[1] != image_shape[2]:
         raise ValueError(f"image_shape must be (channels, size, size), got {tuple(image_shape)}")
     if num_classes < 2:
@@ -140,9 +146,69 @@ def make_victim(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build(channels, num_classes, size)
+        if custom:
+            check_victim(name, model, num_classes, (channels, size, size))
     if checkpoint is not None:
         load_victim_checkpoint(model, checkpoint)
     return model.eval()
+
+
+def custom_victim(name: str) -> Callable[[int, int, int], nn.Module]:
+    """The builder of the ``nn.Module`` subclass named ``module:Class``, resolved as ``ggl.plugins`` says.
+
+    The builder calls ``Class(in_channels=C, num_classes=K, image_size=S)``; an error it raises becomes a
+    ``ValueError`` naming the victim and the constructor it needs.
+    """
+    cls = resolve_class(name, nn.Module, "victim", base_name="torch.nn.Module")
+
+    def build(channels: int, classes: int, size: int) -> nn.Module:
+        try:
+            return cls(in_channels=channels, num_classes=classes, image_size=size)
+        except Exception as error:  # a custom constructor's error is a bad victim, reported with its name
+            raise ValueError(
+                f"victim {name!r}: {cls.__name__}(in_channels={channels}, num_classes={classes}, image_size={size}) "
+                f"failed ({type(error).__name__}: {error}); its constructor must take these three keyword arguments"
+            ) from None
+
+    return build
+
+
+def check_victim(name: str, model: nn.Module, num_classes: int, image_shape: tuple[int, int, int]) -> None:
+    """Check that a custom victim keeps the zoo's contract, or raise ``ValueError`` naming it and the fix.
+
+    The contract: a forward pass on a zero batch of shape (2, C, S, S) returns logits of shape (2, K), and those
+    logits are the output of its last ``nn.Linear`` (``ggl.fl.labels.last_linear_indices``): label inference and
+    Soteria read that layer's gradient.
+    """
+    fix = "end the model in an nn.Linear(features, num_classes) and return its output"
+    try:
+        weight_index, _ = last_linear_indices(model)
+    except ValueError:
+        raise ValueError(f"victim {name!r}: {type(model).__name__} has no nn.Linear layer; {fix}") from None
+    weight = list(model.parameters())[weight_index]  # the layer label inference reads
+    last = next(m for m in model.modules() if isinstance(m, nn.Linear) and m.weight is weight)
+    captured: list[torch.Tensor] = []
+    hook = last.register_forward_hook(lambda _module, _inputs, output: captured.append(output))
+    shape = (2, *image_shape)
+    try:
+        with torch.no_grad():
+            logits = model.eval()(torch.zeros(shape))
+    except Exception as error:  # any failure of custom code is a bad victim
+        problem = f"{type(error).__name__}: {error}"
+        raise ValueError(f"victim {name!r}: forward on a zero batch of shape {shape} failed ({problem})") from None
+    finally:
+        hook.remove()
+    if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (2, num_classes):
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(
+            f"victim {name!r}: forward on a batch of shape {shape} returned {got}, expected logits of shape "
+            f"(2, {num_classes}); return one logit per class for each image"
+        )
+    if not captured or captured[-1].shape != logits.shape or not torch.equal(captured[-1], logits):
+        raise ValueError(
+            f"victim {name!r}: its output is not that of its last nn.Linear ({last}); label inference needs "
+            f"the logits straight from that layer: {fix}, with nothing after it"
+        )
 
 
 def load_victim_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:

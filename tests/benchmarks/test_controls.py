@@ -18,7 +18,7 @@ from benchmarks.harness import Harness
 from benchmarks.report.aggregate import build_report
 from benchmarks.report.tables import leaderboard_json, leaderboard_markdown
 from benchmarks.store import CellRow, ResultsStore
-from ggl.defenses import loader
+from ggl import plugins as loader
 from ggl.fl import infer_labels, shared_update
 from ggl.io import canonical_json
 

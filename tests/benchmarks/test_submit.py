@@ -20,7 +20,7 @@ from benchmarks.shipped import ROWS_FILE, evaluation_key
 from benchmarks.site.build import build_site
 from benchmarks.store import open_store
 from benchmarks.submit import SubmissionError, load_submission, main
-from ggl.defenses import loader
+from ggl import plugins as loader
 
 ROOT = Path(__file__).resolve().parents[2]
 SUBMISSIONS = ROOT / "leaderboards" / "submissions"

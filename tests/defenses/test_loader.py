@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ggl.defenses import GaussianNoise, build_defense, load_plugins, loader, make_defense
+from ggl import plugins as loader
+from ggl.defenses import GaussianNoise, build_defense, load_plugins, make_defense
 from ggl.fl import SharedUpdate
 
 TOY = '''

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from ggl.defenses import build_defense, loader
-from ggl.defenses.loader import project_folders, resolve_class
+from ggl import plugins as loader
+from ggl.defenses import build_defense
+from ggl.plugins import project_folders, resolve_class
 
 needs_ggl_bench = pytest.mark.skipif(
     importlib.util.find_spec("ggl_bench") is None, reason="ggl_bench is importable once the project is installed"

@@ -46,7 +46,7 @@ def test_simulated_update_equals_the_clients(protocol: UpdateProtocol) -> None:
     for index, (images, _) in enumerate(batches):
         client = protocol.client_update(model, images, labels)
         for got, want in zip(simulated, client.gradients):
-                assert relative_error(got[index], want) < 1e-4
+            assert relative_error(got[index], want) < 1e-4
 
 
 def test_client_update_dispatches_and_records_the_protocol() -> None:

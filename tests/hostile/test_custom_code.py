@@ -20,7 +20,8 @@ import pytest
 
 from benchmarks import run as run_command
 from benchmarks import submit as submit_command
-from ggl.defenses import build_defense, load_plugins, loader
+from ggl import plugins as loader
+from ggl.defenses import build_defense, load_plugins
 
 PROCESS_EVENTS = ("os.system", "subprocess.Popen", "os.exec", "os.posix_spawn", "os.spawn", "os.fork")
 REMOVE_EVENTS = ("os.remove", "os.rmdir", "shutil.rmtree", "os.rename")
