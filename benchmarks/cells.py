@@ -30,6 +30,8 @@ STILL_IMPROVING = "still_improving"
 """Row diagnostic: 1 when the attack's search was still improving when its budget ran out (``ggl.attacks``)."""
 MSE_R = "mse_r"
 """Row measure: MSE of the victim model's penultimate-layer features, reconstruction vs original (GGL's MSE-R)."""
+STAGE_META = "stage:"
+"""Store metadata key prefix (``stage:SUITE``) of a trained victim's stage, cache key and accuracies."""
 SIMULATION_OK = "simulation_ok"
 """Row diagnostic: 1 when the defense's ``simulate`` passed ``ggl.defenses.check_simulation`` for the victim."""
 

@@ -50,6 +50,7 @@ from .cells import (
     MATCH_LOSS,
     MSE_R,
     SIMULATION_OK,
+    STAGE_META,
     STILL_IMPROVING,
     Cell,
     CellKey,
@@ -78,8 +79,6 @@ class MissingRequirement(RuntimeError):
     """The suite needs data, weights or a device this machine lacks; the message lists what is missing."""
 
 
-STAGE_META = "stage:"
-"""Store metadata key prefix (``stage:SUITE``) of the trained victim's stage, cache key and accuracies."""
 CONTROL_DRAWS = 100_000
 """Most random draws searching the victims split for a control image of one class."""
 
@@ -391,7 +390,7 @@ class Harness:
                 raise SuiteError(
                     suite.source,
                     f"defenses ({defense.label})",
-                    f"{built.name} recomputes a FedSGD gradient, so it cannot defend a {self.protocol.describe()} "
+                    f"{built.name} recomputes a FedSGD gradient, so it cannot defend a {suite.protocol.describe()} "
                     "update; leave it out of this suite's defenses or use update.algorithm: fedsgd",
                 )
         for attack in suite.attacks:

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING
 
 from ggl.io import canonical_json
 
-from .cells import Cell, expand_cells, shard
+from .cells import STAGE_META, Cell, expand_cells, shard
 from .cli import HelpFormatter
 from .config import SuiteConfig, available_suites, load_suite, output_folder
 
@@ -392,7 +392,7 @@ def merge_shards(out: Path) -> int:
         for path in sorted((out / SHARDS).glob("rank*.sqlite")):
             with ResultsStore(path) as shard:
                 for key, value in shard.meta_items():
-                    if key.startswith(("context:", "suite:", "stage:")):
+                    if key.startswith(("context:", "suite:", STAGE_META)):
                         main.set_meta(key, value)
                 for victim in shard.victims():
                     main.put_victim(victim)

@@ -38,6 +38,7 @@ from pathlib import Path
 
 from ggl.io import atomic_write, pretty_json
 
+from ..cells import STAGE_META
 from ..config import SuiteConfig
 from ..shipped import ROWS_FILE, rows_text, store_records, write_rows
 from ..store import ResultsStore
@@ -111,7 +112,7 @@ def write_report(
         "attacks.csv": csv_text(attack_rows(report), attack_columns()),
         "rows.csv": rows_csv(report),
     }
-    stage = store.get_meta(f"stage:{suite_name}")
+    stage = store.get_meta(f"{STAGE_META}{suite_name}")
     if stage is not None:
         outputs["victim.json"] = pretty_json(json.loads(stage))
     if report.calibration:

@@ -21,7 +21,6 @@ from ggl.io import atomic_write, pretty_json
 
 from ..config import SuiteConfig, VariantConfig
 
-AXES_FILES = ("axes.md", "axes.json")
 VICTIM_FILE = "victim.json"
 """A variant report's trained-victim facts (stage, cache key, accuracies), written when the victim was trained."""
 
@@ -113,8 +112,7 @@ def axes_markdown(suite: SuiteConfig, columns: Sequence[Column]) -> str:
     for defense in defense_order(columns):
         cells = [figure_text(column.figures.get(defense)) for column in columns]
         lines.append(f"| {defense} | " + " | ".join(cells) + " |")
-    missing = [(d, c.label) for d in defense_order(columns) for c in columns if d not in c.figures]
-    if missing:
+    if any(defense not in column.figures for defense in defense_order(columns) for column in columns):
         lines += ["", "n/a: the setting is not in that variant's suite (see its leaderboard for why)."]
     return "\n".join(lines) + "\n"
 

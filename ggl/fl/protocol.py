@@ -70,13 +70,6 @@ class UpdateProtocol:
     def is_fedsgd(self) -> bool:
         return self.algorithm == "fedsgd"
 
-    def describe(self) -> str:
-        """``FedSGD``, or ``FedAvg (5 steps, lr 0.1, mini-batch 2)``."""
-        if self.is_fedsgd:
-            return "FedSGD"
-        batch = "" if self.local_batch_size is None else f", mini-batch {self.local_batch_size}"
-        return f"FedAvg ({self.local_steps} steps, lr {self.local_lr:g}{batch})"
-
     def client_update(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> SharedUpdate:
         """What the client shares for its batch (``ggl.fl.shared_update`` or ``ggl.fl.fedavg_update``)."""
         if self.is_fedsgd:
