@@ -6,10 +6,10 @@ progress bar, logger, callbacks) are arguments of ``reconstruct``, so they never
 runs the trials (restarts) as a plain loop, one ``Trainer.fit`` per trial with ``max_steps=iterations`` over a
 loader of the step indices: ``configure_optimizers`` draws the trial's start and returns its optimiser, every
 Lightning step is one search step under manual optimisation, and the trial with the lowest final loss wins. An
-attack whose trials are independent elementwise updates (Inverting Gradients' Adam) may run them all in one fit
-as one batched population (``parallel_trials``); the result is the sequential one up to float rounding (tested),
-with the same traces per trial. Every ``Reconstruction`` says whether the winning trial was still improving when
-it ended (``still_improving``).
+attack whose trials are independent (Inverting Gradients' Adam, DLG's and iDLG's L-BFGS chains) may run them all
+in one fit as one batched population (``parallel_trials``); the result is the sequential one up to float rounding
+(tested), with the same traces per trial. Every ``Reconstruction`` says whether the winning trial was still
+improving when it ended (``still_improving``).
 
 The attacker sees the victim's architecture and weights, the (defended) shared update, the defense's public
 description and known labels when given. ``AttackTarget`` has no field for the private images by design.
@@ -364,8 +364,9 @@ class GradientInversionAttack(pl.LightningModule):
         (R,) with ``parallel_trials`` R > 1)."""
         raise NotImplementedError
 
-    def trial_result(self) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """The current trial's candidate: images (B, C, H, W) in [0, 1], labels (B,), and its loss."""
+    def trial_result(self) -> tuple[torch.Tensor, torch.Tensor, float | torch.Tensor]:
+        """The current trial's candidate: images (B, C, H, W) in [0, 1], labels (B,), and its loss (for trials run
+        together, see ``parallel_trials``)."""
         raise NotImplementedError
 
     def preview(self) -> torch.Tensor:
@@ -375,11 +376,12 @@ class GradientInversionAttack(pl.LightningModule):
     def parallel_trials(self) -> int:
         """How many trials one fit runs together (1: one fit a trial). With R > 1, ``configure_optimizers`` draws
         all R starts, ``search_step`` returns the R losses and ``trial_result`` R candidates: images
-        (R, B, C, H, W) and losses (R,). Default: 1."""
+        (R, B, C, H, W), labels (B,) shared or (R, B) per trial, and losses (R,). Default: 1."""
         return 1
 
-    def search_converged(self) -> bool:
-        """Whether the running trial's optimiser ended the search by its own convergence test. Default: False.
+    def search_converged(self) -> bool | list[bool]:
+        """Whether the running trial's optimiser ended the search by its own convergence test (one answer per trial
+        when trials run together; a single False then means none did). Default: False.
 
         Read once at the end of every trial; True makes ``still_improving`` False for that trial whatever its trace
         (an optimiser that has declared convergence would not use more budget).
@@ -477,9 +479,10 @@ class GradientInversionAttack(pl.LightningModule):
         trial = self.trial_gradients(inputs, labels)
         return gradient_distance(trial, self.target_gradients, self.hparams.metric)[0]
 
-    def population_objective(self, labels: torch.Tensor, engine: str) -> PopulationObjective:
-        """A batched objective against the received update with the attack's metric; when adaptive, the defense's
-        ``simulate`` and, where it has one, its ``linear_simulation`` (so the ``inner`` engine can run it)."""
+    def population_objective(self, labels: torch.Tensor | None, engine: str) -> PopulationObjective:
+        """A batched objective against the received update with the attack's metric (``labels`` None: soft labels
+        at every call); when adaptive, the defense's ``simulate`` and, where it has one, its ``linear_simulation``
+        (so the ``inner`` engine can run it)."""
         simulate, linear = None, None
         defense = self.target.defense
         if self.hparams.adaptive and defense is not None:
@@ -562,15 +565,21 @@ class GradientInversionAttack(pl.LightningModule):
         """The trial's candidate competes (however the trial ended); the last trial logs the best images."""
         run = self._active()
         images, labels, loss = self.trial_result()
+        converged = self.search_converged()
         if run.parallel > 1:
-            candidates = [(images[r], float(value), r) for r, value in enumerate(torch.as_tensor(loss).tolist())]
+            flags = converged if isinstance(converged, (list, tuple)) else [False] * run.parallel
+            own_labels = labels.ndim == 2
+            candidates = [
+                (images[r], labels[r] if own_labels else labels, float(value), r, bool(flags[r]))
+                for r, value in enumerate(torch.as_tensor(loss).tolist())
+            ]
         else:
-            candidates = [(images, float(loss), run.trial)]
-        for trial_images, trial_loss, trial in candidates:
+            candidates = [(images, labels, float(loss), run.trial, bool(converged))]
+        for trial_images, trial_labels, trial_loss, trial, trial_converged in candidates:
             run.trial_losses.append(trial_loss)
-            run.trial_converged.append(run.parallel == 1 and bool(self.search_converged()))
+            run.trial_converged.append(trial_converged)
             if run.best is None or _better(trial_loss, run.best.loss):
-                run.best = _Candidate(trial_images.detach().clone(), labels.detach().clone(), trial_loss, trial)
+                run.best = _Candidate(trial_images.detach().clone(), trial_labels.detach().clone(), trial_loss, trial)
         if run.parallel > 1:
             run.trace = [value for trace in run.chain_traces for value in trace]
             run.trial_starts = [r * len(run.chain_traces[0]) for r in range(len(run.chain_traces))]

@@ -49,8 +49,9 @@ class PopulationEngine:
 
     Args:
         model: the victim, in ``eval()`` mode (candidates must not share batch statistics).
-    Subclasses implement ``gradients(images (P, B, C, H, W), labels (B,), create_graph) -> [(P, *s)]`` with one
-    tensor per ``model.parameters()`` entry.
+    Subclasses implement ``gradients(images (P, B, C, H, W), labels, create_graph) -> [(P, *s)]`` with one
+    tensor per ``model.parameters()`` entry; ``labels`` are (B,) class indices shared by every candidate or (P, B, K)
+    label probabilities, one row of soft labels per candidate (DLG's restarts).
     """
 
     name = ""
@@ -96,9 +97,9 @@ class SerialEngine(PopulationEngine):
         parameters, buffers = self._state(requires_grad=True)
         leaves = list(parameters.values())
         per_candidate = []
-        for batch in images:
+        for index, batch in enumerate(images):
             logits = torch.func.functional_call(self.model, {**buffers, **parameters}, (batch,))
-            loss = F.cross_entropy(logits, labels)
+            loss = F.cross_entropy(logits, labels[index] if labels.ndim == 3 else labels)
             per_candidate.append(torch.autograd.grad(loss, leaves, create_graph=create_graph))
         return [torch.stack(list(column)) for column in zip(*per_candidate)]
 
@@ -119,11 +120,13 @@ class VmapEngine(PopulationEngine):
             logits = torch.func.functional_call(model, {**buffers, **parameters}, (batch,))
             return F.cross_entropy(logits, labels)
 
-        self._per_candidate = torch.func.vmap(torch.func.grad(loss), in_dims=(None, None, 0, None))
+        self._shared_labels = torch.func.vmap(torch.func.grad(loss), in_dims=(None, None, 0, None))
+        self._own_labels = torch.func.vmap(torch.func.grad(loss), in_dims=(None, None, 0, 0))
 
     def gradients(self, images: torch.Tensor, labels: torch.Tensor, create_graph: bool) -> list[torch.Tensor]:
         parameters, buffers = self._state(requires_grad=False)
-        gradients = self._per_candidate(parameters, buffers, images, labels)
+        per_candidate = self._own_labels if labels.ndim == 3 else self._shared_labels
+        gradients = per_candidate(parameters, buffers, images, labels)
         return [gradients[name] for name in self.parameter_names]
 
 
@@ -286,7 +289,8 @@ class HooksEngine(PopulationEngine):
         finally:
             for handle in handles:
                 handle.remove()
-        loss = F.cross_entropy(logits, labels.repeat(population), reduction="sum") / batch
+        targets = labels.reshape(population * batch, -1) if labels.ndim == 3 else labels.repeat(population)
+        loss = F.cross_entropy(logits, targets, reduction="sum") / batch
         backprops = torch.autograd.grad(loss, [record[-1] for record in records], create_graph=create_graph)
         captured = []
         for (attributes, module, inputs, version, _), grads in zip(records, backprops):
@@ -520,7 +524,7 @@ class PopulationObjective:
     Args:
         model: the victim, in ``eval()`` mode; its parameters are not modified.
         target_gradients: the received update, one tensor per ``model.parameters()`` entry.
-        labels: (B,) class indices shared by every candidate.
+        labels: (B,) class indices shared by every candidate, or None when every call passes ``soft_labels``.
         metric: ``l2`` (GGL), ``cosine`` (Inverting Gradients) or ``l1``. layer_weights: optional, one per tensor.
         simulate: optional ``list[(P, *s)] -> list[(P, *s)]`` applied to the trial gradients (e.g.
             ``functools.partial(defense.simulate, received=update)``); it must treat candidates independently.
@@ -533,8 +537,10 @@ class PopulationObjective:
             gradient). Under FedAvg every candidate's update is its unrolled local steps
             (``UpdateProtocol.candidate_updates``, batched over the population), whatever ``engine`` says.
         chunk_size: candidates evaluated together (None: the whole population); bounds memory.
-    Call: ``objective(images (P, B, C, H, W), create_graph=False) -> (P,)``; with ``create_graph=True`` the losses
-    are differentiable with respect to ``images``.
+    Call: ``objective(images (P, B, C, H, W), create_graph=False, soft_labels=None) -> (P,)``; with
+    ``create_graph=True`` the losses are differentiable with respect to ``images`` (and ``soft_labels``).
+    ``soft_labels`` (P, B, K) are label logits per candidate (DLG's), softmax'd into the cross-entropy in place of
+    ``labels``; FedSGD only.
 
     Example::
 
@@ -546,7 +552,7 @@ class PopulationObjective:
         self,
         model: nn.Module,
         target_gradients: Sequence[torch.Tensor],
-        labels: torch.Tensor,
+        labels: torch.Tensor | None,
         metric: str = "l2",
         layer_weights: Sequence[float] | None = None,
         simulate: Simulation | None = None,
@@ -556,11 +562,12 @@ class PopulationObjective:
         protocol: UpdateProtocol | None = None,
     ) -> None:
         target = _checked_target(model, target_gradients)
-        labels = torch.as_tensor(labels)
-        if labels.ndim != 1 or labels.numel() == 0 or labels.dtype not in (torch.int64, torch.int32):
-            raise ValueError(
-                f"labels must be a non-empty integer vector (B,), got {labels.dtype} {tuple(labels.shape)}"
-            )
+        if labels is not None:
+            labels = torch.as_tensor(labels)
+            if labels.ndim != 1 or labels.numel() == 0 or labels.dtype not in (torch.int64, torch.int32):
+                raise ValueError(
+                    f"labels must be a non-empty integer vector (B,) or None, got {labels.dtype} {tuple(labels.shape)}"
+                )
         one_of("metric", metric, sorted(DISTANCES))
         if layer_weights is not None and len(layer_weights) != len(target):
             raise ValueError(f"layer_weights has {len(layer_weights)} entries, expected {len(target)}")
@@ -575,7 +582,8 @@ class PopulationObjective:
             positive_int("chunk_size", chunk_size)
         self.model = model
         self.target_gradients = [g.detach() for g in target]
-        self.labels = labels.long()
+        self.labels = None if labels is None else labels.long()
+        self.protocol = protocol
         self.metric = metric
         self.layer_weights = None if layer_weights is None else [float(w) for w in layer_weights]
         self.simulate = simulate
@@ -601,42 +609,66 @@ class PopulationObjective:
             )
         return ENGINES[name](self.model)
 
-    def _check_images(self, images: torch.Tensor) -> None:
+    def _check_images(self, images: torch.Tensor, soft_labels: torch.Tensor | None) -> None:
         if not isinstance(images, torch.Tensor) or images.ndim != 5:
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
             raise ValueError(f"images must be a tensor (P, B, C, H, W), got {shape}")
         if images.shape[0] == 0:
             raise ValueError("images must hold at least one candidate (P >= 1)")
-        if images.shape[1] != self.labels.numel():
-            raise ValueError(f"images has B={images.shape[1]} per candidate but labels has {self.labels.numel()}")
         if not images.is_floating_point():
             raise ValueError(f"images must be floating point, got {images.dtype}")
+        if soft_labels is None:
+            if self.labels is None:
+                raise ValueError("this objective has no fixed labels: pass soft_labels (P, B, K)")
+            if images.shape[1] != self.labels.numel():
+                raise ValueError(f"images has B={images.shape[1]} per candidate but labels has {self.labels.numel()}")
+            return
+        if soft_labels.ndim != 3 or tuple(soft_labels.shape[:2]) != tuple(images.shape[:2]):
+            raise ValueError(
+                f"soft_labels must be (P, B, K) with the images' P and B {tuple(images.shape[:2])}, "
+                f"got {tuple(soft_labels.shape)}"
+            )
+        if self.protocol is not None and not self.protocol.is_fedsgd:
+            raise ValueError("soft_labels per candidate need FedSGD; under FedAvg every candidate shares the labels")
 
-    def _chunks(self, images: torch.Tensor) -> list[torch.Tensor]:
+    def _chunks(
+        self, images: torch.Tensor, soft_labels: torch.Tensor | None
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The population in chunks of ``chunk_size``, each with its engine labels (shared, or per candidate)."""
         size = self.chunk_size or images.shape[0]
-        return list(images.split(size))
+        if soft_labels is None:
+            assert self.labels is not None
+            labels = self.labels.to(images.device)
+            return [(chunk, labels) for chunk in images.split(size)]
+        probabilities = F.softmax(soft_labels, dim=-1)
+        return list(zip(images.split(size), probabilities.split(size)))
 
-    def gradients(self, images: torch.Tensor, create_graph: bool = False) -> list[torch.Tensor]:
+    def gradients(
+        self, images: torch.Tensor, create_graph: bool = False, soft_labels: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
         """Each candidate's batch gradient before ``simulate``: one (P, *s) tensor per model parameter."""
-        self._check_images(images)
+        self._check_images(images, soft_labels)
         if not create_graph:
             images = images.detach()
-        labels = self.labels.to(images.device)
         with torch.enable_grad():
-            parts = [self.engine.gradients(chunk, labels, create_graph) for chunk in self._chunks(images)]
+            parts = [
+                self.engine.gradients(chunk, labels, create_graph)
+                for chunk, labels in self._chunks(images, soft_labels)
+            ]
         gradients = [torch.cat(column) for column in zip(*parts)]
         return gradients if create_graph else [g.detach() for g in gradients]
 
-    def __call__(self, images: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
+    def __call__(
+        self, images: torch.Tensor, create_graph: bool = False, soft_labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Loss of each candidate (P,): distance of its (simulated) batch gradient to the target."""
-        self._check_images(images)
+        self._check_images(images, soft_labels)
         if not create_graph:
             images = images.detach()
-        labels = self.labels.to(images.device)
         target = [g.to(device=images.device) for g in self.target_gradients]
         losses = []
         with torch.enable_grad():
-            for chunk in self._chunks(images):
+            for chunk, labels in self._chunks(images, soft_labels):
                 if self._statistics:
                     linear = self.linear_simulation or LinearSimulation()
                     masks = {i: m.to(chunk.device) for i, m in linear.masks.items()}
@@ -659,5 +691,5 @@ class PopulationObjective:
             "engine": self.engine_name,
             "metric": self.metric,
             "chunk_size": self.chunk_size,
-            "batch_size": int(self.labels.numel()),
+            "batch_size": None if self.labels is None else int(self.labels.numel()),
         }

@@ -8,8 +8,10 @@ from typing import Any, ClassVar
 import torch
 
 from ggl.attacks.base import AttackTarget, GradientInversionAttack, register_attack
+from ggl.attacks.batched import ENGINES
+from ggl.attacks.lbfgs import BatchedLBFGS
 from ggl.attacks.objective import distance_scale
-from ggl.checks import positive_int, positive_number
+from ggl.checks import boolean, one_of, positive_int, positive_number
 from ggl.fl.labels import last_linear_indices
 
 LOSS_PERCENT = 100.0
@@ -34,11 +36,18 @@ class LBFGSGradientMatching(GradientInversionAttack):
     whose mean squared layer norm is 61-121 on four of the five documented victims. Traces, losses and the choice
     between restarts stay in the metric's own units.
 
+    With ``batch_restarts`` the R restarts run as R chains of one ``ggl.attacks.lbfgs.BatchedLBFGS``: each keeps
+    its own history and tolerances (the rule of ``torch.optim.LBFGS``), and every evaluation scores all chains
+    that need one as one population (``ggl.attacks.batched.PopulationObjective``, the defense simulation included;
+    DLG's soft labels per chain). Each chain follows the path it follows alone, from the same start, up to float
+    rounding (tested). A ``budget`` then stops all chains at the same step. FedSGD only for DLG.
+
     Args:
         iterations: L-BFGS steps (300). lr: L-BFGS step size (1.0). max_iter: inner iterations per step (20,
             PyTorch's default, as in the reference code). history_size: L-BFGS memory (100).
-        init_scale: std of the Gaussian start (1.0). ``shared``: restarts, budget, seed, adaptive, metric ("l2"),
-            see ``GradientInversionAttack``.
+        init_scale: std of the Gaussian start (1.0). batch_restarts: run the restarts as one population (False).
+        engine: the population engine for batched restarts ("auto"). ``shared``: restarts, budget, seed, adaptive,
+            metric ("l2"), see ``GradientInversionAttack``.
     """
 
     optimise_labels: ClassVar[bool] = False
@@ -51,27 +60,45 @@ class LBFGSGradientMatching(GradientInversionAttack):
         max_iter: int = 20,
         history_size: int = 100,
         init_scale: float = 1.0,
+        batch_restarts: bool = False,
+        engine: str = "auto",
         **shared: Any,
     ) -> None:
         lr, init_scale = positive_number("lr", lr), positive_number("init_scale", init_scale)
         max_iter, history_size = positive_int("max_iter", max_iter), positive_int("history_size", history_size)
+        batch_restarts = boolean("batch_restarts", batch_restarts)
+        engine = one_of("engine", engine, ["auto", *sorted(ENGINES)])
         super().__init__(iterations=iterations, **shared)
 
-    def configure_optimizers(self) -> torch.optim.LBFGS:
-        """The trial's start (Gaussian images, and Gaussian label logits for DLG) from ``self.rng``, and L-BFGS."""
+    def parallel_trials(self) -> int:
+        return self.hparams.restarts if self.hparams.batch_restarts else 1
+
+    def _start(self) -> list[torch.Tensor]:
+        """One trial's start from ``self.rng``: Gaussian images, then (DLG) Gaussian label logits."""
         target = self.target
-        self.inputs = self.random_images(self.hparams.init_scale).requires_grad_(True)
-        variables = [self.inputs]
+        start = [self.random_images(self.hparams.init_scale)]
         if self.optimise_labels:
             num_classes = target.update.gradients[last_linear_indices(target.model)[0]].shape[0]
-            logits = torch.randn((target.batch_size, num_classes), generator=self.rng)
-            self.label_logits = logits.to(self.device).requires_grad_(True)
-            variables.append(self.label_logits)
-        self.variables = variables
-        self.best_iterate: tuple[float, list[torch.Tensor]] = (float("inf"), [v.detach().clone() for v in variables])
-        self.last_step_iterations = self.hparams.max_iter
-        self.lbfgs = torch.optim.LBFGS(
-            variables, lr=self.hparams.lr, max_iter=self.hparams.max_iter, history_size=self.hparams.history_size
+            start.append(torch.randn((target.batch_size, num_classes), generator=self.rng).to(self.device))
+        return start
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """The trial's start (R starts, stacked, for batched restarts) and L-BFGS (``BatchedLBFGS`` for R chains)."""
+        trials = self.parallel_trials()
+        starts = [self._start() for _ in range(trials)]
+        stacked = [torch.stack(column) if trials > 1 else column[0] for column in zip(*starts)]
+        self.variables = [v.requires_grad_(True) for v in stacked]
+        self.inputs = self.variables[0]
+        if self.optimise_labels:
+            self.label_logits = self.variables[1]
+        initial = [v.detach().clone() for v in self.variables]
+        self.best_iterates = [(float("inf"), [v[r] for v in initial] if trials > 1 else initial) for r in range(trials)]
+        self.last_step_iterations = [self.hparams.max_iter] * trials
+        options = {"lr": self.hparams.lr, "max_iter": self.hparams.max_iter, "history_size": self.hparams.history_size}
+        self.lbfgs = (
+            BatchedLBFGS(self.variables, trials, **options)
+            if trials > 1
+            else torch.optim.LBFGS(self.variables, **options)
         )
         return self.lbfgs
 
@@ -79,6 +106,11 @@ class LBFGSGradientMatching(GradientInversionAttack):
         self.fixed_labels = None if self.optimise_labels else self.resolve_labels()
         scale = distance_scale(self.target_gradients, self.hparams.metric)
         self.loss_unit = scale / LOSS_PERCENT if math.isfinite(scale) and scale > 0 else 1.0
+        self.population = None
+        if self.parallel_trials() > 1:
+            if self.optimise_labels and not target.protocol.is_fedsgd:
+                raise ValueError(f"{self.name}: batch_restarts optimises labels per chain, which needs FedSGD")
+            self.population = self.population_objective(self.fixed_labels, self.hparams.engine)
 
     def _labels(self) -> torch.Tensor:
         return self.label_logits if self.optimise_labels else self.fixed_labels  # type: ignore[return-value]
@@ -90,30 +122,58 @@ class LBFGSGradientMatching(GradientInversionAttack):
         gradients = torch.autograd.grad(scaled, self.variables)
         for variable, gradient in zip(self.variables, gradients):
             variable.grad = gradient
-        value = float(loss.detach())
-        if value < self.best_iterate[0]:  # NaN compares False: a diverged iterate is never kept
-            self.best_iterate = (value, [v.detach().clone() for v in self.variables])
+        self._record(0, float(loss.detach()), [v.detach() for v in self.variables])
         return scaled.detach()
 
-    def search_step(self, step: int) -> float:
+    def _chain_closure(self, chains: list[int]) -> torch.Tensor:
+        """``_closure`` for the listed chains of batched restarts, scored as one population."""
+        assert self.population is not None
+        rows = torch.tensor(chains, device=self.device)
+        images = self.inputs[rows]
+        soft_labels = self.label_logits[rows] if self.optimise_labels else None
+        self.spend(len(chains))
+        losses = self.population(images, create_graph=True, soft_labels=soft_labels)
+        scaled = losses / self.loss_unit
+        gradients = torch.autograd.grad(scaled.sum(), self.variables)
+        for variable, gradient in zip(self.variables, gradients):
+            variable.grad = gradient
+        for chain, value in zip(chains, losses.detach().tolist()):
+            self._record(chain, value, [v[chain].detach() for v in self.variables])
+        return scaled.detach()
+
+    def _record(self, trial: int, value: float, variables: list[torch.Tensor]) -> None:
+        """Keep the iterate when it beats the trial's best (NaN compares False: a diverged iterate is never kept)."""
+        if value < self.best_iterates[trial][0]:
+            self.best_iterates[trial] = (value, [v.clone() for v in variables])
+
+    def search_step(self, step: int) -> float | torch.Tensor:
+        if self.population is not None:
+            assert isinstance(self.lbfgs, BatchedLBFGS)
+            self.lbfgs.step(self._chain_closure)
+            self.last_step_iterations = list(self.lbfgs.last_step_iterations)
+            return torch.tensor([best for best, _ in self.best_iterates])
         state = self.lbfgs.state[self.inputs]
         before = state.get("n_iter", 0)
         self.optimizers().step(closure=self._closure)  # type: ignore[union-attr]
-        self.last_step_iterations = state.get("n_iter", 0) - before
-        return self.best_iterate[0]
+        self.last_step_iterations = [state.get("n_iter", 0) - before]
+        return self.best_iterates[0][0]
 
-    def search_converged(self) -> bool:
-        """L-BFGS ended the trial's last step before ``max_iter`` iterations: one of its tolerances was met."""
-        return self.last_step_iterations < self.hparams.max_iter
+    def search_converged(self) -> bool | list[bool]:
+        """L-BFGS ended the trial's last step before ``max_iter`` iterations: one of its tolerances was met (one
+        answer per chain for batched restarts)."""
+        converged = [count < self.hparams.max_iter for count in self.last_step_iterations]
+        return converged if self.population is not None else converged[0]
 
-    def _best_labels(self) -> torch.Tensor:
+    def trial_result(self) -> tuple[torch.Tensor, torch.Tensor, float | torch.Tensor]:
+        images = torch.stack([variables[0] for _, variables in self.best_iterates])
+        losses = torch.tensor([loss for loss, _ in self.best_iterates])
         if self.optimise_labels:
-            return self.best_iterate[1][1].argmax(dim=-1)
-        return self._labels()
-
-    def trial_result(self) -> tuple[torch.Tensor, torch.Tensor, float]:
-        loss, variables = self.best_iterate
-        return self.to_pixels(variables[0]), self._best_labels(), loss
+            labels = torch.stack([variables[1] for _, variables in self.best_iterates]).argmax(dim=-1)
+        else:
+            labels = self._labels().expand(len(self.best_iterates), -1)
+        if self.population is not None:
+            return self.to_pixels(images), labels, losses
+        return self.to_pixels(images[0]), labels[0], float(losses[0])
 
 
 @register_attack("dlg")
