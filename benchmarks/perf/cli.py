@@ -2,9 +2,9 @@
 device's matrix-product peak, memory.
 
 Writes a JSON list of rows (one per victim x population x engine, serial included; adaptive rows per defense and
-engine; Inverting Gradients restarts sequential and batched; end-to-end GGL-CMA rows) and a Markdown table next
-to it. Exit status 0 when done, 2 on bad input. Every argument, the output path included, is checked before torch
-is imported and before anything is measured.
+engine; Inverting Gradients' and iDLG's restarts sequential and batched; end-to-end GGL-CMA rows) and a Markdown
+table next to it. Exit status 0 when done, 2 on bad input. Every argument, the output path included, is checked
+before torch is imported and before anything is measured.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ ADAPTIVE_DEFENSES = {
     "sign": {"name": "sign"},
 }
 """Defenses ``--defenses`` can time adaptively, at the `all` suite's stronger strengths."""
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
+"""``--compile``: none, or a ``torch.compile`` mode."""
 MAX_POPULATION = 16_384
 """Largest population, chunk or candidate count: bounds the memory one measurement may take."""
 INT_BOUNDS = {
@@ -100,9 +102,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--adaptive-victim", default="resnet18", help="victim of the adaptive rows")
     parser.add_argument("--adaptive-population", type=int, default=32, help="population P of the adaptive rows")
     parser.add_argument(
-        "--restarts", type=int, default=4, help="Inverting Gradients restarts timed as one population (1 skips)"
+        "--restarts",
+        type=int,
+        default=4,
+        help="Inverting Gradients' and iDLG's restarts timed as one population (1 skips)",
     )
-    parser.add_argument("--restarts-iterations", type=int, default=100, help="steps of each timed restart")
+    parser.add_argument(
+        "--restarts-iterations",
+        type=int,
+        default=100,
+        help="objective evaluations of each timed restart (Adam steps; L-BFGS steps of 20 evaluations)",
+    )
     parser.add_argument("--e2e-victim", default="resnet18", help="victim of the end-to-end GGL-CMA run")
     parser.add_argument(
         "--e2e-engines", default="inner", help="batched engines of the end-to-end run (serial always runs)"
@@ -114,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tf32", action="store_true", help="allow TF32 matrix products and convolutions (CUDA)")
     parser.add_argument(
         "--autocast", choices=("none", "bf16"), default="none", help="run every measurement under bf16 autocast"
+    )
+    parser.add_argument(
+        "--compile",
+        choices=COMPILE_MODES,
+        default="none",
+        help="also time each engine that torch.compile can trace (vmap) compiled in this mode; reduce-overhead "
+        "replays CUDA graphs on a GPU; the first call (tracing, compiling) is timed apart",
     )
     parser.add_argument("--out", default="perf.json", help="JSON output; the Markdown table goes beside it (.md)")
     return parser

@@ -102,7 +102,9 @@ def latents(setting: Setting, population: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(population * setting.batch, setting.generator.latent_dim, generator=rng).to(setting.device)
 
 
-def batched_losses(setting: Setting, objective: PopulationObjective, z: torch.Tensor) -> torch.Tensor:
+def batched_losses(
+    setting: Setting, objective: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor
+) -> torch.Tensor:
     """The whole population in one pass: generator forward, then one objective call. (P,)"""
     with torch.no_grad():
         images = setting.images(z)

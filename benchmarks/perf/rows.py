@@ -13,7 +13,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,10 @@ from .measure import (
     synchronize,
     timings,
 )
+
+COMPILABLE = ("vmap",)
+"""Engines ``--compile`` times compiled: ``torch.compile`` traces ``vmap(grad(...))``, but not the hooks engines'
+``autograd.grad`` with respect to outputs their forward hooks captured (it fails while tracing, torch 2.14)."""
 
 
 def _relative_difference(losses: torch.Tensor, reference: torch.Tensor) -> float:
@@ -98,6 +102,8 @@ def measure_setting(setting: Setting, population: int, args: argparse.Namespace)
     ]
     for engine in args.engine_names:
         rows.append(engine_row(setting, engine, z, reference, serial_rate, limit_rate, common, args))
+        if args.compile != "none" and engine in COMPILABLE:
+            rows.append(engine_row(setting, engine, z, reference, serial_rate, limit_rate, common, args, compiled=True))
     return rows
 
 
@@ -110,11 +116,22 @@ def engine_row(
     limit_rate: float,
     common: dict[str, Any],
     args: argparse.Namespace,
+    compiled: bool = False,
 ) -> dict[str, Any]:
-    """The throughput row of one batched engine, its losses checked against the serial ``reference``."""
+    """The throughput row of one batched engine, its losses checked against the serial ``reference``; ``compiled``:
+    its call through ``torch.compile(mode=args.compile)``, the first call (tracing, compiling) timed apart."""
     population = common["population"]
     checked = reference.numel()
-    objective = setting.objective(engine, args.chunk_size)
+    population_objective = setting.objective(engine, args.chunk_size)
+    objective: Callable[[torch.Tensor], torch.Tensor] = population_objective
+    compile_seconds = None
+    if compiled:
+        objective = torch.compile(population_objective.__call__, mode=args.compile)
+        synchronize(setting.device)
+        began = time.perf_counter()
+        batched_losses(setting, objective, z)
+        synchronize(setting.device)
+        compile_seconds = time.perf_counter() - began
     losses = batched_losses(setting, objective, z)
     seconds = statistics.median(
         timings(lambda: batched_losses(setting, objective, z), setting.device, args.repeats, args.max_seconds)
@@ -124,7 +141,9 @@ def engine_row(
     return {
         **common,
         "measurement": "throughput",
-        "engine": engine if engine != "auto" else f"auto:{objective.engine_name}",
+        "engine": (engine if engine != "auto" else f"auto:{population_objective.engine_name}")
+        + (f"+compile:{args.compile}" if compiled else ""),
+        "compile_seconds": compile_seconds,
         "candidates_per_s": rate,
         "speedup": rate / serial_rate,
         "limit_share": rate / limit_rate,
@@ -256,9 +275,14 @@ def end_to_end_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+RESTART_ATTACKS = {"inverting_gradients": 1, "idlg": 20}
+"""Attacks timed with restarts, and the objective evaluations one of their steps makes (an L-BFGS step up to 20)."""
+
+
 def restarts_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Inverting Gradients with R restarts on LeNet: one fit a trial (sequential) against one batched population,
-    from the same seed; the seconds of each and the largest difference in a trial's final loss."""
+    """Inverting Gradients (Adam) and iDLG (L-BFGS) with R restarts on LeNet: one fit a trial (sequential) against
+    one batched population, from the same seed and for about ``restarts_iterations`` evaluations a restart; the
+    seconds of each and the largest difference in a trial's final loss."""
     setting = build_setting("lenet", args.image_size, args.channels, args.batch, args.torch_device, args.seed)
     update = shared_update(setting.model, setting.private, setting.labels)
     target = AttackTarget(
@@ -267,36 +291,41 @@ def restarts_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
         image_shape=(setting.channels, setting.image_size, setting.image_size),
         normalization=setting.normalization,
     )
-    options = {"iterations": args.restarts_iterations, "restarts": args.restarts, "seed": args.seed}
     accelerator = "gpu" if setting.device.type == "cuda" else "cpu"
-    results = {}
-    for batched in (False, True):
-        attack = make_attack("inverting_gradients", batch_restarts=batched, **options)
-        synchronize(setting.device)
-        began = time.perf_counter()
-        results[batched] = (attack.reconstruct(target, accelerator=accelerator), time.perf_counter() - began)
-    (sequential, serial_seconds), (batched_run, seconds) = results[False], results[True]
-    difference = max(
-        abs(a - b) / max(abs(a), 1e-30)
-        for a, b in zip(sequential.extras["trial_losses"], batched_run.extras["trial_losses"])
-    )
-    return [
-        {
-            "measurement": "restarts",
-            "victim": "lenet",
-            "image_size": args.image_size,
-            "channels": args.channels,
-            "batch": args.batch,
-            "device": str(setting.device),
-            "attack": "inverting_gradients",
-            "restarts": args.restarts,
-            "iterations": args.restarts_iterations,
-            "serial_seconds": serial_seconds,
-            "seconds": seconds,
-            "speedup": serial_seconds / seconds,
-            "loss_max_relative_difference": difference,
-        }
-    ]
+    rows = []
+    for name, per_step in RESTART_ATTACKS.items():
+        steps = max(1, args.restarts_iterations // per_step)
+        options = {"iterations": steps, "restarts": args.restarts, "seed": args.seed}
+        results = {}
+        for batched in (False, True):
+            attack = make_attack(name, batch_restarts=batched, **options)
+            synchronize(setting.device)
+            began = time.perf_counter()
+            results[batched] = (attack.reconstruct(target, accelerator=accelerator), time.perf_counter() - began)
+        (sequential, serial_seconds), (batched_run, seconds) = results[False], results[True]
+        difference = max(
+            abs(a - b) / max(abs(a), 1e-30)
+            for a, b in zip(sequential.extras["trial_losses"], batched_run.extras["trial_losses"])
+        )
+        rows.append(
+            {
+                "measurement": "restarts",
+                "victim": "lenet",
+                "image_size": args.image_size,
+                "channels": args.channels,
+                "batch": args.batch,
+                "device": str(setting.device),
+                "attack": name,
+                "restarts": args.restarts,
+                "iterations": steps,
+                "evaluations": batched_run.evaluations,
+                "serial_seconds": serial_seconds,
+                "seconds": seconds,
+                "speedup": serial_seconds / seconds,
+                "loss_max_relative_difference": difference,
+            }
+        )
+    return rows
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], header: str) -> str:
@@ -317,12 +346,18 @@ def _throughput_table(rows: Sequence[dict[str, Any]]) -> list[str]:
     ]
     for row in rows:
         lines.append(
-            f"| {row['victim']} | {row['channels']}x{row['image_size']} | {row['population']} | {row['engine']} "
+            f"| {row['victim']} | {row['channels']}x{row['image_size']} | {row['population']} | {_engine_cell(row)} "
             f"| {row['candidates_per_s']:.1f} | {row['serial_candidates_per_s']:.1f} | {row['speedup']:.2f} "
             f"| {row['limit_candidates_per_s']:.1f} | {row['limit_share']:.0%} | {row['peak_share']:.1%} "
             f"| {row['peak_memory_mib']:.0f} | {row['loss_max_relative_difference']:.1e} |"
         )
     return lines
+
+
+def _engine_cell(row: dict[str, Any]) -> str:
+    """The engine's name, and for a compiled engine the seconds its first call took (tracing and compiling)."""
+    seconds = row.get("compile_seconds")
+    return row["engine"] if seconds is None else f"{row['engine']} ({seconds:.0f} s to compile)"
 
 
 def _adaptive_table(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -344,13 +379,15 @@ def _adaptive_table(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 def _restarts_table(rows: Sequence[dict[str, Any]]) -> list[str]:
     lines = [
-        "| restarts as one population | R | steps | sequential s | batched s | speedup | max rel. final-loss diff |",
-        "|---|---|---|---|---|---|---|",
+        "| restarts as one population | R | steps | evaluations | sequential s | batched s | speedup "
+        "| max rel. final-loss diff |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
             f"| {row['attack']} on {row['victim']} {row['channels']}x{row['image_size']} | {row['restarts']} "
-            f"| {row['iterations']} | {row['serial_seconds']:.2f} | {row['seconds']:.2f} | {row['speedup']:.2f} "
+            f"| {row['iterations']} | {row.get('evaluations', '')} | {row['serial_seconds']:.2f} "
+            f"| {row['seconds']:.2f} | {row['speedup']:.2f} "
             f"| {row['loss_max_relative_difference']:.1e} |"
         )
     return lines
