@@ -151,6 +151,7 @@ def engine_row(
         "peak_memory_mib": memory,
         "seconds_median": seconds,
         "candidates_timed": population,
+        "chunk_size": population_objective.automatic_chunk_size(population),
         "losses": losses[:checked].tolist(),
         "loss_max_relative_difference": _relative_difference(losses[:checked], reference),
     }
@@ -219,6 +220,7 @@ def _adaptive_defense_rows(
                 "device": str(setting.device),
                 "defense": defense.spec,
                 "engine": engine,
+                "chunk_size": objective.automatic_chunk_size(population) if engine != "serial" else 1,
                 "candidates_per_s": rate,
                 "serial_candidates_per_s": serial_rate,
                 "speedup": rate / serial_rate,
@@ -362,15 +364,16 @@ def _engine_cell(row: dict[str, Any]) -> str:
 
 def _adaptive_table(rows: Sequence[dict[str, Any]]) -> list[str]:
     lines = [
-        "| adaptive (defense simulated) | P | defense | engine | cand/s | serial cand/s | speedup | peak MiB "
+        "| adaptive (defense simulated) | P | defense | engine | chunk | cand/s | serial cand/s | speedup | peak MiB "
         "| max rel. loss diff |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         defense = ", ".join(f"{k}={v}" for k, v in row["defense"].items() if k != "name")
         lines.append(
             f"| {row['victim']} {row['channels']}x{row['image_size']} | {row['population']} "
-            f"| {row['defense']['name']}({defense}) | {row['engine']} | {row['candidates_per_s']:.1f} "
+            f"| {row['defense']['name']}({defense}) | {row['engine']} | {row.get('chunk_size', '')} "
+            f"| {row['candidates_per_s']:.1f} "
             f"| {row['serial_candidates_per_s']:.1f} | {row['speedup']:.2f} | {row['peak_memory_mib']:.0f} "
             f"| {row['loss_max_relative_difference']:.1e} |"
         )

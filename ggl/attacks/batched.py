@@ -36,12 +36,15 @@ from torch import nn
 from torch.nn.grad import conv2d_weight
 
 from ggl.attacks.objective import DISTANCES, gradient_distance
-from ggl.checks import one_of, positive_int
+from ggl.checks import one_of, positive_int, positive_number
 from ggl.defenses.base import LinearSimulation, clip_factors
 from ggl.fl.protocol import UpdateProtocol
 from ggl.registry import Registry
 
 Simulation = Callable[[list[torch.Tensor]], list[torch.Tensor]]
+
+MEMORY_BUDGET_MIB = 1024.0
+"""Default bound on the per-candidate gradients one pass forms at once (``PopulationObjective``'s chunking)."""
 
 
 class PopulationEngine:
@@ -536,7 +539,11 @@ class PopulationObjective:
         protocol: the round's update rule (``ggl.fl.protocol.UpdateProtocol``; None or FedSGD: the batch
             gradient). Under FedAvg every candidate's update is its unrolled local steps
             (``UpdateProtocol.candidate_updates``, batched over the population), whatever ``engine`` says.
-        chunk_size: candidates evaluated together (None: the whole population); bounds memory.
+        chunk_size: candidates evaluated together; None (default) chooses the largest chunk whose per-candidate
+            gradients fit ``memory_budget_mib`` (``automatic_chunk_size``), the whole population when they fit.
+        memory_budget_mib: the bound of that choice (1024 MiB). Engines that form every candidate's full gradient
+            (``serial``, ``vmap``, ``hooks``, FedAvg's unrolled steps; with a simulation twice, for its copy) need
+            4 bytes a parameter a candidate; ``inner`` forms at most one layer's at a time.
     Call: ``objective(images (P, B, C, H, W), create_graph=False, soft_labels=None) -> (P,)``; with
     ``create_graph=True`` the losses are differentiable with respect to ``images`` (and ``soft_labels``).
     ``soft_labels`` (P, B, K) are label logits per candidate (DLG's), softmax'd into the cross-entropy in place of
@@ -560,6 +567,7 @@ class PopulationObjective:
         chunk_size: int | None = None,
         linear_simulation: LinearSimulation | None = None,
         protocol: UpdateProtocol | None = None,
+        memory_budget_mib: float = MEMORY_BUDGET_MIB,
     ) -> None:
         target = _checked_target(model, target_gradients)
         if labels is not None:
@@ -580,6 +588,7 @@ class PopulationObjective:
         one_of("engine", engine, ["auto", *sorted(ENGINES)])
         if chunk_size is not None:
             positive_int("chunk_size", chunk_size)
+        positive_number("memory_budget_mib", memory_budget_mib)
         self.model = model
         self.target_gradients = [g.detach() for g in target]
         self.labels = None if labels is None else labels.long()
@@ -592,6 +601,21 @@ class PopulationObjective:
         self.engine = self._make_engine(engine, protocol)
         self.engine_name = self.engine.name
         self._statistics = getattr(self.engine, "statistics", None) is not None
+        self.memory_budget_mib = float(memory_budget_mib)
+        self.candidate_mib = self._candidate_mib()
+
+    def _candidate_mib(self) -> float:
+        """MiB of per-candidate gradient one candidate makes the engine hold at once (float32)."""
+        sizes = [p.numel() for p in self.model.parameters()]
+        floats = max(sizes) if self._statistics else sum(sizes) * (2 if self.simulate is not None else 1)
+        return 4 * floats / 2**20
+
+    def automatic_chunk_size(self, population: int) -> int:
+        """The chunk ``chunk_size=None`` uses for ``population`` candidates: all of them when their gradients fit
+        the memory budget, else the most that fit (at least one)."""
+        if self.chunk_size is not None:
+            return self.chunk_size
+        return max(1, min(population, int(self.memory_budget_mib // max(self.candidate_mib, 1e-12))))
 
     def _make_engine(self, engine: str, protocol: UpdateProtocol | None) -> PopulationEngine:
         """The engine named (``auto``: ``choose_engine``); FedAvg's unrolled updates whatever is named."""
@@ -635,7 +659,7 @@ class PopulationObjective:
         self, images: torch.Tensor, soft_labels: torch.Tensor | None
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The population in chunks of ``chunk_size``, each with its engine labels (shared, or per candidate)."""
-        size = self.chunk_size or images.shape[0]
+        size = self.automatic_chunk_size(images.shape[0])
         if soft_labels is None:
             assert self.labels is not None
             labels = self.labels.to(images.device)
@@ -686,10 +710,11 @@ class PopulationObjective:
         return result if create_graph else result.detach()
 
     def describe(self) -> dict[str, Any]:
-        """Plain-data description: engine, metric, chunk size, batch size."""
+        """Plain-data description: engine, metric, chunk size (None: automatic), memory budget, batch size."""
         return {
             "engine": self.engine_name,
             "metric": self.metric,
             "chunk_size": self.chunk_size,
+            "memory_budget_mib": self.memory_budget_mib,
             "batch_size": None if self.labels is None else int(self.labels.numel()),
         }

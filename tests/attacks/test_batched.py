@@ -119,6 +119,33 @@ def test_float32_population_with_chunks_matches_serial(engine):
     assert _relative(chunked(candidates), serial) < 1e-4
 
 
+def test_automatic_chunks_fit_the_memory_budget_and_match_serial():
+    """``chunk_size=None``: the most candidates whose gradients fit the budget (a full-gradient engine with a
+    simulation holds two copies, ``inner`` one layer), and the chunked losses equal the serial ones."""
+    model = make_victim("convnet", num_classes=10, image_shape=(1, 16, 16), seed=1)
+    rng = torch.Generator().manual_seed(1)
+    labels = torch.tensor([1, 7])
+    update = shared_update(model, torch.randn(2, 1, 16, 16, generator=rng), labels)
+    candidates = torch.randn(7, 2, 1, 16, 16, generator=rng)
+    sizes = [p.numel() for p in model.parameters()]
+    defense = make_defense("clipping", bound=0.5)
+    simulate = functools.partial(defense.simulate, received=update)
+    budget = 3.5 * 2 * 4 * sum(sizes) / 2**20  # three and a half candidates of two full copies
+    hooks = PopulationObjective(
+        model, update.gradients, labels, engine="hooks", simulate=simulate, memory_budget_mib=budget
+    )
+    assert hooks.candidate_mib == pytest.approx(2 * 4 * sum(sizes) / 2**20)
+    assert hooks.automatic_chunk_size(7) == 3 and hooks.automatic_chunk_size(2) == 2
+    serial = PopulationObjective(model, update.gradients, labels, engine="serial", simulate=simulate)(candidates)
+    assert _relative(hooks(candidates), serial) < 1e-4
+    inner = PopulationObjective(model, update.gradients, labels, engine="inner", memory_budget_mib=budget)
+    assert inner.candidate_mib == pytest.approx(4 * max(sizes) / 2**20)
+    assert inner.automatic_chunk_size(7) == 7
+    assert PopulationObjective(model, update.gradients, labels, memory_budget_mib=1e-9).automatic_chunk_size(7) == 1
+    with pytest.raises(ValueError, match="memory_budget_mib"):
+        PopulationObjective(model, update.gradients, labels, memory_budget_mib=0)
+
+
 @pytest.mark.parametrize("engine", BATCHED)
 def test_true_batch_scores_zero_and_gradients_match_update(engine):
     model, update, labels, _ = _setup("lenet", (1, 16, 16))
