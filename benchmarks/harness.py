@@ -37,7 +37,7 @@ import torch
 from ggl.attacks import AttackTarget, make_attack
 from ggl.attacks.objective import gradient_distance
 from ggl.checks import positive_number
-from ggl.data import make_datamodule
+from ggl.data import DataNotFoundError, make_datamodule
 from ggl.defenses import SimulationCheck, build_defense, check_simulation
 from ggl.fl import VICTIMS, infer_labels, make_victim
 from ggl.fl.protocol import UpdateProtocol
@@ -328,6 +328,9 @@ class Harness:
             )
         try:
             self.model()
+        except DataNotFoundError as error:
+            needed = "the victim's training data" if suite.model.train is not None else "the victims' data"
+            raise MissingRequirement(f"suite {suite.name!r}: {needed} missing: {error}") from None
         except FileNotFoundError as error:
             raise MissingRequirement(f"suite {suite.name!r}: victim model checkpoint missing: {error}") from None
         except (ValueError, TypeError) as error:

@@ -85,14 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-size", type=int, default=32, help="square image side (power of two, 8 to 512)")
     parser.add_argument("--channels", type=int, default=3, help="image channels")
     parser.add_argument("--batch", type=int, default=1, help="images per candidate (the client's batch B)")
-    parser.add_argument("--population", default="8,32,64", help="comma list of population sizes P")
+    parser.add_argument("--population", default="8,32", help="comma list of population sizes P")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     parser.add_argument("--repeats", type=int, default=2, help="timed calls after one warm-up (median reported)")
     parser.add_argument("--max-seconds", type=float, default=10.0, help="stop repeating a timing past this")
     parser.add_argument("--engines", default="vmap,hooks,inner", help="batched engines to time (serial always runs)")
-    parser.add_argument(
-        "--chunk-size", type=int, default=64, help="candidates per engine pass, bounds memory (0: whole population)"
-    )
+    chunk = "candidates per engine pass (0: the most whose per-candidate gradients fit the objective's 1 GiB budget)"
+    parser.add_argument("--chunk-size", type=int, default=0, help=chunk)
     parser.add_argument("--serial-candidates", type=int, default=16, help="candidates the serial loop times")
     parser.add_argument(
         "--defenses",

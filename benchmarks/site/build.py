@@ -344,12 +344,13 @@ class Suite:
         return min(ranked, key=lambda s: s.cells["rank"].value or 0.0, default=None)
 
 
-def load_suite(folder: Path, submissions: list[dict[str, Any]]) -> Suite:
-    """The report in ``folder`` with each setting's page name, grid and submission."""
+def load_suite(folder: Path, submissions: list[dict[str, Any]], name: str | None = None) -> Suite:
+    """The report in ``folder`` (named ``name``, default the folder's) with each setting's page name, grid and
+    submission."""
     board = json.loads((folder / "leaderboard.json").read_text(encoding="utf-8"))
     if not isinstance(board, dict):
         raise ValueError(f"{folder / 'leaderboard.json'}: not a JSON object")
-    suite = Suite(folder.name, folder, board)
+    suite = Suite(name or folder.name, folder, board)
     suite.plot = "privacy_utility.png" if (folder / "privacy_utility.png").is_file() else None
     suite.downloads = [name for name in DOWNLOADS if (folder / name).is_file()]
     pages: set[str] = set()
@@ -367,14 +368,19 @@ def load_suite(folder: Path, submissions: list[dict[str, Any]]) -> Suite:
 
 
 def load_suites(leaderboards: Path, submissions: list[dict[str, Any]]) -> list[Suite]:
-    """Every suite report under ``leaderboards`` (a folder with ``leaderboard.json``), by folder name."""
+    """Every suite report under ``leaderboards`` (a folder with ``leaderboard.json``), by folder name; a suite's
+    variants (``SUITE/VARIANT/leaderboard.json``, the realistic track's) as suites named ``SUITE.VARIANT``, as their
+    stores name them."""
     folders = sorted(p.parent for p in leaderboards.glob("*/leaderboard.json"))
     if not folders:
         raise FileNotFoundError(f"no {leaderboards}/SUITE/leaderboard.json found")
     reserved = [folder for folder in folders if folder.name in RESERVED]
     if reserved:
         raise ValueError(f"{reserved[0]}: the site uses the name {reserved[0].name!r} itself; rename the folder")
-    return [load_suite(folder, submissions) for folder in folders]
+    variants = sorted(p.parent for p in leaderboards.glob("*/*/leaderboard.json"))
+    named = [(folder, folder.name) for folder in folders]
+    named += [(folder, f"{folder.parent.name}.{folder.name}") for folder in variants]
+    return [load_suite(folder, submissions, name) for folder, name in sorted(named, key=lambda pair: pair[1])]
 
 
 def environment() -> Environment:

@@ -133,6 +133,38 @@ def test_a_fedsgd_only_defense_is_refused_under_fedavg(suite_files: tuple[Path, 
     assert not (tmp_path / "out" / "fedavg-3" / "results.sqlite").exists()
 
 
+def test_a_trained_stage_without_training_data_names_what_is_missing(
+    suite_files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The public split is missing: the run stops before any cell with the datamodule's own message, and says it is
+    the victim's training data (not a checkpoint) that is missing."""
+    monkeypatch.setenv("GGL_BENCH_CACHE", str(tmp_path / "cache"))
+    path, plugin = suite_files
+    plugin.write_text(
+        plugin.read_text()
+        + textwrap.dedent(
+            """
+            from ggl.data import DataNotFoundError
+
+
+            class NoPublicSplit(ShippedSplit):
+                def setup(self, stage=None) -> None:
+                    if stage == "fit":
+                        raise DataNotFoundError("put the public split in /data/tiny")
+                    super().setup(stage)
+                    self.public = None
+            """
+        )
+    )
+    arguments = ["--suite", str(path), "--plugin", str(plugin), "--out", str(tmp_path / "out"), "--no-progress"]
+    datamodule = 'datamodule={name: "tiny_parts:NoPublicSplit", options: {image_size: 16}}'
+    assert main([*arguments, "--variant", "trained-1", "--set", datamodule]) == 2
+    error = capsys.readouterr().err
+    assert "the victim's training data missing" in error and "put the public split in /data/tiny" in error
+    assert "checkpoint" not in error
+    assert not (tmp_path / "out" / "trained-1" / "results.sqlite").exists()
+
+
 def test_the_realistic_track_runs_every_variant_and_tables_them(
     suite_files: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:

@@ -21,7 +21,11 @@ from benchmarks.site.build import build_site, find_chromium, main
 
 ROOT = Path(__file__).resolve().parents[2]
 LEADERBOARDS = ROOT / "leaderboards"
-SUITES = sorted(path.parent.name for path in LEADERBOARDS.glob("*/leaderboard.json"))
+FOLDERS = {path.parent.name: path.parent for path in LEADERBOARDS.glob("*/leaderboard.json")}
+FOLDERS.update(
+    {f"{path.parent.parent.name}.{path.parent.name}": path.parent for path in LEADERBOARDS.glob("*/*/leaderboard.json")}
+)  # a suite's variants (the realistic track's) are suites named SUITE.VARIANT
+SUITES = sorted(FOLDERS)
 
 
 class Page(HTMLParser):
@@ -75,7 +79,7 @@ def parse(path: Path) -> Page:
 
 
 def board(suite: str) -> dict[str, Any]:
-    return json.loads((LEADERBOARDS / suite / "leaderboard.json").read_text(encoding="utf-8"))
+    return json.loads((FOLDERS[suite] / "leaderboard.json").read_text(encoding="utf-8"))
 
 
 def is_local(target: str) -> bool:
@@ -97,6 +101,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_committed_leaderboards_are_present() -> None:
     assert SUITES, "no leaderboards/SUITE/leaderboard.json"
+    assert {"all", "realistic.baseline", "realistic.fedavg-5"} <= set(SUITES)  # variants are suites of their own
 
 
 def test_every_page_exists(site: Path) -> None:
