@@ -18,6 +18,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 ATTACKS = [
     {"name": "dlg", "iterations": 2, "max_iter": 3},
     {"name": "idlg", "iterations": 2, "max_iter": 3},
+    {"name": "dlg", "iterations": 2, "max_iter": 3, "restarts": 2, "batch_restarts": True},
+    {"name": "idlg", "iterations": 2, "max_iter": 3, "restarts": 2, "batch_restarts": True},
     {"name": "inverting_gradients", "iterations": 3},
     {"name": "inverting_gradients", "iterations": 3, "restarts": 2, "batch_restarts": True},
     {"name": "ggl", "prior": "fashion-mnist-wgan", "search": "cma", "budget": 20, "population": 10},
