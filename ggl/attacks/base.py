@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from pytorch_lightning.utilities.parsing import AttributeDict
 from torch import nn
 
-from ggl.attacks.batched import PopulationObjective
+from ggl.attacks.batched import JointObjective, PopulationObjective
 from ggl.attacks.objective import DISTANCES, gradient_distance
 from ggl.checks import boolean, non_negative_int, one_of, positive_int
 from ggl.fl.client import SharedUpdate, non_finite_kinds
@@ -206,20 +206,10 @@ class _Candidate(NamedTuple):
 
 
 @dataclass
-class _Run:
-    """The state of one ``reconstruct`` call. A plain object, so the victim never becomes a submodule."""
+class _Outcome:
+    """One target's share of a reconstruction: its evaluations, its trials' traces and losses, its best candidate."""
 
-    target: AttackTarget
     budget: EvaluationBudget
-    log_every: int
-    watched: bool = False
-    parallel: int = 1
-    chain_traces: list[list[float]] = field(default_factory=list)
-    trial: int = 0
-    prepared: bool = False
-    stopped: bool = False
-    victim: nn.Module | None = None
-    gradients: list[torch.Tensor] = field(default_factory=list)
     trace: list[float] = field(default_factory=list)
     trial_losses: list[float] = field(default_factory=list)
     trial_starts: list[int] = field(default_factory=list)
@@ -230,6 +220,40 @@ class _Run:
         """The losses recorded during trial ``trial`` (a slice of ``trace``)."""
         end = self.trial_starts[trial + 1] if trial + 1 < len(self.trial_starts) else len(self.trace)
         return self.trace[self.trial_starts[trial] : end]
+
+
+@dataclass
+class _Run:
+    """The state of one ``reconstruct`` (or ``reconstruct_together``) call: its targets, one ``_Outcome`` each, and
+    the index of the target the attack's helpers refer to (``active``). A plain object, so the victim never becomes
+    a submodule."""
+
+    targets: list[AttackTarget]
+    outcomes: list[_Outcome]
+    log_every: int
+    watched: bool = False
+    parallel: int = 1
+    active: int = 0
+    chain_traces: list[list[float]] = field(default_factory=list)
+    trial: int = 0
+    prepared: bool = False
+    stopped: bool = False
+    victim: nn.Module | None = None
+    gradients: list[list[torch.Tensor]] = field(default_factory=list)
+
+    @property
+    def target(self) -> AttackTarget:
+        return self.targets[self.active]
+
+    @property
+    def spent(self) -> int:
+        """Evaluations over all targets."""
+        return sum(outcome.budget.spent for outcome in self.outcomes)
+
+    @property
+    def exhausted(self) -> bool:
+        """Whether any target's budget is spent (the search stops at a step boundary)."""
+        return any(outcome.budget.exhausted for outcome in self.outcomes)
 
 
 RUN_OPTIONS = ("accelerator", "progress_bar", "logger", "callbacks", "log_every")
@@ -334,10 +358,40 @@ class GradientInversionAttack(pl.LightningModule):
         """
         if not isinstance(target, AttackTarget):
             raise ValueError(f"reconstruct expects an AttackTarget, got {type(target).__name__}")
+        return self.reconstruct_together(
+            [target],
+            accelerator=accelerator,
+            progress_bar=progress_bar,
+            logger=logger,
+            callbacks=callbacks,
+            log_every=log_every,
+        )[0]
+
+    def reconstruct_together(
+        self,
+        targets: Sequence[AttackTarget],
+        *,
+        accelerator: str = "cpu",
+        progress_bar: bool = False,
+        logger: pl.loggers.Logger | None = None,
+        callbacks: Sequence[pl.Callback] = (),
+        log_every: int = 100,
+    ) -> list[Reconstruction]:
+        """``reconstruct`` of several updates of one victim (an attack and its no-information control), searched as
+        one population: the R trials of each of the T targets run as T x R chains of one fit, every step scores
+        all chains in one batched pass (``ggl.attacks.batched.JointObjective``), and each target gets the
+        ``Reconstruction`` its own run gives from the same seed, up to float rounding (tested). Its ``seconds``
+        are the shared wall time divided by T; its evaluations and budget its own.
+
+        Needs an attack that supports it (``joint_targets``) and targets that share the model (the same object),
+        image shape, normalisation, protocol, batch size and defense. Arguments as in ``reconstruct``.
+        """
+        targets = self._checked_targets(targets)
         progress_bar, callbacks = boolean("progress_bar", progress_bar), tuple(callbacks)
-        self._run = run = _Run(target, EvaluationBudget(self.hparams.budget), positive_int("log_every", log_every))
+        outcomes = [_Outcome(EvaluationBudget(self.hparams.budget)) for _ in targets]
+        self._run = run = _Run(targets, outcomes, positive_int("log_every", log_every))
         run.watched = logger is not None or progress_bar or bool(callbacks)
-        run.parallel = self.parallel_trials()
+        run.parallel = self.chain_count
         self.rng = torch.Generator().manual_seed(self.hparams.seed)
         start = time.perf_counter()
         try:
@@ -345,14 +399,42 @@ class GradientInversionAttack(pl.LightningModule):
                 torch.manual_seed(self.hparams.seed)
                 for trial in range(1 if run.parallel > 1 else self.hparams.restarts):
                     run.trial = trial
-                    run.trial_starts.append(len(run.trace))
+                    run.outcomes[0].trial_starts.append(len(run.outcomes[0].trace))
                     trainer = self._make_trainer(accelerator, progress_bar, logger, callbacks)
                     trainer.fit(self, train_dataloaders=range(self.hparams.iterations))
                     if run.stopped:
                         break
-            return self._result(run, time.perf_counter() - start)
+            seconds = (time.perf_counter() - start) / len(targets)
+            return [self._result(outcome, seconds) for outcome in run.outcomes]
         finally:
             self._run = None
+
+    def _checked_targets(self, targets: Sequence[AttackTarget]) -> list[AttackTarget]:
+        """``targets`` as a list, refused with the reason when this attack cannot search them together."""
+        targets = list(targets)
+        if not targets or not all(isinstance(t, AttackTarget) for t in targets):
+            raise ValueError("reconstruct_together expects a non-empty sequence of AttackTarget")
+        if len(targets) == 1:
+            return targets
+        if not self.joint_targets:
+            raise ValueError(f"attack {self.name!r} cannot search several targets together; reconstruct each")
+        first = targets[0]
+        for index, other in enumerate(targets[1:], start=1):
+            shared = {
+                "model": other.model is first.model,
+                "image_shape": other.image_shape == first.image_shape,
+                "normalization": other.normalization == first.normalization,
+                "protocol": other.protocol == first.protocol,
+                "batch_size": other.batch_size == first.batch_size,
+                "defense": other.defense is first.defense,
+            }
+            differing = [name for name, same in shared.items() if not same]
+            if differing:
+                raise ValueError(
+                    f"targets[{index}] differs from targets[0] in {', '.join(differing)}; targets searched together "
+                    "share the victim model (the same object), its input and protocol, the batch size and the defense"
+                )
+        return targets
 
     # ------------------------------------------------------------------------------------ hooks for subclasses
 
@@ -379,6 +461,12 @@ class GradientInversionAttack(pl.LightningModule):
         (R, B, C, H, W), labels (B,) shared or (R, B) per trial, and losses (R,). Default: 1."""
         return 1
 
+    joint_targets: ClassVar[bool] = False
+    """Whether ``reconstruct_together`` may search several targets as one population. An attack that sets it runs
+    ``chain_count`` chains (T targets x R trials, target-major) wherever it would run ``parallel_trials``, draws
+    their starts with ``chain_starts``, builds its objective per target (``for_each_target``, ``joint_objective``)
+    and spends per chain (``spend_chains``)."""
+
     def search_converged(self) -> bool | list[bool]:
         """Whether the running trial's optimiser ended the search by its own convergence test (one answer per trial
         when trials run together; a single False then means none did). Default: False.
@@ -396,18 +484,64 @@ class GradientInversionAttack(pl.LightningModule):
         return self._active().target
 
     @property
+    def chain_count(self) -> int:
+        """Chains one fit runs: T targets x R restarts when several targets run together, else ``parallel_trials``."""
+        run = self._active()
+        targets = len(run.targets)
+        return targets * self.hparams.restarts if targets > 1 else self.parallel_trials()
+
+    @property
+    def chain_groups(self) -> torch.Tensor:
+        """The target index of every chain (``chain_count``,), target-major."""
+        targets = len(self._active().targets)
+        return torch.arange(targets).repeat_interleave(self.chain_count // targets)
+
+    def chain_starts(self, draw: Callable[[], Any]) -> list[Any]:
+        """The chains' starts: ``draw()`` once per trial, from ``self.rng``, and the same R starts for every target
+        (each target's own run draws them from the same seed)."""
+        starts = [draw() for _ in range(self.chain_count // len(self._active().targets))]
+        return starts * len(self._active().targets)
+
+    def for_each_target(self, make: Callable[[int], Any]) -> list[Any]:
+        """``make(index)`` once per target, with ``target``, ``target_gradients`` and ``received_update`` referring
+        to that target meanwhile."""
+        run = self._active()
+        results = []
+        try:
+            for index in range(len(run.targets)):
+                run.active = index
+                results.append(make(index))
+        finally:
+            run.active = 0
+        return results
+
+    def joint_objective(self, labels: Sequence[torch.Tensor | None], engine: str) -> JointObjective:
+        """One ``population_objective`` per target (with its ``labels``), evaluated together; call it with the
+        chains' ``chain_groups``."""
+        return JointObjective(self.for_each_target(lambda index: self.population_objective(labels[index], engine)))
+
+    def spend_chains(self, chains: Sequence[int]) -> None:
+        """One evaluation for each of ``chains``, counted against its own target's budget."""
+        run = self._active()
+        per_target = self.chain_count // len(run.targets)
+        for chain in chains:
+            run.outcomes[int(chain) // per_target].budget.spend(1)
+
+    @property
     def current_trial(self) -> int:
         """The index of the running trial (restart), from 0."""
         return self._active().trial
 
     @property
     def evaluations(self) -> int:
-        """Objective evaluations spent so far in the running reconstruction."""
-        return self._active().budget.spent
+        """Objective evaluations spent so far in the running reconstruction (over all its targets)."""
+        return self._active().spent
 
     def spend(self, count: int) -> None:
-        """Count ``count`` objective evaluations against the budget (the objectives call this, once each)."""
-        self._active().budget.spend(count)
+        """Count ``count`` objective evaluations against the (active target's) budget (the objectives call this,
+        once each)."""
+        run = self._active()
+        run.outcomes[run.active].budget.spend(count)
 
     @property
     def victim(self) -> nn.Module:
@@ -419,7 +553,8 @@ class GradientInversionAttack(pl.LightningModule):
     @property
     def target_gradients(self) -> list[torch.Tensor]:
         """The received update's gradients on the attack's device."""
-        return self._active().gradients
+        run = self._active()
+        return run.gradients[run.active]
 
     def resolve_labels(self) -> torch.Tensor:
         """Known labels when the target has them, otherwise ``infer_labels`` on the received update."""
@@ -521,7 +656,7 @@ class GradientInversionAttack(pl.LightningModule):
         if first is not None and first.device != self.device:
             model = copy.deepcopy(model).to(self.device)
         run.victim = model
-        run.gradients = [g.detach().to(self.device) for g in run.target.update.gradients]
+        run.gradients = [[g.detach().to(self.device) for g in target.update.gradients] for target in run.targets]
         run.prepared = True
         self.prepare(run.target)
 
@@ -537,19 +672,20 @@ class GradientInversionAttack(pl.LightningModule):
             loss = min(losses, key=lambda v: (math.isnan(v), v))
         else:
             loss = float(value)
-        run.trace.append(loss)
+        trace = run.outcomes[0].trace
+        trace.append(loss)
         if run.watched:
-            self._log_step(run, loss)
-        if self.logger is not None and len(run.trace) % run.log_every == 0:
-            self._log_images(self.preview(), len(run.trace))
-        if run.budget.exhausted:
+            self._log_step(run, loss, len(trace) - 1)
+        if self.logger is not None and len(trace) % run.log_every == 0:
+            self._log_images(self.preview(), len(trace))
+        if run.exhausted:
             self.trainer.should_stop = True
 
-    def _log_step(self, run: _Run, loss: float) -> None:
+    def _log_step(self, run: _Run, loss: float, step: int) -> None:
         """The step's metrics for loggers, callbacks and the progress bar (skipped when nobody reads them: Lightning's
         ``log`` costs about a millisecond a call, a third of an Inverting Gradients step on LeNet)."""
-        metrics = {"attack/loss": loss, "attack/evaluations": run.budget.spent, "attack/trial": run.trial}
-        metrics["step"] = len(run.trace) - 1  # the loggers' x-axis, over all trials (Lightning's restarts each fit)
+        metrics = {"attack/loss": loss, "attack/evaluations": run.spent, "attack/trial": run.trial}
+        metrics["step"] = step  # the loggers' x-axis, over all trials (Lightning's restarts each fit)
         for key, value in metrics.items():
             self.log(
                 key,
@@ -566,27 +702,33 @@ class GradientInversionAttack(pl.LightningModule):
         run = self._active()
         images, labels, loss = self.trial_result()
         converged = self.search_converged()
+        per_target = run.parallel // len(run.targets)
         if run.parallel > 1:
             flags = converged if isinstance(converged, (list, tuple)) else [False] * run.parallel
             own_labels = labels.ndim == 2
             candidates = [
-                (images[r], labels[r] if own_labels else labels, float(value), r, bool(flags[r]))
-                for r, value in enumerate(torch.as_tensor(loss).tolist())
+                (images[c], labels[c] if own_labels else labels, float(value), divmod(c, per_target), bool(flags[c]))
+                for c, value in enumerate(torch.as_tensor(loss).tolist())
             ]
         else:
-            candidates = [(images, labels, float(loss), run.trial, bool(converged))]
-        for trial_images, trial_labels, trial_loss, trial, trial_converged in candidates:
-            run.trial_losses.append(trial_loss)
-            run.trial_converged.append(trial_converged)
-            if run.best is None or _better(trial_loss, run.best.loss):
-                run.best = _Candidate(trial_images.detach().clone(), trial_labels.detach().clone(), trial_loss, trial)
+            candidates = [(images, labels, float(loss), (0, run.trial), bool(converged))]
+        for trial_images, trial_labels, trial_loss, (index, trial), trial_converged in candidates:
+            outcome = run.outcomes[index]
+            outcome.trial_losses.append(trial_loss)
+            outcome.trial_converged.append(trial_converged)
+            if outcome.best is None or _better(trial_loss, outcome.best.loss):
+                kept = (trial_images.detach().clone(), trial_labels.detach().clone())
+                outcome.best = _Candidate(*kept, trial_loss, trial)
         if run.parallel > 1:
-            run.trace = [value for trace in run.chain_traces for value in trace]
-            run.trial_starts = [r * len(run.chain_traces[0]) for r in range(len(run.chain_traces))]
+            for index, outcome in enumerate(run.outcomes):
+                chains = run.chain_traces[index * per_target : (index + 1) * per_target]
+                outcome.trace = [value for trace in chains for value in trace]
+                outcome.trial_starts = [r * len(chains[0]) for r in range(per_target)]
         run.stopped = self.trainer.should_stop
         last = run.parallel > 1 or run.trial == self.hparams.restarts - 1
-        if self.logger is not None and run.best is not None and (run.stopped or last):
-            self._log_images(run.best.images, len(run.trace))  # before Lightning finalises the logger
+        first = run.outcomes[0]
+        if self.logger is not None and first.best is not None and (run.stopped or last):
+            self._log_images(first.best.images, len(first.trace))  # before Lightning finalises the logger
 
     # ------------------------------------------------------------------------------------------------ private
 
@@ -614,21 +756,22 @@ class GradientInversionAttack(pl.LightningModule):
             log_every_n_steps=1,
         )
 
-    def _result(self, run: _Run, seconds: float) -> Reconstruction:
-        if run.best is None:
+    def _result(self, outcome: _Outcome, seconds: float) -> Reconstruction:
+        best = outcome.best
+        if best is None:
             raise RuntimeError(f"{self.name}: the search ended before any trial finished")
         return Reconstruction(
-            images=run.best.images.detach().cpu(),
-            labels=run.best.labels.detach().cpu(),
-            trace=list(run.trace),
-            evaluations=run.budget.spent,
+            images=best.images.detach().cpu(),
+            labels=best.labels.detach().cpu(),
+            trace=list(outcome.trace),
+            evaluations=outcome.budget.spent,
             seconds=seconds,
             extras={
-                "loss": run.best.loss,
-                "best_trial": run.best.trial,
-                "trial_losses": list(run.trial_losses),
+                "loss": best.loss,
+                "best_trial": best.trial,
+                "trial_losses": list(outcome.trial_losses),
                 "still_improving": still_improving(
-                    run.trial_trace(run.best.trial), converged=run.trial_converged[run.best.trial]
+                    outcome.trial_trace(best.trial), converged=outcome.trial_converged[best.trial]
                 ),
             },
         )

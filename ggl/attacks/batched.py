@@ -43,6 +43,10 @@ from ggl.registry import Registry
 
 Simulation = Callable[[list[torch.Tensor]], list[torch.Tensor]]
 
+Captured = tuple[dict[str, int], nn.Module, torch.Tensor, torch.Tensor]
+"""One layer call of a hooks capture: (parameter indices by attribute, layer, input, output gradient), every
+tensor with the P * B images of the population along its first dimension, candidate-major."""
+
 MEMORY_BUDGET_MIB = 1024.0
 """Default bound on the per-candidate gradients one pass forms at once (``PopulationObjective``'s chunking)."""
 
@@ -53,8 +57,9 @@ class PopulationEngine:
     Args:
         model: the victim, in ``eval()`` mode (candidates must not share batch statistics).
     Subclasses implement ``gradients(images (P, B, C, H, W), labels, create_graph) -> [(P, *s)]`` with one
-    tensor per ``model.parameters()`` entry; ``labels`` are (B,) class indices shared by every candidate or (P, B, K)
-    label probabilities, one row of soft labels per candidate (DLG's restarts).
+    tensor per ``model.parameters()`` entry; ``labels`` are (B,) class indices shared by every candidate, (P, B) class
+    indices per candidate (candidates of several targets, ``JointObjective``) or (P, B, K) label probabilities, one
+    row of soft labels per candidate (DLG's restarts).
     """
 
     name = ""
@@ -102,7 +107,7 @@ class SerialEngine(PopulationEngine):
         per_candidate = []
         for index, batch in enumerate(images):
             logits = torch.func.functional_call(self.model, {**buffers, **parameters}, (batch,))
-            loss = F.cross_entropy(logits, labels[index] if labels.ndim == 3 else labels)
+            loss = F.cross_entropy(logits, labels[index] if labels.ndim > 1 else labels)
             per_candidate.append(torch.autograd.grad(loss, leaves, create_graph=create_graph))
         return [torch.stack(list(column)) for column in zip(*per_candidate)]
 
@@ -128,7 +133,7 @@ class VmapEngine(PopulationEngine):
 
     def gradients(self, images: torch.Tensor, labels: torch.Tensor, create_graph: bool) -> list[torch.Tensor]:
         parameters, buffers = self._state(requires_grad=False)
-        per_candidate = self._own_labels if labels.ndim == 3 else self._shared_labels
+        per_candidate = self._own_labels if labels.ndim > 1 else self._shared_labels
         gradients = per_candidate(parameters, buffers, images, labels)
         return [gradients[name] for name in self.parameter_names]
 
@@ -269,9 +274,7 @@ class HooksEngine(PopulationEngine):
         weight = (_channel_sums(backprops * inputs, population) - bias * module.running_mean.detach()) * scale
         return {"weight": weight, "bias": bias}
 
-    def _capture(
-        self, images: torch.Tensor, labels: torch.Tensor, create_graph: bool
-    ) -> list[tuple[dict[str, int], nn.Module, torch.Tensor, torch.Tensor]]:
+    def _capture(self, images: torch.Tensor, labels: torch.Tensor, create_graph: bool) -> list[Captured]:
         """One forward and backward pass: (parameter indices, layer, input, output gradient) per layer call."""
         population, batch = images.shape[:2]
         flat = images.reshape(population * batch, *images.shape[2:])
@@ -292,7 +295,10 @@ class HooksEngine(PopulationEngine):
         finally:
             for handle in handles:
                 handle.remove()
-        targets = labels.reshape(population * batch, -1) if labels.ndim == 3 else labels.repeat(population)
+        if labels.ndim == 3:
+            targets = labels.reshape(population * batch, -1)
+        else:
+            targets = labels.reshape(-1) if labels.ndim == 2 else labels.repeat(population)
         loss = F.cross_entropy(logits, targets, reduction="sum") / batch
         backprops = torch.autograd.grad(loss, [record[-1] for record in records], create_graph=create_graph)
         captured = []
@@ -303,18 +309,30 @@ class HooksEngine(PopulationEngine):
         return captured
 
     def gradients(self, images: torch.Tensor, labels: torch.Tensor, create_graph: bool) -> list[torch.Tensor]:
-        population = images.shape[0]
+        return self.gradients_from(self._capture(images, labels, create_graph), images.shape[0])
+
+    def gradients_from(self, captured: Sequence[Captured], population: int) -> list[torch.Tensor]:
+        """The per-candidate gradients of a capture of ``population`` candidates (``_capture``,
+        ``select_candidates``)."""
         results: list[torch.Tensor | None] = [None] * len(self.parameter_names)
-        for attributes, module, inputs, grads in self._capture(images, labels, create_graph):
+        for attributes, module, inputs, grads in captured:
             for attr, value in self._layer_gradients(module, inputs, grads, population).items():
                 if attr in attributes:
                     position = attributes[attr]
                     previous = results[position]
                     results[position] = value if previous is None else previous + value
+        like = captured[0][2]
         shapes = [p.shape for p in self.model.parameters()]
-        return [
-            images.new_zeros(population, *shape) if value is None else value for value, shape in zip(results, shapes)
-        ]
+        return [like.new_zeros(population, *shape) if value is None else value for value, shape in zip(results, shapes)]
+
+
+def select_candidates(captured: Sequence[Captured], rows: torch.Tensor, population: int) -> list[Captured]:
+    """The part of a capture of ``population`` candidates that belongs to the candidates ``rows`` (indices)."""
+
+    def pick(values: torch.Tensor) -> torch.Tensor:
+        return values.reshape(population, -1, *values.shape[1:])[rows].flatten(0, 1)
+
+    return [(attributes, module, pick(inputs), pick(grads)) for attributes, module, inputs, grads in captured]
 
 
 def _patches(module: nn.Conv2d, inputs: torch.Tensor, population: int) -> torch.Tensor:
@@ -374,16 +392,23 @@ class InnerProductEngine(HooksEngine):
         features and keeps the Gram identity; any other mask needs that layer's gradient formed (then reduced at
         once, one layer at a time).
         """
+        return self.statistics_from(self._capture(images, labels, create_graph), images.shape[0], target, masks)
+
+    def statistics_from(
+        self,
+        captured: Sequence[Captured],
+        population: int,
+        target: Sequence[torch.Tensor],
+        masks: Mapping[int, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``statistics`` of a capture of ``population`` candidates (``_capture``, ``select_candidates``)."""
         masks = masks or {}
-        population = images.shape[0]
         norms: list[torch.Tensor | None] = [None] * len(target)
         dots: list[torch.Tensor | None] = [None] * len(target)
-        captured = self._capture(images, labels, create_graph)
         positions = [position for attributes, *_ in captured for position in attributes.values()]
         if len(positions) != len(set(positions)):
             # A parameter used by several layer calls: norms do not add, so form the gradients.
-            gradients = self.gradients(images, labels, create_graph)
-            return _norms_and_dots(_masked(gradients, masks), target)
+            return _norms_and_dots(_masked(self.gradients_from(captured, population), masks), target)
         for attributes, module, inputs, grads in captured:
             weight_mask = masks.get(attributes["weight"]) if "weight" in attributes else None
             columns = _column_mask(module, weight_mask)
@@ -409,7 +434,7 @@ class InnerProductEngine(HooksEngine):
                     (masked,) = _masked([value], {0: masks[position]} if position in masks else {})
                     norm, dot = _norms_and_dots([masked], [target[position]])
                     norms[position], dots[position] = norm[:, 0], dot[:, 0]
-        zero = images.new_zeros(population)
+        zero = captured[0][2].new_zeros(population)
         return (
             torch.stack([zero if n is None else n for n in norms], dim=1),
             torch.stack([zero if d is None else d for d in dots], dim=1),
@@ -686,28 +711,20 @@ class PopulationObjective:
         self, images: torch.Tensor, create_graph: bool = False, soft_labels: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Loss of each candidate (P,): distance of its (simulated) batch gradient to the target."""
-        self._check_images(images, soft_labels)
-        if not create_graph:
-            images = images.detach()
-        target = [g.to(device=images.device) for g in self.target_gradients]
-        losses = []
-        with torch.enable_grad():
-            for chunk, labels in self._chunks(images, soft_labels):
-                if self._statistics:
-                    linear = self.linear_simulation or LinearSimulation()
-                    masks = {i: m.to(chunk.device) for i, m in linear.masks.items()}
-                    norms, dots = self.engine.statistics(chunk, labels, target, create_graph, masks)  # type: ignore[attr-defined]
-                    norms, dots = _clipped_statistics(norms, dots, linear)
-                    losses.append(_distance_from_statistics(norms, dots, target, self.metric, self.layer_weights))
-                    continue
-                trial = self.engine.gradients(chunk, labels, create_graph)
-                if not create_graph:
-                    trial = [g.detach() for g in trial]
-                if self.simulate is not None:
-                    trial = list(self.simulate(trial))
-                losses.append(gradient_distance(trial, target, self.metric, self.layer_weights))
-        result = torch.cat(losses)
-        return result if create_graph else result.detach()
+        return JointObjective([self])(images, create_graph=create_graph, soft_labels=soft_labels)
+
+    def losses_from(self, output: Any, population: int, device: torch.device) -> torch.Tensor:
+        """The losses (P,) of ``population`` candidates from one engine pass: their capture (``_capture``) for an
+        engine with ``statistics``, their gradients (P, *s) per parameter otherwise."""
+        target = [g.to(device=device) for g in self.target_gradients]
+        if self._statistics:
+            linear = self.linear_simulation or LinearSimulation()
+            masks = {i: m.to(device) for i, m in linear.masks.items()}
+            norms, dots = self.engine.statistics_from(output, population, target, masks)  # type: ignore[attr-defined]
+            norms, dots = _clipped_statistics(norms, dots, linear)
+            return _distance_from_statistics(norms, dots, target, self.metric, self.layer_weights)
+        trial = list(self.simulate(output)) if self.simulate is not None else output
+        return gradient_distance(trial, target, self.metric, self.layer_weights)
 
     def describe(self) -> dict[str, Any]:
         """Plain-data description: engine, metric, chunk size (None: automatic), memory budget, batch size."""
@@ -718,3 +735,113 @@ class PopulationObjective:
             "memory_budget_mib": self.memory_budget_mib,
             "batch_size": None if self.labels is None else int(self.labels.numel()),
         }
+
+
+class JointObjective:
+    """Population objectives of one victim evaluated together: candidate p is scored against the target, labels and
+    simulation of objective ``groups[p]``, and the whole population shares one engine pass per chunk.
+
+    An attack and its no-information control (the same attack on another update of the same victim), or attacks on
+    several updates, then search as one population: the batched forward and backward, the costly part, runs once
+    for all of them, and each group's candidates are reduced against their own update (its masks and clipping
+    included). With ``engine="serial"`` every candidate's loss is the one its own objective gives; the batched
+    engines agree to float rounding.
+
+    Args:
+        objectives: ``PopulationObjective`` s of the same model, engine and update protocol (their labels may
+            differ; an objective without labels needs ``soft_labels`` at every call).
+    Call: ``joint(images (P, B, C, H, W), groups=None, create_graph=False, soft_labels=None) -> (P,)``; ``groups``
+    (P,) are objective indices (None: every candidate to the first objective).
+    """
+
+    def __init__(self, objectives: Sequence[PopulationObjective]) -> None:
+        objectives = list(objectives)
+        if not objectives or not all(isinstance(o, PopulationObjective) for o in objectives):
+            raise ValueError("JointObjective needs one or more PopulationObjective")
+        first = objectives[0]
+        for index, other in enumerate(objectives[1:], start=1):
+            if other.model is not first.model:
+                raise ValueError(f"objectives[{index}] scores another model; joint objectives share the victim")
+            if other.engine_name != first.engine_name or other.protocol != first.protocol:
+                raise ValueError(
+                    f"objectives[{index}] has engine {other.engine_name!r} and protocol {other.protocol!r}, "
+                    f"objectives[0] {first.engine_name!r} and {first.protocol!r}; joint objectives share both"
+                )
+        self.objectives = objectives
+        self.engine = first.engine
+
+    def automatic_chunk_size(self, population: int) -> int:
+        """The chunk every objective's memory budget allows (the smallest of their automatic chunks)."""
+        return min(objective.automatic_chunk_size(population) for objective in self.objectives)
+
+    def _groups(self, groups: torch.Tensor | Sequence[int] | None, population: int) -> torch.Tensor | None:
+        if groups is None:
+            return None
+        indices = torch.as_tensor(groups).reshape(-1)
+        if indices.numel() != population or indices.is_floating_point():
+            raise ValueError(f"groups must be {population} integer objective indices, got {tuple(indices.shape)}")
+        if indices.numel() and not 0 <= int(indices.min()) <= int(indices.max()) < len(self.objectives):
+            raise ValueError(
+                f"groups must index the {len(self.objectives)} objectives, got {indices.unique().tolist()}"
+            )
+        return indices.long()
+
+    def _labels(self, images: torch.Tensor, groups: torch.Tensor | None, soft_labels: torch.Tensor | None):
+        """The engine labels of the population: per-candidate probabilities, shared indices, or indices per row."""
+        if soft_labels is not None:
+            return F.softmax(soft_labels, dim=-1)
+        labels = [objective.labels for objective in self.objectives]
+        first = labels[0]
+        assert first is not None  # checked by _check_images
+        if groups is None or all(other is not None and torch.equal(other, first) for other in labels):
+            return first.to(images.device)
+        return torch.stack(cast(list[torch.Tensor], labels)).to(images.device)[groups.to(images.device)]
+
+    def __call__(
+        self,
+        images: torch.Tensor,
+        groups: torch.Tensor | Sequence[int] | None = None,
+        create_graph: bool = False,
+        soft_labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Loss of each candidate (P,) against its group's objective."""
+        group_of = self._groups(groups, images.shape[0] if isinstance(images, torch.Tensor) else 0)
+        used = [0] if group_of is None else group_of.unique().tolist()
+        for index in used:
+            self.objectives[index]._check_images(images, soft_labels)
+        if not create_graph:
+            images = images.detach()
+        labels = self._labels(images, group_of, soft_labels)
+        size = self.automatic_chunk_size(images.shape[0])
+        losses = []
+        with torch.enable_grad():
+            for start in range(0, images.shape[0], size):
+                part = slice(start, start + size)
+                chunk_labels = labels if labels.ndim == 1 else labels[part]
+                chunk_groups = None if group_of is None else group_of[part]
+                losses.append(self._chunk_losses(images[part], chunk_labels, chunk_groups, create_graph))
+        result = torch.cat(losses)
+        return result if create_graph else result.detach()
+
+    def _chunk_losses(
+        self, chunk: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor | None, create_graph: bool
+    ) -> torch.Tensor:
+        """One engine pass over ``chunk``, then each group's candidates reduced by their own objective."""
+        population = chunk.shape[0]
+        statistics = self.objectives[0]._statistics
+        if statistics:
+            output: Any = self.engine._capture(chunk, labels, create_graph)  # type: ignore[attr-defined]
+        else:
+            output = self.engine.gradients(chunk, labels, create_graph)
+            output = output if create_graph else [g.detach() for g in output]
+        present = [0] if groups is None else groups.unique().tolist()
+        if len(present) == 1:
+            return self.objectives[present[0]].losses_from(output, population, chunk.device)
+        assert groups is not None
+        parts, order = [], []
+        for index in present:
+            rows = (groups == index).nonzero().flatten().to(chunk.device)
+            part = select_candidates(output, rows, population) if statistics else [g[rows] for g in output]
+            parts.append(self.objectives[index].losses_from(part, rows.numel(), chunk.device))
+            order.append(rows)
+        return torch.cat(parts)[torch.argsort(torch.cat(order))]

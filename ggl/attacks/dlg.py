@@ -41,6 +41,9 @@ class LBFGSGradientMatching(GradientInversionAttack):
     that need one as one population (``ggl.attacks.batched.PopulationObjective``, the defense simulation included;
     DLG's soft labels per chain). Each chain follows the path it follows alone, from the same start, up to float
     rounding (tested). A ``budget`` then stops all chains at the same step. FedSGD only for DLG.
+    ``reconstruct_together`` runs the restarts of several targets (an attack and its control) as chains of one
+    ``BatchedLBFGS`` the same way (``joint_targets``), each target in its own loss unit; without a ``budget``, since
+    chains of different targets spend unevenly and one run could not stop each target where its own run stops.
 
     Args:
         iterations: L-BFGS steps (300). lr: L-BFGS step size (1.0). max_iter: inner iterations per step (20,
@@ -70,6 +73,8 @@ class LBFGSGradientMatching(GradientInversionAttack):
         engine = one_of("engine", engine, ["auto", *sorted(ENGINES)])
         super().__init__(iterations=iterations, **shared)
 
+    joint_targets = True
+
     def parallel_trials(self) -> int:
         return self.hparams.restarts if self.hparams.batch_restarts else 1
 
@@ -84,8 +89,8 @@ class LBFGSGradientMatching(GradientInversionAttack):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """The trial's start (R starts, stacked, for batched restarts) and L-BFGS (``BatchedLBFGS`` for R chains)."""
-        trials = self.parallel_trials()
-        starts = [self._start() for _ in range(trials)]
+        trials = self.chain_count
+        starts = self.chain_starts(self._start)
         stacked = [torch.stack(column) if trials > 1 else column[0] for column in zip(*starts)]
         self.variables = [v.requires_grad_(True) for v in stacked]
         self.inputs = self.variables[0]
@@ -103,14 +108,29 @@ class LBFGSGradientMatching(GradientInversionAttack):
         return self.lbfgs
 
     def prepare(self, target: AttackTarget) -> None:
-        self.fixed_labels = None if self.optimise_labels else self.resolve_labels()
-        scale = distance_scale(self.target_gradients, self.hparams.metric)
-        self.loss_unit = scale / LOSS_PERCENT if math.isfinite(scale) and scale > 0 else 1.0
+        labels = self.for_each_target(lambda _: None if self.optimise_labels else self.resolve_labels())
+        self.target_labels = labels
+        self.fixed_labels = labels[0]
+        units = self.for_each_target(lambda _: self._loss_unit())
+        self.loss_unit = units[0]
+        self.chain_units = None  # one target: every chain in the scalar unit, as the sequential closure
+        if len(units) > 1:
+            self.chain_units = torch.tensor(units, device=self.device)[self.chain_groups.to(self.device)]
         self.population = None
-        if self.parallel_trials() > 1:
+        if self.chain_count > 1:
             if self.optimise_labels and not target.protocol.is_fedsgd:
                 raise ValueError(f"{self.name}: batch_restarts optimises labels per chain, which needs FedSGD")
-            self.population = self.population_objective(self.fixed_labels, self.hparams.engine)
+            if len(labels) > 1 and self.hparams.budget is not None:
+                raise ValueError(
+                    f"{self.name}: targets searched together need budget=None (L-BFGS chains of different targets "
+                    "spend unevenly); reconstruct each target alone to cap its evaluations"
+                )
+            self.population = self.joint_objective(labels, self.hparams.engine)
+
+    def _loss_unit(self) -> float:
+        """What L-BFGS sees as one unit of the distance: 1% of the received update's own size (see above)."""
+        scale = distance_scale(self.target_gradients, self.hparams.metric)
+        return scale / LOSS_PERCENT if math.isfinite(scale) and scale > 0 else 1.0
 
     def _labels(self) -> torch.Tensor:
         return self.label_logits if self.optimise_labels else self.fixed_labels  # type: ignore[return-value]
@@ -131,9 +151,10 @@ class LBFGSGradientMatching(GradientInversionAttack):
         rows = torch.tensor(chains, device=self.device)
         images = self.inputs[rows]
         soft_labels = self.label_logits[rows] if self.optimise_labels else None
-        self.spend(len(chains))
-        losses = self.population(images, create_graph=True, soft_labels=soft_labels)
-        scaled = losses / self.loss_unit
+        self.spend_chains(chains)
+        groups = self.chain_groups[rows.cpu()]
+        losses = self.population(images, groups, create_graph=True, soft_labels=soft_labels)
+        scaled = losses / (self.loss_unit if self.chain_units is None else self.chain_units[rows].to(losses))
         gradients = torch.autograd.grad(scaled.sum(), self.variables)
         for variable, gradient in zip(self.variables, gradients):
             variable.grad = gradient
@@ -170,7 +191,7 @@ class LBFGSGradientMatching(GradientInversionAttack):
         if self.optimise_labels:
             labels = torch.stack([variables[1] for _, variables in self.best_iterates]).argmax(dim=-1)
         else:
-            labels = self._labels().expand(len(self.best_iterates), -1)
+            labels = torch.stack(self.target_labels)[self.chain_groups.to(self.device)]
         if self.population is not None:
             return self.to_pixels(images), labels, losses
         return self.to_pixels(images[0]), labels[0], float(losses[0])

@@ -26,7 +26,8 @@ class InvertingGradients(GradientInversionAttack):
     batched pass (``ggl.attacks.batched.PopulationObjective``, the defense simulation included) and steps one
     Adam over the stacked images. Adam, the step decay, the sign and the box act elementwise, so each trial follows
     the path it follows alone, from the same start; only float rounding differs (tested). A ``budget`` then stops
-    all trials at the same step.
+    all trials at the same step. ``reconstruct_together`` runs the restarts of several targets (an attack and its
+    control) the same way, as one population (``joint_targets``).
 
     Args:
         iterations: Adam steps per restart (24,000 in the paper and in breaching's preset; hundreds to a few
@@ -61,26 +62,28 @@ class InvertingGradients(GradientInversionAttack):
         engine = one_of("engine", engine, ["auto", *sorted(ENGINES)])
         super().__init__(iterations=iterations, metric=metric, **shared)
 
+    joint_targets = True
+
     def parallel_trials(self) -> int:
         return self.hparams.restarts if self.hparams.batch_restarts else 1
 
     def configure_optimizers(self) -> tuple[list[torch.optim.Optimizer], list[torch.optim.lr_scheduler.LRScheduler]]:
         """A fresh Gaussian start from ``self.rng`` (R of them, stacked, for batched restarts); Adam with the step
         decay (``MultiStepLR``, stepped per step)."""
-        trials = self.parallel_trials()
-        starts = [self.random_images() for _ in range(trials)]
-        self.inputs = (torch.stack(starts) if trials > 1 else starts[0]).requires_grad_(True)
+        starts = self.chain_starts(self.random_images)
+        self.inputs = (torch.stack(starts) if len(starts) > 1 else starts[0]).requires_grad_(True)
         optimizer = torch.optim.Adam([self.inputs], lr=self.hparams.lr)
         fractions = (3 / 8, 5 / 8, 7 / 8) if self.hparams.lr_decay else ()
         milestones = [round(self.hparams.iterations * f) for f in fractions]
         return [optimizer], [torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)]
 
     def prepare(self, target: AttackTarget) -> None:
-        self.labels = self.resolve_labels()
+        self.target_labels = self.for_each_target(lambda _: self.resolve_labels())
+        self.labels = self.target_labels[0]
         self.box = self.pixel_box()
         self.population = None
-        if self.parallel_trials() > 1:
-            self.population = self.population_objective(self.labels, self.hparams.engine)
+        if self.chain_count > 1:
+            self.population = self.joint_objective(self.target_labels, self.hparams.engine)
 
     def loss(self, inputs: torch.Tensor) -> torch.Tensor:
         """The objective of ``inputs`` (B, C, H, W): gradient distance plus weighted total variation; of stacked
@@ -90,8 +93,8 @@ class InvertingGradients(GradientInversionAttack):
             if self.hparams.tv_weight:
                 loss = loss + self.hparams.tv_weight * total_variation(inputs).mean()
             return loss
-        self.spend(inputs.shape[0])
-        loss = self.population(inputs, create_graph=True)
+        self.spend_chains(range(inputs.shape[0]))
+        loss = self.population(inputs, self.chain_groups, create_graph=True)
         if self.hparams.tv_weight:
             images = inputs.reshape(-1, *inputs.shape[2:])
             loss = loss + self.hparams.tv_weight * total_variation(images).reshape(inputs.shape[:2]).mean(1)
@@ -114,4 +117,7 @@ class InvertingGradients(GradientInversionAttack):
 
     def trial_result(self) -> tuple[torch.Tensor, torch.Tensor, Any]:
         final = self.loss(self.inputs).detach()
-        return self.to_pixels(self.inputs), self.labels, final if self.population is not None else float(final)
+        if self.population is None:
+            return self.to_pixels(self.inputs), self.labels, float(final)
+        labels = torch.stack(self.target_labels)[self.chain_groups.to(self.labels.device)]
+        return self.to_pixels(self.inputs), labels, final

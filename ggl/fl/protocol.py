@@ -89,7 +89,8 @@ class UpdateProtocol:
         Args:
             model: the victim at the round's weights (not modified).
             images: (P, B, C, H, W) normalised candidate inputs.
-            labels: (B,) class indices, or (B, K) soft-label logits (DLG), shared by every candidate.
+            labels: (B,) class indices, or (B, K) soft-label logits (DLG), shared by every candidate; or (P, B) class
+                indices, one row per candidate (candidates of several targets scored together).
             create_graph: keep the unrolled steps differentiable with respect to ``images`` (and soft labels).
         """
         names = [name for name, _ in model.named_parameters()]
@@ -104,12 +105,13 @@ class UpdateProtocol:
         steps = 1 if self.is_fedsgd else self.local_steps
         lr = 1.0 if self.is_fedsgd else self.local_lr
         slices = self.minibatches(images.shape[1])
+        per_candidate = labels.ndim == 2 and not labels.is_floating_point()
         current = [p.clone().requires_grad_(True) for p in start]
         with torch.enable_grad():
             for step in range(steps):
                 part = slices[step % len(slices)]
                 logits = forward(tuple(current), images[:, part])
-                loss = _cross_entropy(logits, labels[part]).sum()
+                loss = _cross_entropy(logits, labels[:, part] if per_candidate else labels[part]).sum()
                 gradients = torch.autograd.grad(loss, current, create_graph=create_graph)
                 current = [p - lr * g for p, g in zip(current, gradients)]
                 if not create_graph:
@@ -123,8 +125,10 @@ class UpdateProtocol:
 
 
 def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-candidate mean cross-entropy of logits (P, b, K) against class indices (b,) or soft-label logits (b, K)."""
+    """Per-candidate mean cross-entropy of logits (P, b, K) against class indices (b,) or (P, b), or soft-label
+    logits (b, K)."""
     if labels.is_floating_point():
         return torch.sum(-F.softmax(labels, dim=-1) * F.log_softmax(logits, dim=-1), dim=-1).mean(1)
-    flat = F.cross_entropy(logits.flatten(0, 1), labels.repeat(logits.shape[0]), reduction="none")
+    flat_labels = labels.reshape(-1) if labels.ndim == 2 else labels.repeat(logits.shape[0])
+    flat = F.cross_entropy(logits.flatten(0, 1), flat_labels, reduction="none")
     return flat.reshape(logits.shape[:2]).mean(1)
