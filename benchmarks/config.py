@@ -57,6 +57,7 @@ TOP_LEVEL_FIELDS = (
     "utility",
     "requires",
     "controls",
+    "batch_controls",
     "calibration",
     "update",
     "variants",
@@ -294,6 +295,7 @@ class SuiteConfig:
     utility: UtilityConfig
     requires: RequiresConfig
     controls: bool = True
+    batch_controls: bool = False
     calibration: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     update: UpdateConfig | None = None
     variants: tuple[VariantConfig, ...] = ()
@@ -301,10 +303,11 @@ class SuiteConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (JSON-able), without ``source``. Unset optional sections (``update``, ``variants``,
-        ``model.train``) are left out, so a suite that does not use them keeps its configuration hash."""
+        ``model.train``, ``batch_controls`` when false) are left out, so a suite that does not use them keeps its
+        configuration hash."""
         data = asdict(self)
         data.pop("source")
-        for key in ("update", "variants"):
+        for key in ("update", "variants", "batch_controls"):
             if not data[key]:
                 data.pop(key)
         if data["model"]["train"] is None:
@@ -333,8 +336,9 @@ class SuiteConfig:
         data = self.to_dict()
         context = {key: data[key] for key in ("datamodule", "model", "prior")}
         context["victims"] = {"seed": self.victims.seed, "batch_size": self.victims.batch_size}
-        if "update" in data:
-            context["update"] = data["update"]
+        for key in ("update", "batch_controls"):  # batching rounds differently, so a store holds one choice
+            if key in data:
+                context[key] = data[key]
         return context
 
     def reference_attacks(self) -> tuple[AttackConfig, ...]:
@@ -1040,10 +1044,13 @@ def build_suite(data: dict[str, Any], source: str) -> SuiteConfig:
         utility=_read_utility(source, data.get("utility")),
         requires=_read_requires(source, data.get("requires")),
         controls=_read_flag(source, "controls", data.get("controls", True)),
+        batch_controls=_read_flag(source, "batch_controls", data.get("batch_controls", False)),
         update=_read_update(source, data.get("update")),
         variants=_read_variants(source, data.get("variants")),
         source=source,
     )
+    if suite.batch_controls and not suite.controls:
+        raise SuiteError(source, "batch_controls", "needs controls: true (there are no controls to batch)")
     suite = replace(suite, calibration=_read_calibration(source, data.get("calibration"), suite))
     if suite.victims.count * len(suite.seeds) * suite.cells_per_victim() > MAX_CELLS:
         product = "victims x seeds x (defense settings x (attacks, controls, references) + references)"

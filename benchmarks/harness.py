@@ -27,14 +27,14 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ggl.attacks import AttackTarget, make_attack
+from ggl.attacks import ATTACKS, AttackTarget, make_attack
 from ggl.attacks.objective import gradient_distance
 from ggl.checks import positive_number
 from ggl.data import DataNotFoundError, make_datamodule
@@ -67,7 +67,6 @@ from .store import (
     HELD,
     CellClaims,
     CellRow,
-    ClaimOwner,
     FailureRow,
     ResultsStore,
     VictimRow,
@@ -312,6 +311,7 @@ class Harness:
         self._indices: list[int] | None = None
         self._victims: dict[int, _Victim] = {}
         self._setting_cache: _Setting | None = None
+        self._done_together: set[CellKey] = set()  # stored beside the cell they were computed with
 
     # ------------------------------------------------------------------------------------------------ preflight
     def preflight(self) -> None:
@@ -487,11 +487,26 @@ class Harness:
 
     # ------------------------------------------------------------------------------------------------ running
     def cells(self) -> list[Cell]:
-        """This rank's cells (only the reference cells when ``references_only``)."""
+        """This rank's cells (only the reference cells when ``references_only``); an attack cell and the control it
+        is computed with (``paired``) fall to the same rank."""
         cells = expand_cells(self.suite)
         if self.references_only:
             cells = [cell for cell in cells if cell.kind == "reference" and cell.defense is None]
-        return shard(cells, self.rank, self.world_size)
+        units: dict[Any, list[Cell]] = {}
+        for cell in cells:
+            pair = self.paired(cell)
+            units.setdefault(cell.key() if pair is None else pair[0].key(), []).append(cell)
+        return [cell for unit in shard(list(units.values()), self.rank, self.world_size) for cell in unit]
+
+    def paired(self, cell: Cell) -> tuple[Cell, Cell] | None:
+        """The attack cell and its control cell that are computed together as one population (``batch_controls``,
+        for an attack with ``joint_targets``), whichever of them a run still needs: their numbers then never
+        depend on that. None for any other cell."""
+        if not self.suite.batch_controls or cell.kind == "reference":
+            return None
+        if not ATTACKS.lookup(cell.attack.name).joint_targets:
+            return None
+        return replace(cell, control=False), replace(cell, control=True)
 
     def run(self, stop: Callable[[], bool] | None = None, also_finished: set[CellKey] | None = None) -> RunSummary:
         """Compute this rank's unfinished cells (and utility costs); failures are recorded and listed, not raised.
@@ -552,6 +567,10 @@ class Harness:
         for cell in cells:
             if stop is not None and stop():
                 return []
+            if cell.key() in self._done_together:
+                if bar is not None:
+                    bar.update(1)
+                continue
             taken = claims.take(cell.key(), retry_failed)
             if taken is not None and taken[0] == HELD:
                 held.append(cell)
@@ -559,7 +578,7 @@ class Harness:
             if taken is None:
                 if bar is not None:
                     bar.set_postfix_str(cell.describe()[:60], refresh=False)
-                self._run_cell(cell, summary, claims.owner)
+                self._run_cell(cell, summary, claims, retry_failed)
             elif taken[0] == FAILED:
                 summary.failed.append((cell.describe(), f"failed in another run: {taken[1]}"))
             elif taken[0] == FINISHED:
@@ -568,24 +587,36 @@ class Harness:
                 bar.update(1)
         return held
 
-    def _run_cell(self, cell: Cell, summary: RunSummary, owner: ClaimOwner | None = None) -> None:
-        """Compute and store one cell; a failure (an error, or the time limit) is recorded in the store and listed,
+    def _run_cell(self, cell: Cell, summary: RunSummary, claims: CellClaims, retry_failed: bool = True) -> None:
+        """Compute and store one claimed cell (a paired cell with its partner, which is stored too when this run can
+        claim it); a failure (an error, or the time limit, per cell computed) is recorded in the store and listed,
         never raised (the other cells go on)."""
         assert self.store is not None
+        pair = self.paired(cell)
+        together, stored = (list(pair) if pair is not None else [cell]), [cell]
+        partner = [other for other in together if other != cell]
+        if partner and claims.take(partner[0].key(), retry_failed) is None:
+            stored.append(partner[0])
+        limit = None if self.cell_seconds is None else self.cell_seconds * len(together)
         try:
             self.victim(cell.victim)  # the ground truth is stored outside the time limit
-            with cell_time_limit(self.cell_seconds):
-                row, trace = self.compute(cell)
+            with cell_time_limit(limit):
+                results = self.compute(together)
         except Exception as error:  # one failed cell must not stop the others
             reason = f"{type(error).__name__}: {error}"
-            summary.failed.append((cell.describe(), reason))
             self.log(f"cell failed: {cell.describe()}\n{traceback.format_exc(limit=4)}")
-            self.store.put_failure(self._failure(cell, reason), owner)
+            for each in stored:
+                summary.failed.append((each.describe(), reason))
+                self.store.put_failure(self._failure(each, reason), claims.owner)
+            self._done_together.update(each.key() for each in stored[1:])
             return
-        self.store.put_cell(row)
-        summary.computed += 1
-        if self.tensorboard is not None:
-            self.tensorboard.add(row, trace)
+        for each in stored:
+            row, trace = results[together.index(each)]
+            self.store.put_cell(row)
+            summary.computed += 1
+            if self.tensorboard is not None:
+                self.tensorboard.add(row, trace)
+        self._done_together.update(each.key() for each in stored[1:])
 
     def _identity(self, cell: Cell) -> dict[str, Any]:
         """The fields that name ``cell`` in the store (``CellIdentity``): key, kind, labels, provenance."""
@@ -733,28 +764,37 @@ class Harness:
             )
         return setting.check
 
-    def _attack(self, cell: Cell, victim: _Victim) -> _Reconstructed:
-        """Reconstruct from the defended update (a control cell: from the control update): images, labels,
+    def _attacks(self, cells: Sequence[Cell], victim: _Victim) -> list[_Reconstructed]:
+        """Reconstruct from the defended update (a control cell: from the control update), the cells (one, or an
+        attack and its control, ``paired``) as one ``reconstruct_together``: per cell its images, labels,
         evaluations, seconds as the attack reports them, the row's diagnostics and the search's loss trace."""
-        setting = self._setting(cell, victim)
-        received = self._control(cell, setting) if cell.control else setting.defended
-        attack = make_attack(**self._attack_params(cell.attack, cell.seed))
-        target = AttackTarget(
-            self.model(),
-            received,
-            defense=setting.defense,
-            image_shape=tuple(self.datamodule().image_shape),
-            normalization=self.datamodule().normalization,
-            protocol=self.protocol,
-        )
+        setting = self._setting(cells[0], victim)
+        received = [self._control(cell, setting) if cell.control else setting.defended for cell in cells]
+        attack = make_attack(**self._attack_params(cells[0].attack, cells[0].seed))
+        targets = [
+            AttackTarget(
+                self.model(),
+                update,
+                defense=setting.defense,
+                image_shape=tuple(self.datamodule().image_shape),
+                normalization=self.datamodule().normalization,
+                protocol=self.protocol,
+            )
+            for update in received
+        ]
         accelerator = "gpu" if self.device.type == "cuda" else "cpu"
-        reconstruction = attack.reconstruct(target, accelerator=accelerator)
+        if len(targets) == 1:
+            reconstructions = [attack.reconstruct(targets[0], accelerator=accelerator)]
+        else:
+            reconstructions = attack.reconstruct_together(targets, accelerator=accelerator)
+        check = self._simulation_check(cells[0], victim, setting)
+        return [self._reconstructed(r, update, check) for r, update in zip(reconstructions, received)]
+
+    def _reconstructed(self, reconstruction: Any, received: Any, check: SimulationCheck) -> _Reconstructed:
+        """A cell's ``_Reconstructed`` from the attack's ``Reconstruction`` of ``received``."""
         images = reconstruction.images.detach().cpu().float().clamp(0, 1)
         labels_hat = reconstruction.labels.detach().cpu().long().reshape(-1)
-        diagnostics = {
-            MATCH_LOSS: self._match_loss(images, labels_hat, received),
-            SIMULATION_OK: float(self._simulation_check(cell, victim, setting).passed),
-        }
+        diagnostics = {MATCH_LOSS: self._match_loss(images, labels_hat, received), SIMULATION_OK: float(check.passed)}
         if "still_improving" in reconstruction.extras:
             diagnostics[STILL_IMPROVING] = float(bool(reconstruction.extras["still_improving"]))
         evaluations, seconds = int(reconstruction.evaluations), float(reconstruction.seconds)
@@ -794,12 +834,18 @@ class Harness:
         inputs = self.datamodule().normalization.normalize(matched).to(self.device)
         return float(mse_representation(self.model(), inputs, victim.inputs).mean())
 
-    def compute(self, cell: Cell) -> tuple[CellRow, list[float]]:
-        """Run one cell: its row (not yet stored) and, beside it, the search's loss after every step (empty for a
-        reference cell), which the store does not keep and TensorBoard shows."""
-        victim = self.victim(cell.victim)
-        reconstruct = self._reference if cell.attack.is_reference else self._attack
-        images, labels_hat, evaluations, seconds, diagnostics, trace = reconstruct(cell, victim)
+    def compute(self, cells: Sequence[Cell]) -> list[tuple[CellRow, list[float]]]:
+        """Run one cell, or a ``paired`` attack and control together: per cell its row (not yet stored) and, beside
+        it, the search's loss after every step (empty for a reference cell), which the store does not keep and
+        TensorBoard shows."""
+        victim = self.victim(cells[0].victim)
+        if cells[0].attack.is_reference:
+            return [self._row(cell, victim, self._reference(cell, victim)) for cell in cells]
+        return [self._row(cell, victim, result) for cell, result in zip(cells, self._attacks(cells, victim))]
+
+    def _row(self, cell: Cell, victim: _Victim, reconstructed: _Reconstructed) -> tuple[CellRow, list[float]]:
+        """The cell's row (and trace) from its reconstruction, scored against the victim's images."""
+        images, labels_hat, evaluations, seconds, diagnostics, trace = reconstructed
         if tuple(images.shape) != tuple(victim.images.shape):
             raise RuntimeError(f"reconstruction has shape {tuple(images.shape)}, expected {tuple(victim.images.shape)}")
         metrics = {

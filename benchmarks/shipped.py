@@ -229,6 +229,7 @@ def suite_from_dict(data: Mapping[str, Any], where: str) -> SuiteConfig:
             utility=UtilityConfig(**data["utility"]),
             requires=RequiresConfig(data["requires"]["gpu"], tuple(data["requires"]["files"])),
             controls=data["controls"],
+            batch_controls=data.get("batch_controls", False),
             calibration={check: tuple(labels) for check, labels in data["calibration"].items()},
             update=UpdateConfig(**data["update"]) if data.get("update") else None,
             variants=tuple(VariantConfig(**variant) for variant in data.get("variants", ())),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -12,10 +13,11 @@ import torch
 
 import benchmarks.harness
 from benchmarks.cells import expand_cells
-from benchmarks.config import build_suite
+from benchmarks.config import SuiteError, build_suite
 from benchmarks.harness import Harness
 from benchmarks.report import write_report
 from benchmarks.store import ClaimOwner, ResultsStore, StoreError
+from ggl.io import canonical_json
 
 SUITE = {
     "name": "tiny",
@@ -263,9 +265,9 @@ def test_two_runs_on_one_store_compute_each_cell_once(tmp_path: Path, monkeypatc
     computed: list[tuple] = []
     compute = Harness.compute
 
-    def counted(self: Harness, cell: Any) -> Any:
-        computed.append(cell.key())
-        return compute(self, cell)
+    def counted(self: Harness, cells: Any) -> Any:
+        computed.extend(cell.key() for cell in cells)
+        return compute(self, cells)
 
     monkeypatch.setattr(Harness, "compute", counted)
     config = build_suite(SUITE, "tiny.yaml")
@@ -357,3 +359,63 @@ def test_a_run_where_every_cell_fails_still_writes_its_report(tmp_path: Path, mo
         row = next(line for line in markdown.splitlines() if f"| {label} |" in line)
         assert row.startswith(f"| - | - | {label} |") and "all cells failed" in row
     assert markdown.count("RuntimeError: attack exploded") == len(expand_cells(config))
+
+
+BATCHED = {
+    **SUITE,
+    "victims": {"count": 2, "seed": 0, "batch_size": 1},
+    "attacks": [{"name": "idlg", "iterations": 2, "max_iter": 3}],
+    "defenses": [{"name": "none"}, {"name": "sparsification", "ratio": 0.9}],
+    "controls": True,
+    "batch_controls": True,
+}
+
+
+def _metrics(store: ResultsStore) -> dict[Any, tuple[dict[str, float], list[int]]]:
+    return {row.key: (row.metrics, row.labels) for row in store.cells("tiny")}
+
+
+def test_batched_controls_run_with_their_attacks_whichever_a_run_needs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``batch_controls``: each attack cell and its control are one ``reconstruct_together`` (one attack built per
+    pair), on one rank when sharded; a run that needs only the control still computes the pair, so its row is the
+    one the whole run stores, and the rows of two ranks are the rows of one."""
+    attacks = counting(monkeypatch)
+    config = build_suite(BATCHED, "tiny.yaml")
+    whole = Harness(config, ResultsStore(tmp_path / "whole.sqlite"), progress=False, log=lambda m: None)
+    summary = whole.run()
+    assert summary.computed == len(expand_cells(config)) and not summary.failed
+    assert attacks.calls == ["idlg"] * 4  # 2 victims x 2 settings, each attack with its control
+    rows = _metrics(whole.store)
+    controls = [row for row in whole.store.cells("tiny") if row.kind == "control"]
+    assert len(controls) == 4 and all(rows[c.key][0]["psnr"] != rows[_attack_key(c)][0]["psnr"] for c in controls)
+
+    resumed = ResultsStore(tmp_path / "resumed.sqlite")
+    resumed.claim_context("tiny", config.context())
+    resumed.put_cells([row for row in whole.store.cells("tiny") if row.kind != "control"])
+    summary = Harness(config, resumed, progress=False, log=lambda m: None).run()
+    assert summary.computed == 4 and attacks.calls == ["idlg"] * 8
+    assert _metrics(resumed) == rows
+
+    sharded = []
+    for rank in range(2):
+        run = Harness(
+            config, ResultsStore(tmp_path / f"rank{rank}.sqlite"), rank, 2, progress=False, log=lambda m: None
+        )
+        kinds = {(c.victim, c.defense_json, c.kind) for c in run.cells() if c.kind != "reference"}
+        assert all((v, d, "control") in kinds for v, d, kind in kinds if kind == "attack")
+        run.run()
+        sharded.append(_metrics(run.store))
+    assert {**sharded[0], **sharded[1]} == rows and not set(sharded[0]) & set(sharded[1])
+
+
+def _attack_key(control: Any) -> Any:
+    """The key of the attack cell a control row belongs to."""
+    victim, defense, attack, seed = control.key
+    return victim, defense, canonical_json({k: v for k, v in json.loads(attack).items() if k != "control"}), seed
+
+
+def test_batch_controls_need_controls() -> None:
+    with pytest.raises(SuiteError, match="'batch_controls': needs controls: true"):
+        build_suite({**BATCHED, "controls": False}, "tiny.yaml")
