@@ -504,7 +504,7 @@ class Harness:
         depend on that. None for any other cell."""
         if not self.suite.batch_controls or cell.kind == "reference":
             return None
-        if not ATTACKS.lookup(cell.attack.name).joint_targets:
+        if not ATTACKS.lookup(cell.attack.name).searches_together(dict(cell.attack.spec)):
             return None
         return replace(cell, control=False), replace(cell, control=True)
 

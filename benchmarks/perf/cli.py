@@ -2,7 +2,8 @@
 device's matrix-product peak, memory.
 
 Writes a JSON list of rows (one per victim x population x engine, serial included; adaptive rows per defense and
-engine; Inverting Gradients' and iDLG's restarts sequential and batched; end-to-end GGL-CMA rows) and a Markdown
+engine; Inverting Gradients' and iDLG's restarts sequential and batched, and an attack and its control apart and
+as one population; end-to-end GGL-CMA rows) and a Markdown
 table next to it. Exit status 0 when done, 2 on bad input. Every argument, the output path included, is checked
 before torch is imported and before anything is measured.
 """
@@ -100,18 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--adaptive-victim", default="resnet18", help="victim of the adaptive rows")
     parser.add_argument("--adaptive-population", type=int, default=32, help="population P of the adaptive rows")
-    parser.add_argument(
-        "--restarts",
-        type=int,
-        default=4,
-        help="Inverting Gradients' and iDLG's restarts timed as one population (1 skips)",
-    )
+    restarts = "Inverting Gradients' and iDLG's restarts timed as one population (1 skips)"
+    parser.add_argument("--restarts", type=int, default=4, help=restarts)
     parser.add_argument(
         "--restarts-iterations",
         type=int,
         default=100,
         help="objective evaluations of each timed restart (Adam steps; L-BFGS steps of 20 evaluations)",
     )
+    controls = "skip timing each restart attack and its control as one population against one after another"
+    parser.add_argument("--no-controls", dest="controls", action="store_false", help=controls)
     parser.add_argument("--e2e-victim", default="resnet18", help="victim of the end-to-end GGL-CMA run")
     parser.add_argument(
         "--e2e-engines", default="inner", help="batched engines of the end-to-end run (serial always runs)"

@@ -330,6 +330,64 @@ def restarts_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+def controls_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Inverting Gradients and iDLG on LeNet, on an update and on a second update of the same labels (a
+    no-information control), with R = 1 and R = ``restarts``: the two reconstructions one after another, each as it
+    runs alone (R > 1: its restarts batched), against both as one population (``reconstruct_together``); the
+    seconds of each and the largest difference in a trial's final loss."""
+    setting = build_setting("lenet", args.image_size, args.channels, args.batch, args.torch_device, args.seed)
+    rng = torch.Generator().manual_seed(args.seed + 2)
+    other = setting.normalization.normalize(torch.rand(setting.private.shape, generator=rng).to(setting.device))
+    targets = [
+        AttackTarget(
+            setting.model,
+            shared_update(setting.model, inputs, setting.labels),
+            image_shape=(setting.channels, setting.image_size, setting.image_size),
+            normalization=setting.normalization,
+        )
+        for inputs in (setting.private, other)
+    ]
+    accelerator = "gpu" if setting.device.type == "cuda" else "cpu"
+    rows = []
+    for name, per_step in RESTART_ATTACKS.items():
+        steps = max(1, args.restarts_iterations // per_step)
+        for restarts in sorted({1, args.restarts}):
+            options = {"iterations": steps, "restarts": restarts, "seed": args.seed}
+            synchronize(setting.device)
+            began = time.perf_counter()
+            alone = make_attack(name, batch_restarts=restarts > 1, **options)
+            apart = [alone.reconstruct(target, accelerator=accelerator) for target in targets]
+            synchronize(setting.device)
+            serial_seconds, began = time.perf_counter() - began, time.perf_counter()
+            together = make_attack(name, **options).reconstruct_together(targets, accelerator=accelerator)
+            synchronize(setting.device)
+            seconds = time.perf_counter() - began
+            difference = max(
+                abs(a - b) / max(abs(a), 1e-30)
+                for first, second in zip(apart, together)
+                for a, b in zip(first.extras["trial_losses"], second.extras["trial_losses"])
+            )
+            rows.append(
+                {
+                    "measurement": "controls",
+                    "victim": "lenet",
+                    "image_size": args.image_size,
+                    "channels": args.channels,
+                    "batch": args.batch,
+                    "device": str(setting.device),
+                    "attack": name,
+                    "restarts": restarts,
+                    "iterations": steps,
+                    "evaluations": together[0].evaluations,
+                    "serial_seconds": serial_seconds,
+                    "seconds": seconds,
+                    "speedup": serial_seconds / seconds,
+                    "loss_max_relative_difference": difference,
+                }
+            )
+    return rows
+
+
 def markdown_table(rows: Sequence[dict[str, Any]], header: str) -> str:
     """The rows as Markdown: throughput, adaptive, restarts and end-to-end tables, each where it has rows."""
     lines = [header, ""]
@@ -396,6 +454,21 @@ def _restarts_table(rows: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _controls_table(rows: Sequence[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| attack and control as one population | R | steps | evaluations each | one after another s | together s "
+        "| speedup | max rel. final-loss diff |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['attack']} on {row['victim']} {row['channels']}x{row['image_size']} | {row['restarts']} "
+            f"| {row['iterations']} | {row['evaluations']} | {row['serial_seconds']:.2f} | {row['seconds']:.2f} "
+            f"| {row['speedup']:.2f} | {row['loss_max_relative_difference']:.1e} |"
+        )
+    return lines
+
+
 def _end_to_end_table(rows: Sequence[dict[str, Any]]) -> list[str]:
     lines = [
         "| end-to-end GGL-CMA | P | budget | engine | seconds | serial seconds | speedup | best loss |",
@@ -414,6 +487,7 @@ TABLES = {
     "throughput": _throughput_table,
     "adaptive": _adaptive_table,
     "restarts": _restarts_table,
+    "controls": _controls_table,
     "end_to_end": _end_to_end_table,
 }
 """The Markdown table of each kind of row, in the order they are printed."""
@@ -474,6 +548,8 @@ def _measure(args: argparse.Namespace) -> list[dict[str, Any]]:
         rows += adaptive_rows(args)
     if args.restarts > 1:
         rows += restarts_rows(args)
+    if args.controls:
+        rows += controls_rows(args)
     if args.e2e_budget:
         rows += end_to_end_rows(args)
     return rows

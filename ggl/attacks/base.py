@@ -24,7 +24,7 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, ClassVar, NamedTuple, Protocol, TypeVar, cast
@@ -416,7 +416,7 @@ class GradientInversionAttack(pl.LightningModule):
             raise ValueError("reconstruct_together expects a non-empty sequence of AttackTarget")
         if len(targets) == 1:
             return targets
-        if not self.joint_targets:
+        if not self.searches_together(self.hparams):
             raise ValueError(f"attack {self.name!r} cannot search several targets together; reconstruct each")
         first = targets[0]
         for index, other in enumerate(targets[1:], start=1):
@@ -467,6 +467,11 @@ class GradientInversionAttack(pl.LightningModule):
     their starts with ``chain_starts``, builds its objective per target (``for_each_target``, ``joint_objective``)
     and spends per chain (``spend_chains``)."""
 
+    @classmethod
+    def searches_together(cls, hparams: Mapping[str, Any]) -> bool:
+        """Whether an attack with these hyperparameters can search several targets together (``joint_targets``)."""
+        return cls.joint_targets
+
     def search_converged(self) -> bool | list[bool]:
         """Whether the running trial's optimiser ended the search by its own convergence test (one answer per trial
         when trials run together; a single False then means none did). Default: False.
@@ -482,6 +487,11 @@ class GradientInversionAttack(pl.LightningModule):
     def target(self) -> AttackTarget:
         """The target of the running reconstruction."""
         return self._active().target
+
+    @property
+    def target_count(self) -> int:
+        """T, the targets of the running reconstruction (1 for ``reconstruct``)."""
+        return len(self._active().targets)
 
     @property
     def chain_count(self) -> int:

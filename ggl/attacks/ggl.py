@@ -14,6 +14,7 @@ and a whole population is scored in one batched pass (``PopulationObjective``).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 import torch
 
 from ggl.attacks.base import AttackTarget, GradientInversionAttack, Reconstruction, register_attack
-from ggl.attacks.batched import ENGINES, PopulationObjective
+from ggl.attacks.batched import ENGINES, JointObjective, PopulationObjective
 from ggl.attacks.objective import latent_kl
 from ggl.attacks.search import SEARCHES, SearchStrategy, make_search
 from ggl.checks import non_negative_number, one_of, positive_int, positive_number
@@ -35,8 +36,9 @@ class _SearchState:
 
     labels: torch.Tensor
     generator: Generator
-    objective: PopulationObjective
-    trial_latents: dict[int, tuple[torch.Tensor, dict[str, Any]]] = field(default_factory=dict)
+    objective: PopulationObjective | JointObjective
+    target_labels: list[torch.Tensor] = field(default_factory=list)
+    trial_latents: dict[tuple[int, int], tuple[torch.Tensor, dict[str, Any]]] = field(default_factory=dict)
 
 
 LATENT_SPACES = ("normal", "sphere")
@@ -103,8 +105,31 @@ class GGL(GradientInversionAttack):
 
     # ------------------------------------------------------------------------------------------------ search
 
+    joint_targets = True
+
+    @classmethod
+    def searches_together(cls, hparams: Mapping[str, Any]) -> bool:
+        """Gradient-free searches only: a gradient search (GGL-Adam) differentiates its own losses in ``tell``,
+        which chains sharing one autograd graph cannot do one after another."""
+        search = str(hparams.get("search", "cma"))
+        return not (search in SEARCHES and SEARCHES[search].uses_gradients)
+
+    def _make_search(self, trial: int) -> SearchStrategy:
+        """Trial ``trial``'s latent search, seeded from ``seed`` and the trial."""
+        hp = self.hparams
+        return make_search(
+            hp.search,
+            self.target.batch_size * self.prior_model.latent_dim,
+            hp.population,
+            hp.budget // hp.restarts,
+            seed=hp.seed * 1000 + trial,
+            sigma=hp.sigma,
+            **hp.search_options,
+        )
+
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         """The trial's latent search, seeded from ``seed`` and the trial; no Lightning optimiser (an empty list).
+        Targets searched together run one search per target and trial (``chain_count``), in lockstep.
 
         A search strategy is an ask/tell minimiser, not a ``torch.optim.Optimizer``: CMA-ES and BO take no
         gradient step, and GGL-Adam steps its own chains inside ``tell``. Wrapping one as an optimiser would need a
@@ -112,36 +137,37 @@ class GGL(GradientInversionAttack):
         list silently) and each Lightning step is one ask/evaluate/tell round. A trial then ends with its loader of
         ``iterations`` steps, since ``max_steps`` counts optimiser steps.
         """
-        hp = self.hparams
-        self.latent_search = make_search(
-            hp.search,
-            self.target.batch_size * self.prior_model.latent_dim,
-            hp.population,
-            hp.budget // hp.restarts,
-            seed=hp.seed * 1000 + self.current_trial,
-            sigma=hp.sigma,
-            **hp.search_options,
-        )
+        chains = self.chain_count
+        per_target = chains // self.target_count
+        self.chain_searches = [
+            self._make_search(c % per_target if chains > 1 else self.current_trial) for c in range(chains)
+        ]
+        self.latent_search = self.chain_searches[0]
         return []
 
     def prepare(self, target: AttackTarget) -> None:
-        labels = self.resolve_labels()
+        labels = self.for_each_target(lambda _: self.resolve_labels())
         generator = adapt_prior(self.prior_model, target.image_shape)
-        if generator.num_classes and int(labels.max()) >= generator.num_classes:
+        largest = max(int(each.max()) for each in labels)
+        if generator.num_classes and largest >= generator.num_classes:
             raise ValueError(
-                f"prior {self.hparams.prior!r} has {generator.num_classes} classes but label "
-                f"{int(labels.max())} was inferred/given"
+                f"prior {self.hparams.prior!r} has {generator.num_classes} classes but label {largest} was "
+                "inferred/given"
             )
-        objective = self.population_objective(labels, self.hparams.engine)
-        self._state = _SearchState(labels, generator, objective)
+        engine = self.hparams.engine
+        joint = self.chain_count > 1
+        objective = self.joint_objective(labels, engine) if joint else self.population_objective(labels[0], engine)
+        self._state = _SearchState(labels[0], generator, objective, labels)
 
-    def latents_to_inputs(self, latents: torch.Tensor) -> torch.Tensor:
-        """Candidates (P, B * d) -> normalised victim inputs (P, B, C, H, W)."""
+    def latents_to_inputs(self, latents: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Candidates (P, B * d) -> normalised victim inputs (P, B, C, H, W); ``labels`` (P, B) per candidate
+        (targets searched together), else the target's."""
         state = self._search_state()
-        generator, labels = state.generator, state.labels
-        count, batch = latents.shape[0], labels.numel()
+        generator = state.generator
+        count, batch = latents.shape[0], state.labels.numel()
         codes = self._shape_latents(latents).reshape(count * batch, -1)
-        images = generator(codes, labels.repeat(count) if generator.num_classes else None)
+        row_labels = state.labels.repeat(count) if labels is None else labels.reshape(-1)
+        images = generator(codes, row_labels if generator.num_classes else None)
         normalized = self.target.normalization.normalize(images)
         return normalized.reshape(count, batch, *normalized.shape[1:])
 
@@ -152,17 +178,29 @@ class GGL(GradientInversionAttack):
             codes = codes * math.sqrt(codes.shape[-1]) / codes.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         return codes
 
-    def population_loss(self, latents: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
-        """GGL's loss of each candidate latent (P, B * d) -> (P,): gradient distance + kl_weight * KL(z).
+    def population_loss(
+        self, latents: torch.Tensor, create_graph: bool = False, chains: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """GGL's loss of each candidate latent (P, B * d) -> (P,): gradient distance + kl_weight * KL(z); with
+        ``chains`` (P,), each candidate against the target of its chain (targets searched together).
 
         Spends P objective evaluations.
         """
         latents = latents.to(self.device)
-        with torch.set_grad_enabled(create_graph):
-            inputs = self.latents_to_inputs(latents)
         state = self._search_state()
-        distance = state.objective(inputs, create_graph=create_graph)
-        self.spend(latents.shape[0])
+        if chains is None:
+            with torch.set_grad_enabled(create_graph):
+                inputs = self.latents_to_inputs(latents)
+            distance = state.objective(inputs, create_graph=create_graph)
+            self.spend(latents.shape[0])
+        else:
+            groups = self.chain_groups[chains]
+            labels = torch.stack(state.target_labels).to(self.device)[groups.to(self.device)]
+            with torch.set_grad_enabled(create_graph):
+                inputs = self.latents_to_inputs(latents, labels)
+            assert isinstance(state.objective, JointObjective)
+            distance = state.objective(inputs, groups, create_graph=create_graph)
+            self.spend_chains(chains.tolist())
         codes = latents.reshape(latents.shape[0], state.labels.numel(), -1)
         return distance + self.hparams.kl_weight * latent_kl(codes).mean(1)
 
@@ -171,34 +209,53 @@ class GGL(GradientInversionAttack):
             raise RuntimeError("GGL's search state exists only inside reconstruct()")
         return self._state
 
-    def search_step(self, step: int) -> float:
-        search = self.latent_search
-        if search.done:  # more rounds than the trial's budget allows (an explicit ``iterations``)
+    def search_step(self, step: int) -> float | torch.Tensor:
+        if self.chain_count == 1:
+            search = self.latent_search
+            if search.done:  # more rounds than the trial's budget allows (an explicit ``iterations``)
+                return search.best_loss
+            latents = search.ask()
+            search.tell(latents, self.population_loss(latents, create_graph=search.uses_gradients))
             return search.best_loss
-        latents = search.ask()
-        search.tell(latents, self.population_loss(latents, create_graph=search.uses_gradients))
-        return search.best_loss
+        active = [c for c, search in enumerate(self.chain_searches) if not search.done]
+        if active:
+            asked = [self.chain_searches[c].ask() for c in active]
+            chains = torch.cat([torch.full((len(latents),), c) for c, latents in zip(active, asked)])
+            losses = self.population_loss(torch.cat(asked), chains=chains)
+            for c, latents, part in zip(active, asked, losses.split([len(a) for a in asked])):
+                self.chain_searches[c].tell(latents, part)
+        return torch.tensor([search.best_loss for search in self.chain_searches])
 
-    def trial_result(self) -> tuple[torch.Tensor, torch.Tensor, float]:
-        search: SearchStrategy = self.latent_search
-        latent = search.best_latent.unsqueeze(0)
-        with torch.no_grad():
-            inputs = self.latents_to_inputs(latent.to(self.device))[0]
+    def trial_result(self) -> tuple[torch.Tensor, torch.Tensor, float | torch.Tensor]:
         state = self._search_state()
-        state.trial_latents[self.current_trial] = (search.best_latent.clone(), search.describe())
-        return self.to_pixels(inputs), state.labels, search.best_loss
+        chains = self.chain_count
+        per_target = chains // self.target_count
+        groups = self.chain_groups
+        latents = torch.stack([search.best_latent for search in self.chain_searches]).to(self.device)
+        labels = torch.stack(state.target_labels).to(self.device)[groups.to(self.device)]
+        with torch.no_grad():
+            inputs = self.latents_to_inputs(latents, labels)
+        for c, search in enumerate(self.chain_searches):
+            trial = c % per_target if chains > 1 else self.current_trial
+            state.trial_latents[(int(groups[c]), trial)] = (search.best_latent.clone(), search.describe())
+        if chains == 1:
+            return self.to_pixels(inputs[0]), state.labels, self.latent_search.best_loss
+        losses = torch.tensor([search.best_loss for search in self.chain_searches])
+        return self.to_pixels(inputs), labels, losses
 
-    def reconstruct(self, target: AttackTarget, **run_options: Any) -> Reconstruction:
-        """See ``GradientInversionAttack.reconstruct``; ``extras`` adds the best ``latent`` (B, d) as lists,
-        ``search`` (the strategy's description) and ``labels_inferred``."""
+    def reconstruct_together(self, targets: Sequence[AttackTarget], **run_options: Any) -> list[Reconstruction]:
+        """See ``GradientInversionAttack.reconstruct_together``; each ``extras`` adds the best ``latent`` (B, d) as
+        lists, ``search`` (the strategy's description) and ``labels_inferred``."""
         self._state = None
         try:
-            result = super().reconstruct(target, **run_options)
-            latent, description = self._search_state().trial_latents[result.extras["best_trial"]]
-            codes = self._shape_latents(latent.unsqueeze(0))[0]
+            results = super().reconstruct_together(targets, **run_options)
+            state = self._search_state()
+            for index, (target, result) in enumerate(zip(targets, results)):
+                latent, description = state.trial_latents[(index, result.extras["best_trial"])]
+                codes = self._shape_latents(latent.unsqueeze(0))[0]
+                result.extras.update(
+                    {"latent": codes.tolist(), "search": description, "labels_inferred": target.labels is None}
+                )
         finally:
             self._state = None
-        result.extras.update(
-            {"latent": codes.tolist(), "search": description, "labels_inferred": target.labels is None}
-        )
-        return result
+        return results

@@ -118,6 +118,8 @@ def test_joint_objective_refuses_objectives_of_another_model(fashion_module) -> 
 
 
 CASES = {
+    "ggl-cma": ("ggl", {"search": "cma", "budget": 40, "population": 10, "restarts": 2}),
+    "ggl-cma-adaptive": ("ggl", {"search": "cma", "budget": 30, "population": 10, "adaptive": True}),
     "inverting": ("inverting_gradients", {"iterations": 6, "restarts": 2, "batch_restarts": True}),
     "idlg-soteria": ("idlg", {"iterations": 3, "max_iter": 5, "restarts": 2, "batch_restarts": True, "adaptive": True}),
     "dlg-one-chain": ("dlg", {"iterations": 3, "max_iter": 5}),
@@ -127,10 +129,12 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_reconstruct_together_equals_each_target_alone(case: str, fashion_module) -> None:
     """An attack and a second update of the same class (a control) as one population, with the serial engine:
-    each target's per-trial losses, trace, winner, images, labels and evaluations are its own run's (relative 1e-4;
-    DLG's single chain alone runs ``torch.optim.LBFGS``, together a ``BatchedLBFGS`` chain)."""
+    each target's per-trial losses, trace, winner, images, labels, evaluations (and GGL's latent) are its own run's
+    (relative 1e-4; DLG's single chain alone runs ``torch.optim.LBFGS``, together a ``BatchedLBFGS`` chain; GGL's
+    restarts alone run one after another, together as chains in lockstep)."""
     name, options = CASES[case]
-    defense = make_defense("soteria", pruning_rate=0.6) if case == "idlg-soteria" else None
+    adaptive = options.get("adaptive", False)
+    defense = make_defense("soteria", pruning_rate=0.6) if adaptive else None
     pair = _pair(fashion_module, defense, same_class=True)
     together = make_attack(name, seed=3, engine="serial", **options).reconstruct_together(pair.targets)
     for target, joint in zip(pair.targets, together):
@@ -142,6 +146,8 @@ def test_reconstruct_together_equals_each_target_alone(case: str, fashion_module
         assert torch.equal(joint.labels, alone.labels)
         assert joint.evaluations == alone.evaluations
         assert joint.extras["still_improving"] == alone.extras["still_improving"]
+        if name == "ggl":
+            assert torch.allclose(torch.tensor(joint.extras["latent"]), torch.tensor(alone.extras["latent"]))
     assert together[0].extras["trial_losses"] != together[1].extras["trial_losses"]
 
 
@@ -159,7 +165,7 @@ def test_a_budget_counts_per_target(fashion_module) -> None:
 def test_what_cannot_run_together_is_refused(fashion_module) -> None:
     pair = _pair(fashion_module, None, same_class=True)
     with pytest.raises(ValueError, match="'ggl' cannot search several targets together"):
-        make_attack("ggl", prior="fashion-mnist-wgan", budget=10).reconstruct_together(pair.targets)
+        make_attack("ggl", search="adam", budget=10, population=2).reconstruct_together(pair.targets)
     with pytest.raises(ValueError, match="need budget=None"):
         make_attack("idlg", iterations=2, budget=50).reconstruct_together(pair.targets)
     other = make_victim("lenet", 10, fashion_module.image_shape, 0)

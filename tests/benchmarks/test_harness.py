@@ -364,7 +364,11 @@ def test_a_run_where_every_cell_fails_still_writes_its_report(tmp_path: Path, mo
 BATCHED = {
     **SUITE,
     "victims": {"count": 2, "seed": 0, "batch_size": 1},
-    "attacks": [{"name": "idlg", "iterations": 2, "max_iter": 3}],
+    "attacks": [
+        {"name": "idlg", "iterations": 2, "max_iter": 3},
+        {"name": "ggl", "prior": "fashion-mnist-wgan", "search": "cma", "budget": 20, "population": 10},
+        {"name": "ggl", "prior": "fashion-mnist-wgan", "search": "adam", "budget": 4, "population": 2},
+    ],
     "defenses": [{"name": "none"}, {"name": "sparsification", "ratio": 0.9}],
     "controls": True,
     "batch_controls": True,
@@ -379,23 +383,25 @@ def test_batched_controls_run_with_their_attacks_whichever_a_run_needs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``batch_controls``: each attack cell and its control are one ``reconstruct_together`` (one attack built per
-    pair), on one rank when sharded; a run that needs only the control still computes the pair, so its row is the
-    one the whole run stores, and the rows of two ranks are the rows of one."""
+    pair; GGL-Adam, a gradient search, runs its two apart), on one rank when sharded; a run that needs only the
+    control still computes the pair, so its row is the one the whole run stores, and the rows of two ranks are the
+    rows of one."""
     attacks = counting(monkeypatch)
     config = build_suite(BATCHED, "tiny.yaml")
     whole = Harness(config, ResultsStore(tmp_path / "whole.sqlite"), progress=False, log=lambda m: None)
     summary = whole.run()
     assert summary.computed == len(expand_cells(config)) and not summary.failed
-    assert attacks.calls == ["idlg"] * 4  # 2 victims x 2 settings, each attack with its control
+    per_setting = ["idlg", "ggl", "ggl", "ggl"]  # iDLG and GGL-CMA with their controls, GGL-Adam and its control
+    assert attacks.calls == per_setting * 4  # 2 victims x 2 settings
     rows = _metrics(whole.store)
     controls = [row for row in whole.store.cells("tiny") if row.kind == "control"]
-    assert len(controls) == 4 and all(rows[c.key][0]["psnr"] != rows[_attack_key(c)][0]["psnr"] for c in controls)
+    assert len(controls) == 12 and all(rows[c.key][0]["psnr"] != rows[_attack_key(c)][0]["psnr"] for c in controls)
 
     resumed = ResultsStore(tmp_path / "resumed.sqlite")
     resumed.claim_context("tiny", config.context())
     resumed.put_cells([row for row in whole.store.cells("tiny") if row.kind != "control"])
     summary = Harness(config, resumed, progress=False, log=lambda m: None).run()
-    assert summary.computed == 4 and attacks.calls == ["idlg"] * 8
+    assert summary.computed == 12 and attacks.calls == per_setting * 4 + ["idlg", "ggl", "ggl"] * 4
     assert _metrics(resumed) == rows
 
     sharded = []

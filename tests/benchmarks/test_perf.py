@@ -64,9 +64,13 @@ def test_perf_cli_tiny_run(tmp_path):
     assert sorted(restarts) == ["idlg", "inverting_gradients"]
     assert all(row["restarts"] == 2 and row["seconds"] > 0 for row in restarts.values())
     assert restarts["inverting_gradients"]["loss_max_relative_difference"] < 1e-4
+    controls = [(row["attack"], row["restarts"]) for row in rows if row["measurement"] == "controls"]
+    assert controls == [("inverting_gradients", 1), ("inverting_gradients", 2), ("idlg", 1), ("idlg", 2)]
+    assert all(row["seconds"] > 0 and row["evaluations"] > 0 for row in rows if row["measurement"] == "controls")
     assert all(0 < row["peak_share"] for row in throughput)
     table = out.with_suffix(".md").read_text()
     assert "| lenet | 1x8 | 3 | hooks |" in table and "end-to-end GGL-CMA" in table
+    assert "| inverting_gradients on lenet 1x8 | 2 |" in table and "attack and control as one population" in table
 
 
 def test_perf_cli_rejects_bad_options(tmp_path, capsys):
