@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ggl.attacks import AttackTarget, make_attack
+from ggl.attacks import AttackTarget, Reconstruction, make_attack
 from ggl.attacks.batched import choose_engine
 from ggl.attacks.search import make_search
 from ggl.defenses import make_defense
@@ -305,29 +305,42 @@ def restarts_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
             began = time.perf_counter()
             results[batched] = (attack.reconstruct(target, accelerator=accelerator), time.perf_counter() - began)
         (sequential, serial_seconds), (batched_run, seconds) = results[False], results[True]
-        difference = max(
-            abs(a - b) / max(abs(a), 1e-30)
-            for a, b in zip(sequential.extras["trial_losses"], batched_run.extras["trial_losses"])
-        )
+        timing = {"attack": name, "restarts": args.restarts, "iterations": steps}
         rows.append(
-            {
-                "measurement": "restarts",
-                "victim": "lenet",
-                "image_size": args.image_size,
-                "channels": args.channels,
-                "batch": args.batch,
-                "device": str(setting.device),
-                "attack": name,
-                "restarts": args.restarts,
-                "iterations": steps,
-                "evaluations": batched_run.evaluations,
-                "serial_seconds": serial_seconds,
-                "seconds": seconds,
-                "speedup": serial_seconds / seconds,
-                "loss_max_relative_difference": difference,
-            }
+            _timed_pair_row("restarts", args, setting, timing, ([sequential], serial_seconds), ([batched_run], seconds))
         )
     return rows
+
+
+def _timed_pair_row(
+    measurement: str,
+    args: argparse.Namespace,
+    setting: Setting,
+    timing: dict[str, Any],
+    apart: tuple[list[Reconstruction], float],
+    together: tuple[list[Reconstruction], float],
+) -> dict[str, Any]:
+    """A row that times reconstructions run one way (``apart``: results, seconds) against another (``together``),
+    with the largest relative difference in a trial's final loss between them."""
+    difference = max(
+        abs(a - b) / max(abs(a), 1e-30)
+        for first, second in zip(apart[0], together[0])
+        for a, b in zip(first.extras["trial_losses"], second.extras["trial_losses"])
+    )
+    return {
+        "measurement": measurement,
+        "victim": "lenet",
+        "image_size": args.image_size,
+        "channels": args.channels,
+        "batch": args.batch,
+        "device": str(setting.device),
+        **timing,
+        "evaluations": together[0][0].evaluations,
+        "serial_seconds": apart[1],
+        "seconds": together[1],
+        "speedup": apart[1] / together[1],
+        "loss_max_relative_difference": difference,
+    }
 
 
 def controls_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -362,28 +375,9 @@ def controls_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
             together = make_attack(name, **options).reconstruct_together(targets, accelerator=accelerator)
             synchronize(setting.device)
             seconds = time.perf_counter() - began
-            difference = max(
-                abs(a - b) / max(abs(a), 1e-30)
-                for first, second in zip(apart, together)
-                for a, b in zip(first.extras["trial_losses"], second.extras["trial_losses"])
-            )
+            timing = {"attack": name, "restarts": restarts, "iterations": steps}
             rows.append(
-                {
-                    "measurement": "controls",
-                    "victim": "lenet",
-                    "image_size": args.image_size,
-                    "channels": args.channels,
-                    "batch": args.batch,
-                    "device": str(setting.device),
-                    "attack": name,
-                    "restarts": restarts,
-                    "iterations": steps,
-                    "evaluations": together[0].evaluations,
-                    "serial_seconds": serial_seconds,
-                    "seconds": seconds,
-                    "speedup": serial_seconds / seconds,
-                    "loss_max_relative_difference": difference,
-                }
+                _timed_pair_row("controls", args, setting, timing, (apart, serial_seconds), (together, seconds))
             )
     return rows
 
@@ -438,35 +432,28 @@ def _adaptive_table(rows: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _restarts_table(rows: Sequence[dict[str, Any]]) -> list[str]:
-    lines = [
-        "| restarts as one population | R | steps | evaluations | sequential s | batched s | speedup "
-        "| max rel. final-loss diff |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        lines.append(
-            f"| {row['attack']} on {row['victim']} {row['channels']}x{row['image_size']} | {row['restarts']} "
-            f"| {row['iterations']} | {row.get('evaluations', '')} | {row['serial_seconds']:.2f} "
-            f"| {row['seconds']:.2f} | {row['speedup']:.2f} "
-            f"| {row['loss_max_relative_difference']:.1e} |"
-        )
-    return lines
+Table = Callable[[Sequence[dict[str, Any]]], list[str]]
+"""A Markdown table of one kind of row."""
 
 
-def _controls_table(rows: Sequence[dict[str, Any]]) -> list[str]:
-    lines = [
-        "| attack and control as one population | R | steps | evaluations each | one after another s | together s "
-        "| speedup | max rel. final-loss diff |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        lines.append(
-            f"| {row['attack']} on {row['victim']} {row['channels']}x{row['image_size']} | {row['restarts']} "
-            f"| {row['iterations']} | {row['evaluations']} | {row['serial_seconds']:.2f} | {row['seconds']:.2f} "
-            f"| {row['speedup']:.2f} | {row['loss_max_relative_difference']:.1e} |"
-        )
-    return lines
+def _timed_pairs_table(title: str, evaluations: str, apart: str, together: str) -> Table:
+    """The Markdown table of rows that time one way of running attacks against another, with the largest
+    difference in a trial's final loss (the restarts rows, the attack-and-control rows)."""
+
+    def table(rows: Sequence[dict[str, Any]]) -> list[str]:
+        lines = [
+            f"| {title} | R | steps | {evaluations} | {apart} | {together} | speedup | max rel. final-loss diff |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for row in rows:
+            lines.append(
+                f"| {row['attack']} on {row['victim']} {row['channels']}x{row['image_size']} | {row['restarts']} "
+                f"| {row['iterations']} | {row.get('evaluations', '')} | {row['serial_seconds']:.2f} "
+                f"| {row['seconds']:.2f} | {row['speedup']:.2f} | {row['loss_max_relative_difference']:.1e} |"
+            )
+        return lines
+
+    return table
 
 
 def _end_to_end_table(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -483,11 +470,13 @@ def _end_to_end_table(rows: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
-TABLES = {
+TABLES: dict[str, Table] = {
     "throughput": _throughput_table,
     "adaptive": _adaptive_table,
-    "restarts": _restarts_table,
-    "controls": _controls_table,
+    "restarts": _timed_pairs_table("restarts as one population", "evaluations", "sequential s", "batched s"),
+    "controls": _timed_pairs_table(
+        "attack and control as one population", "evaluations each", "one after another s", "together s"
+    ),
     "end_to_end": _end_to_end_table,
 }
 """The Markdown table of each kind of row, in the order they are printed."""

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from ggl.attacks import AttackTarget
+from ggl.attacks import AttackTarget, Reconstruction
 from ggl.data.embedded import EmbeddedFashionMNIST
 from ggl.fl import make_victim, shared_update
 
@@ -29,6 +29,24 @@ def _psnr(reconstruction: torch.Tensor, reference: torch.Tensor) -> float:
     """PSNR in dB of images in [0, 1]: 10 log10(1 / MSE) over the whole batch."""
     mse = (reconstruction.detach().cpu().clamp(0, 1) - reference).pow(2).mean().clamp_min(1e-12)
     return float(10 * torch.log10(1 / mse))
+
+
+def _assert_same_search(got: Reconstruction, expected: Reconstruction) -> None:
+    """Two runs of one search (batched or not, together or alone): the same trials, trace, winner, images, labels,
+    evaluations and flag, to a relative 1e-4."""
+    assert got.extras["trial_losses"] == pytest.approx(expected.extras["trial_losses"], rel=1e-4)
+    assert got.extras["best_trial"] == expected.extras["best_trial"]
+    assert got.trace == pytest.approx(expected.trace, rel=1e-4)
+    assert (got.images - expected.images).abs().max() < 1e-4
+    assert torch.equal(got.labels, expected.labels)
+    assert got.evaluations == expected.evaluations
+    assert got.extras["still_improving"] == expected.extras["still_improving"]
+
+
+@pytest.fixture(scope="session")
+def same_search() -> Callable[[Reconstruction, Reconstruction], None]:
+    """``same_search(got, expected)`` asserts two runs of one search agree (see ``_assert_same_search``)."""
+    return _assert_same_search
 
 
 @pytest.fixture(scope="session")

@@ -66,7 +66,7 @@ def test_batched_lbfgs_refuses_parameters_without_the_chain_dimension() -> None:
 @pytest.mark.parametrize(
     "name, adaptive", [("idlg", False), ("idlg", True), ("dlg", False)], ids=["idlg", "idlg-adaptive", "dlg"]
 )
-def test_batched_restarts_follow_the_sequential_chains(name: str, adaptive: bool, make_case) -> None:
+def test_batched_restarts_follow_the_sequential_chains(name: str, adaptive: bool, make_case, same_search) -> None:
     """R restarts as one population with the serial engine: the same starts, per-trial losses, traces, winner,
     labels and evaluations as one fit a restart (adaptive: through Soteria's simulation). iDLG's agree bitwise on
     one thread (measured); DLG's soft labels enter as probability targets of ``cross_entropy`` rather than its own
@@ -75,13 +75,7 @@ def test_batched_restarts_follow_the_sequential_chains(name: str, adaptive: bool
     options = {"iterations": 4, "max_iter": 5, "restarts": 3, "seed": 3, "adaptive": adaptive}
     sequential = make_attack(name, **options).reconstruct(case.target)
     batched = make_attack(name, batch_restarts=True, engine="serial", **options).reconstruct(case.target)
-    assert batched.extras["trial_losses"] == pytest.approx(sequential.extras["trial_losses"], rel=1e-4)
-    assert batched.extras["best_trial"] == sequential.extras["best_trial"]
-    assert batched.trace == pytest.approx(sequential.trace, rel=1e-4)
-    assert (batched.images - sequential.images).abs().max() < 1e-4
-    assert torch.equal(batched.labels, sequential.labels)
-    assert batched.evaluations == sequential.evaluations
-    assert batched.extras["still_improving"] == sequential.extras["still_improving"]
+    same_search(batched, sequential)
     assert len(set(sequential.extras["trial_losses"])) == 3  # three different starts
 
 
