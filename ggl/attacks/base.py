@@ -8,7 +8,9 @@ loader of the step indices: ``configure_optimizers`` draws the trial's start and
 Lightning step is one search step under manual optimisation, and the trial with the lowest final loss wins. An
 attack whose trials are independent (Inverting Gradients' Adam, DLG's and iDLG's L-BFGS chains) may run them all
 in one fit as one batched population (``parallel_trials``); the result is the sequential one up to float rounding
-(tested), with the same traces per trial. Every ``Reconstruction`` says whether the winning trial was still
+(tested), with the same traces per trial. ``reconstruct_together`` runs the trials of several updates of one victim
+(an attack and its no-information control) the same way, as T x R chains of one population, each target with its
+own ``Reconstruction`` (``joint_targets``). Every ``Reconstruction`` says whether the winning trial was still
 improving when it ended (``still_improving``).
 
 The attacker sees the victim's architecture and weights, the (defended) shared update, the defense's public
