@@ -498,21 +498,27 @@ class GradientInversionAttack(pl.LightningModule):
     @property
     def chain_count(self) -> int:
         """Chains one fit runs: T targets x R restarts when several targets run together, else ``parallel_trials``."""
-        run = self._active()
-        targets = len(run.targets)
+        targets = self.target_count
         return targets * self.hparams.restarts if targets > 1 else self.parallel_trials()
+
+    @property
+    def chains_per_target(self) -> int:
+        """The chains of each target in one fit (``chain_count`` / T)."""
+        return self.chain_count // self.target_count
 
     @property
     def chain_groups(self) -> torch.Tensor:
         """The target index of every chain (``chain_count``,), target-major."""
-        targets = len(self._active().targets)
-        return torch.arange(targets).repeat_interleave(self.chain_count // targets)
+        return torch.arange(self.target_count).repeat_interleave(self.chains_per_target)
+
+    def chain_labels(self, labels: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The labels (``chain_count``, B) of every chain: its target's, from ``labels`` (one (B,) per target)."""
+        return torch.stack(list(labels)).to(self.device)[self.chain_groups.to(self.device)]
 
     def chain_starts(self, draw: Callable[[], Any]) -> list[Any]:
         """The chains' starts: ``draw()`` once per trial, from ``self.rng``, and the same R starts for every target
         (each target's own run draws them from the same seed)."""
-        starts = [draw() for _ in range(self.chain_count // len(self._active().targets))]
-        return starts * len(self._active().targets)
+        return [draw() for _ in range(self.chains_per_target)] * self.target_count
 
     def for_each_target(self, make: Callable[[int], Any]) -> list[Any]:
         """``make(index)`` once per target, with ``target``, ``target_gradients`` and ``received_update`` referring
@@ -534,8 +540,7 @@ class GradientInversionAttack(pl.LightningModule):
 
     def spend_chains(self, chains: Sequence[int]) -> None:
         """One evaluation for each of ``chains``, counted against its own target's budget."""
-        run = self._active()
-        per_target = self.chain_count // len(run.targets)
+        run, per_target = self._active(), self.chains_per_target
         for chain in chains:
             run.outcomes[int(chain) // per_target].budget.spend(1)
 

@@ -295,10 +295,7 @@ class HooksEngine(PopulationEngine):
         finally:
             for handle in handles:
                 handle.remove()
-        if labels.ndim == 3:
-            targets = labels.reshape(population * batch, -1)
-        else:
-            targets = labels.reshape(-1) if labels.ndim == 2 else labels.repeat(population)
+        targets = labels.repeat(population) if labels.ndim == 1 else labels.flatten(0, 1)
         loss = F.cross_entropy(logits, targets, reduction="sum") / batch
         backprops = torch.autograd.grad(loss, [record[-1] for record in records], create_graph=create_graph)
         captured = []
@@ -377,23 +374,6 @@ class InnerProductEngine(HooksEngine):
     loses relative precision as a loss approaches 0 (float32: about 1e-7 of ||t||^2).
     """
 
-    def statistics(
-        self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        target: Sequence[torch.Tensor],
-        create_graph: bool,
-        masks: Mapping[int, torch.Tensor] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Squared norms and inner products with ``target`` of each candidate's gradients, after the optional 0/1
-        ``masks`` (tensor index -> mask of the parameter's shape): two (P, T) tensors.
-
-        A column mask on a Linear weight (the same mask in every row, as Soteria's) masks the layer's input
-        features and keeps the Gram identity; any other mask needs that layer's gradient formed (then reduced at
-        once, one layer at a time).
-        """
-        return self.statistics_from(self._capture(images, labels, create_graph), images.shape[0], target, masks)
-
     def statistics_from(
         self,
         captured: Sequence[Captured],
@@ -401,7 +381,14 @@ class InnerProductEngine(HooksEngine):
         target: Sequence[torch.Tensor],
         masks: Mapping[int, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``statistics`` of a capture of ``population`` candidates (``_capture``, ``select_candidates``)."""
+        """Squared norms and inner products with ``target`` of the gradients of a capture of ``population``
+        candidates (``_capture``, ``select_candidates``), after the optional 0/1 ``masks`` (tensor index -> mask of
+        the parameter's shape): two (P, T) tensors.
+
+        A column mask on a Linear weight (the same mask in every row, as Soteria's) masks the layer's input
+        features and keeps the Gram identity; any other mask needs that layer's gradient formed (then reduced at
+        once, one layer at a time).
+        """
         masks = masks or {}
         norms: list[torch.Tensor | None] = [None] * len(target)
         dots: list[torch.Tensor | None] = [None] * len(target)
@@ -625,7 +612,7 @@ class PopulationObjective:
         self.chunk_size = chunk_size
         self.engine = self._make_engine(engine, protocol)
         self.engine_name = self.engine.name
-        self._statistics = getattr(self.engine, "statistics", None) is not None
+        self._statistics = getattr(self.engine, "statistics_from", None) is not None
         self.memory_budget_mib = float(memory_budget_mib)
         self.candidate_mib = self._candidate_mib()
 
@@ -648,7 +635,7 @@ class PopulationObjective:
             return UnrolledEngine(self.model, protocol)
         simulated, linear = self.simulate is not None, self.linear_simulation is not None
         name = choose_engine(self.model, self.metric, simulated, linear) if engine == "auto" else engine
-        if getattr(ENGINES[name], "statistics", None) is not None and (
+        if getattr(ENGINES[name], "statistics_from", None) is not None and (
             (simulated and not linear) or self.metric not in ("l2", "cosine")
         ):
             raise ValueError(
@@ -680,18 +667,6 @@ class PopulationObjective:
         if self.protocol is not None and not self.protocol.is_fedsgd:
             raise ValueError("soft_labels per candidate need FedSGD; under FedAvg every candidate shares the labels")
 
-    def _chunks(
-        self, images: torch.Tensor, soft_labels: torch.Tensor | None
-    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The population in chunks of ``chunk_size``, each with its engine labels (shared, or per candidate)."""
-        size = self.automatic_chunk_size(images.shape[0])
-        if soft_labels is None:
-            assert self.labels is not None
-            labels = self.labels.to(images.device)
-            return [(chunk, labels) for chunk in images.split(size)]
-        probabilities = F.softmax(soft_labels, dim=-1)
-        return list(zip(images.split(size), probabilities.split(size)))
-
     def gradients(
         self, images: torch.Tensor, create_graph: bool = False, soft_labels: torch.Tensor | None = None
     ) -> list[torch.Tensor]:
@@ -699,10 +674,11 @@ class PopulationObjective:
         self._check_images(images, soft_labels)
         if not create_graph:
             images = images.detach()
+        labels = _engine_labels([self], images, None, soft_labels)
         with torch.enable_grad():
             parts = [
-                self.engine.gradients(chunk, labels, create_graph)
-                for chunk, labels in self._chunks(images, soft_labels)
+                self.engine.gradients(images[rows], chunk_labels, create_graph)
+                for rows, chunk_labels in _chunks(labels, images.shape[0], self.automatic_chunk_size(images.shape[0]))
             ]
         gradients = [torch.cat(column) for column in zip(*parts)]
         return gradients if create_graph else [g.detach() for g in gradients]
@@ -786,17 +762,6 @@ class JointObjective:
             )
         return indices.long()
 
-    def _labels(self, images: torch.Tensor, groups: torch.Tensor | None, soft_labels: torch.Tensor | None):
-        """The engine labels of the population: per-candidate probabilities, shared indices, or indices per row."""
-        if soft_labels is not None:
-            return F.softmax(soft_labels, dim=-1)
-        labels = [objective.labels for objective in self.objectives]
-        first = labels[0]
-        assert first is not None  # checked by _check_images
-        if groups is None or all(other is not None and torch.equal(other, first) for other in labels):
-            return first.to(images.device)
-        return torch.stack(cast(list[torch.Tensor], labels)).to(images.device)[groups.to(images.device)]
-
     def __call__(
         self,
         images: torch.Tensor,
@@ -811,15 +776,12 @@ class JointObjective:
             self.objectives[index]._check_images(images, soft_labels)
         if not create_graph:
             images = images.detach()
-        labels = self._labels(images, group_of, soft_labels)
-        size = self.automatic_chunk_size(images.shape[0])
+        labels = _engine_labels(self.objectives, images, group_of, soft_labels)
         losses = []
         with torch.enable_grad():
-            for start in range(0, images.shape[0], size):
-                part = slice(start, start + size)
-                chunk_labels = labels if labels.ndim == 1 else labels[part]
-                chunk_groups = None if group_of is None else group_of[part]
-                losses.append(self._chunk_losses(images[part], chunk_labels, chunk_groups, create_graph))
+            for rows, chunk_labels in _chunks(labels, images.shape[0], self.automatic_chunk_size(images.shape[0])):
+                chunk_groups = None if group_of is None else group_of[rows]
+                losses.append(self._chunk_losses(images[rows], chunk_labels, chunk_groups, create_graph))
         result = torch.cat(losses)
         return result if create_graph else result.detach()
 
@@ -845,3 +807,28 @@ class JointObjective:
             parts.append(self.objectives[index].losses_from(part, rows.numel(), chunk.device))
             order.append(rows)
         return torch.cat(parts)[torch.argsort(torch.cat(order))]
+
+
+def _engine_labels(
+    objectives: Sequence[PopulationObjective],
+    images: torch.Tensor,
+    groups: torch.Tensor | None,
+    soft_labels: torch.Tensor | None,
+) -> torch.Tensor:
+    """The engine labels of a population: per-candidate probabilities of ``soft_labels``, the labels every candidate
+    shares (B,), or each candidate's group's labels (P, B) where the groups' labels differ."""
+    if soft_labels is not None:
+        return F.softmax(soft_labels, dim=-1)
+    labels = [objective.labels for objective in objectives]
+    first = labels[0]
+    assert first is not None  # checked by _check_images
+    if groups is None or all(other is not None and torch.equal(other, first) for other in labels):
+        return first.to(images.device)
+    return torch.stack(cast(list[torch.Tensor], labels)).to(images.device)[groups.to(images.device)]
+
+
+def _chunks(labels: torch.Tensor, population: int, size: int) -> list[tuple[slice, torch.Tensor]]:
+    """The population's rows in chunks of ``size``, each with its engine labels (shared ones whole, per-candidate
+    ones cut to the chunk)."""
+    rows = [slice(start, start + size) for start in range(0, population, size)]
+    return [(part, labels if labels.ndim == 1 else labels[part]) for part in rows]

@@ -191,7 +191,7 @@ class LBFGSGradientMatching(GradientInversionAttack):
         if self.optimise_labels:
             labels = torch.stack([variables[1] for _, variables in self.best_iterates]).argmax(dim=-1)
         else:
-            labels = torch.stack(self.target_labels)[self.chain_groups.to(self.device)]
+            labels = self.chain_labels(self.target_labels)
         if self.population is not None:
             return self.to_pixels(images), labels, losses
         return self.to_pixels(images[0]), labels[0], float(losses[0])

@@ -137,13 +137,13 @@ class GGL(GradientInversionAttack):
         list silently) and each Lightning step is one ask/evaluate/tell round. A trial then ends with its loader of
         ``iterations`` steps, since ``max_steps`` counts optimiser steps.
         """
-        chains = self.chain_count
-        per_target = chains // self.target_count
-        self.chain_searches = [
-            self._make_search(c % per_target if chains > 1 else self.current_trial) for c in range(chains)
-        ]
+        self.chain_searches = [self._make_search(self._trial_of(c)) for c in range(self.chain_count)]
         self.latent_search = self.chain_searches[0]
         return []
+
+    def _trial_of(self, chain: int) -> int:
+        """The restart a chain runs: its index within its target when chains run together, else the running trial."""
+        return chain % self.chains_per_target if self.chain_count > 1 else self.current_trial
 
     def prepare(self, target: AttackTarget) -> None:
         labels = self.for_each_target(lambda _: self.resolve_labels())
@@ -195,7 +195,7 @@ class GGL(GradientInversionAttack):
             self.spend(latents.shape[0])
         else:
             groups = self.chain_groups[chains]
-            labels = torch.stack(state.target_labels).to(self.device)[groups.to(self.device)]
+            labels = self.chain_labels(state.target_labels)[chains.to(self.device)]
             with torch.set_grad_enabled(create_graph):
                 inputs = self.latents_to_inputs(latents, labels)
             assert isinstance(state.objective, JointObjective)
@@ -228,17 +228,14 @@ class GGL(GradientInversionAttack):
 
     def trial_result(self) -> tuple[torch.Tensor, torch.Tensor, float | torch.Tensor]:
         state = self._search_state()
-        chains = self.chain_count
-        per_target = chains // self.target_count
         groups = self.chain_groups
         latents = torch.stack([search.best_latent for search in self.chain_searches]).to(self.device)
-        labels = torch.stack(state.target_labels).to(self.device)[groups.to(self.device)]
+        labels = self.chain_labels(state.target_labels)
         with torch.no_grad():
             inputs = self.latents_to_inputs(latents, labels)
         for c, search in enumerate(self.chain_searches):
-            trial = c % per_target if chains > 1 else self.current_trial
-            state.trial_latents[(int(groups[c]), trial)] = (search.best_latent.clone(), search.describe())
-        if chains == 1:
+            state.trial_latents[(int(groups[c]), self._trial_of(c))] = (search.best_latent.clone(), search.describe())
+        if self.chain_count == 1:
             return self.to_pixels(inputs[0]), state.labels, self.latent_search.best_loss
         losses = torch.tensor([search.best_loss for search in self.chain_searches])
         return self.to_pixels(inputs), labels, losses

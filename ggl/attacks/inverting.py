@@ -119,5 +119,4 @@ class InvertingGradients(GradientInversionAttack):
         final = self.loss(self.inputs).detach()
         if self.population is None:
             return self.to_pixels(self.inputs), self.labels, float(final)
-        labels = torch.stack(self.target_labels)[self.chain_groups.to(self.labels.device)]
-        return self.to_pixels(self.inputs), labels, final
+        return self.to_pixels(self.inputs), self.chain_labels(self.target_labels), final
