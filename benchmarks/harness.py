@@ -608,14 +608,13 @@ class Harness:
             for each in stored:
                 summary.failed.append((each.describe(), reason))
                 self.store.put_failure(self._failure(each, reason), claims.owner)
-            self._done_together.update(each.key() for each in stored[1:])
-            return
-        for each in stored:
-            row, trace = results[together.index(each)]
-            self.store.put_cell(row)
-            summary.computed += 1
-            if self.tensorboard is not None:
-                self.tensorboard.add(row, trace)
+        else:
+            for each in stored:
+                row, trace = results[together.index(each)]
+                self.store.put_cell(row)
+                summary.computed += 1
+                if self.tensorboard is not None:
+                    self.tensorboard.add(row, trace)
         self._done_together.update(each.key() for each in stored[1:])
 
     def _identity(self, cell: Cell) -> dict[str, Any]:

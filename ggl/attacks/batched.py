@@ -691,7 +691,7 @@ class PopulationObjective:
 
     def losses_from(self, output: Any, population: int, device: torch.device) -> torch.Tensor:
         """The losses (P,) of ``population`` candidates from one engine pass: their capture (``_capture``) for an
-        engine with ``statistics``, their gradients (P, *s) per parameter otherwise."""
+        engine with ``statistics_from``, their gradients (P, *s) per parameter otherwise."""
         target = [g.to(device=device) for g in self.target_gradients]
         if self._statistics:
             linear = self.linear_simulation or LinearSimulation()
