@@ -31,20 +31,20 @@ def _psnr(reconstruction: torch.Tensor, reference: torch.Tensor) -> float:
     return float(10 * torch.log10(1 / mse))
 
 
-def _assert_same_search(got: Reconstruction, expected: Reconstruction) -> None:
+def _assert_same_search(got: Reconstruction, expected: Reconstruction, rel: float = 1e-4) -> None:
     """Two runs of one search (batched or not, together or alone): the same trials, trace, winner, images, labels,
-    evaluations and flag, to a relative 1e-4."""
-    assert got.extras["trial_losses"] == pytest.approx(expected.extras["trial_losses"], rel=1e-4)
+    evaluations and flag, to a relative ``rel``."""
+    assert got.extras["trial_losses"] == pytest.approx(expected.extras["trial_losses"], rel=rel)
     assert got.extras["best_trial"] == expected.extras["best_trial"]
-    assert got.trace == pytest.approx(expected.trace, rel=1e-4)
-    assert (got.images - expected.images).abs().max() < 1e-4
+    assert got.trace == pytest.approx(expected.trace, rel=rel)
+    assert (got.images - expected.images).abs().max() < rel
     assert torch.equal(got.labels, expected.labels)
     assert got.evaluations == expected.evaluations
     assert got.extras["still_improving"] == expected.extras["still_improving"]
 
 
 @pytest.fixture(scope="session")
-def same_search() -> Callable[[Reconstruction, Reconstruction], None]:
+def same_search() -> Callable[..., None]:
     """``same_search(got, expected)`` asserts two runs of one search agree (see ``_assert_same_search``)."""
     return _assert_same_search
 

@@ -14,15 +14,18 @@ def _quartic(chain: int, x: torch.Tensor, curvature: torch.Tensor) -> torch.Tens
     return 0.5 * x @ curvature[chain] @ x + 0.01 * (x**4).sum() + x.sum()
 
 
-def test_batched_lbfgs_equals_torch_lbfgs_chain_by_chain() -> None:
-    """Three chains that stop at different iterations: each ends where ``torch.optim.LBFGS`` alone ends, bitwise,
-    with the same number of evaluations."""
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+def test_batched_lbfgs_equals_torch_lbfgs_chain_by_chain(dtype: torch.dtype) -> None:
+    """Three chains that stop at different iterations: each ends where ``torch.optim.LBFGS`` alone ends. In
+    float64 the two agree to 1e-10 with the same number of evaluations (the compact form is the two-loop
+    recursion's matrix); in float32 their rounding differs (measured 1e-4 relative after 4 steps of the stiff chain,
+    and a stopping test on a loss change of 1e-9 may fire an iteration apart), so the bound is 1e-3."""
     torch.manual_seed(0)
     chains, size = 3, 10
     factors = torch.randn(chains, size, size)
-    curvature = factors @ factors.transpose(1, 2) + 0.1 * torch.eye(size)
+    curvature = (factors @ factors.transpose(1, 2) + 0.1 * torch.eye(size)).to(dtype)
     curvature[1] *= 100  # a stiffer problem: this chain needs other step counts
-    starts = torch.randn(chains, size)
+    starts = torch.randn(chains, size).to(dtype)
     expected, evaluations = [], []
     for chain in range(chains):
         x = starts[chain].clone().requires_grad_(True)
@@ -50,12 +53,38 @@ def test_batched_lbfgs_equals_torch_lbfgs_chain_by_chain() -> None:
 
     for _ in range(4):
         batched.step(chain_closure)
+    bound = 1e-10 if dtype == torch.float64 else 1e-3
     for chain in range(chains):
-        assert torch.equal(stacked[chain].detach(), expected[chain])
-        assert batched.chain_states[chain]["func_evals"] == evaluations[chain]
+        difference = (stacked[chain].detach() - expected[chain]).abs().max() / expected[chain].abs().max()
+        assert difference < bound, (chain, float(difference))
+        if dtype == torch.float64:
+            assert batched.chain_states[chain]["func_evals"] == evaluations[chain]
     assert (
         len(set(evaluations)) > 1 and max(len(active) for active in calls) == chains
     )  # chains leave at their own time
+
+
+def test_history_drops_the_oldest_pair_past_its_size() -> None:
+    """Past ``history_size`` accepted pairs the oldest leaves: 12 steps on a 6-dimensional quadratic keep 3 pairs,
+    the last 3 moves, with R = triu(S Y') and YY = Y Y'."""
+    torch.manual_seed(1)
+    factor = torch.randn(6, 6, dtype=torch.float64)
+    curvature = factor @ factor.T + torch.eye(6, dtype=torch.float64)
+    x = torch.randn(1, 6, dtype=torch.float64, requires_grad=True)
+    optimizer = BatchedLBFGS([x], 1, max_iter=12, history_size=3, tolerance_change=0.0, tolerance_grad=0.0)
+
+    def closure(active: list[int]) -> torch.Tensor:
+        loss = 0.5 * x[0] @ curvature @ x[0]
+        (x.grad,) = torch.autograd.grad(loss, [x])
+        return loss.reshape(1)
+
+    optimizer.step(closure)
+    state = optimizer.chain_states[0]
+    S, Y = state["S"], state["Y"]
+    assert S.shape == Y.shape == (3, 6)
+    torch.testing.assert_close(Y, S @ curvature)  # y = A s on a quadratic
+    torch.testing.assert_close(state["R"], torch.triu(S @ Y.T))
+    torch.testing.assert_close(state["YY"], Y @ Y.T)
 
 
 def test_batched_lbfgs_refuses_parameters_without_the_chain_dimension() -> None:
@@ -70,12 +99,13 @@ def test_batched_restarts_follow_the_sequential_chains(name: str, adaptive: bool
     """R restarts as one population with the serial engine: the same starts, per-trial losses, traces, winner,
     labels and evaluations as one fit a restart (adaptive: through Soteria's simulation). iDLG's agree bitwise on
     one thread (measured); DLG's soft labels enter as probability targets of ``cross_entropy`` rather than its own
-    log-softmax sum, which rounds differently, so the bound is a relative 1e-4."""
+    log-softmax sum, which rounds differently, and 20 L-BFGS iterations amplify that to 1.8e-4 (measured), so
+    DLG's bound is a relative 1e-3."""
     case = make_case("lenet", index=1, seed=0, defense=make_defense("soteria", pruning_rate=0.6))
     options = {"iterations": 4, "max_iter": 5, "restarts": 3, "seed": 3, "adaptive": adaptive}
     sequential = make_attack(name, **options).reconstruct(case.target)
     batched = make_attack(name, batch_restarts=True, engine="serial", **options).reconstruct(case.target)
-    same_search(batched, sequential)
+    same_search(batched, sequential, rel=1e-3 if name == "dlg" else 1e-4)
     assert len(set(sequential.extras["trial_losses"])) == 3  # three different starts
 
 
