@@ -523,6 +523,7 @@ def _measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     args.peak_flops_per_s = matmul_peak_rate(args.torch_device, args.repeats, args.max_seconds)
     for victim in args.victims:
+        began = time.perf_counter()
         setting = build_setting(victim, args.image_size, args.channels, args.batch, args.torch_device, args.seed)
         for population in args.populations:
             for row in measure_setting(setting, population, args):
@@ -533,12 +534,16 @@ def _measure(args: argparse.Namespace) -> list[dict[str, Any]]:
                     file=sys.stderr,
                     flush=True,
                 )
-    if args.defense_specs:
-        rows += adaptive_rows(args)
-    if args.restarts > 1:
-        rows += restarts_rows(args)
-    if args.controls:
-        rows += controls_rows(args)
-    if args.e2e_budget:
-        rows += end_to_end_rows(args)
+        print(f"{victim} throughput rows: {time.perf_counter() - began:.1f} s", file=sys.stderr, flush=True)
+    sections = {
+        "adaptive": (adaptive_rows, bool(args.defense_specs)),
+        "restarts": (restarts_rows, args.restarts > 1),
+        "controls": (controls_rows, args.controls),
+        "end-to-end": (end_to_end_rows, bool(args.e2e_budget)),
+    }
+    for name, (section, wanted) in sections.items():
+        if wanted:
+            began = time.perf_counter()
+            rows += section(args)
+            print(f"{name} rows: {time.perf_counter() - began:.1f} s", file=sys.stderr, flush=True)
     return rows

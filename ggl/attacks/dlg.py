@@ -23,9 +23,9 @@ class LBFGSGradientMatching(GradientInversionAttack):
 
     One search step is one L-BFGS step with up to ``max_iter`` inner iterations (``ggl.attacks.lbfgs.BatchedLBFGS``
     with one chain: ``torch.optim.LBFGS``'s rule, its direction in compact form, which costs a fraction of the
-    two-loop recursion's time with 100 stored pairs); every closure call is one objective evaluation. The last finite iterate
-    is kept, so a diverging run returns its best-known point. Subclasses decide whether labels are optimised
-    (``optimise_labels``).
+    two-loop recursion's time with 100 stored pairs); every closure call is one objective evaluation. The last
+    finite iterate is kept, so a diverging run returns its best-known point. Subclasses decide whether labels are
+    optimised (``optimise_labels``).
 
     Scale-free stopping: L-BFGS's stopping tests are absolute (``tolerance_grad`` 1e-7 on the largest input
     gradient, ``tolerance_change`` 1e-9 on loss and step changes, and a fixed 1e-10 curvature threshold), so on a

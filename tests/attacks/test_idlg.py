@@ -66,4 +66,4 @@ def test_idlg_on_five_victims(make_case, psnr) -> None:
         assert rec.labels.tolist() == case.labels.tolist()
         assert cpu_seconds < 60  # CPU time, not wall time: the bound must not depend on other load
         scores.append(psnr(rec.images, case.images))
-    assert sum(score >= 30 for score in scores) >= 4, scores  # measured 60.7, 69.7, 74.2, 84.3, 86.3 dB
+    assert sum(score >= 30 for score in scores) >= 4, scores  # measured 62.9, 67.9, 74.7, 84.5, 87.1 dB
