@@ -126,9 +126,13 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timings(fn: Callable[[], Any], device: torch.device, repeats: int, max_seconds: float) -> list[float]:
-    """Seconds of ``repeats`` calls after one warm-up call (device events on GPU); stops early past max_seconds."""
-    fn()
+def timings(
+    fn: Callable[[], Any], device: torch.device, repeats: int, max_seconds: float, warm_up: bool = True
+) -> list[float]:
+    """Seconds of ``repeats`` calls (device events on GPU) after one warm-up call, unless the caller has just made
+    that call itself (``warm_up=False``: the call that checked the losses); stops early past max_seconds."""
+    if warm_up:
+        fn()
     synchronize(device)
     seconds: list[float] = []
     for _ in range(repeats):
