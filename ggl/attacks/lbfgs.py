@@ -196,7 +196,7 @@ def _remember(state: dict[str, Any], s: torch.Tensor, y: torch.Tensor, history_s
 def _inverse_hessian_times(state: dict[str, Any], q: torch.Tensor) -> torch.Tensor:
     """H q for the L-BFGS inverse Hessian H of the stored pairs, H_0 = H_diag I, in compact form:
     H q = g q + S' p - g Y' u with g = H_diag, u = R^-1 S q and p = R^-T ((D + g YY) u - g Y q), D = diag(R)
-    (Byrd, Nocedal, Schnabel 1994, eq. 3.1; the two-loop recursion's matrix). The (k, k) algebra is float64."""
+    (Byrd, Nocedal, Schnabel 1994; the two-loop recursion's matrix). The (k, k) algebra is float64."""
     gamma, S, Y, R = state["H_diag"], state["S"], state["Y"], state["R"]
     if S.shape[0] == 0:
         return q.mul(gamma)
