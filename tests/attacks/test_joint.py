@@ -130,8 +130,8 @@ CASES = {
 def test_reconstruct_together_equals_each_target_alone(case: str, fashion_module, same_search) -> None:
     """An attack and a second update of the same class (a control) as one population, with the serial engine:
     each target's per-trial losses, trace, winner, images, labels, evaluations (and GGL's latent) are its own run's
-    (relative 1e-4; DLG's single chain alone runs ``torch.optim.LBFGS``, together a ``BatchedLBFGS`` chain; GGL's
-    restarts alone run one after another, together as chains in lockstep)."""
+    (relative 1e-4; DLG's single chain alone runs the serial objective, together a population's; GGL's restarts
+    alone run one after another, together as chains in lockstep)."""
     name, options = CASES[case]
     adaptive = options.get("adaptive", False)
     defense = make_defense("soteria", pruning_rate=0.6) if adaptive else None
