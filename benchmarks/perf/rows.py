@@ -134,7 +134,13 @@ def engine_row(
         compile_seconds = time.perf_counter() - began
     losses = batched_losses(setting, objective, z)
     seconds = statistics.median(
-        timings(lambda: batched_losses(setting, objective, z), setting.device, args.repeats, args.max_seconds, False)
+        timings(
+            lambda: batched_losses(setting, objective, z),
+            setting.device,
+            args.repeats,
+            args.max_seconds,
+            warm_up=False,
+        )
     )
     memory, _ = peak_memory_mib(lambda: batched_losses(setting, objective, z), setting.device)
     rate = population / seconds
@@ -206,7 +212,9 @@ def _adaptive_defense_rows(
         score, inputs = (serial_losses, serial_z) if engine == "serial" else (batched_losses, z)
         call = functools.partial(score, setting, objective, inputs)
         losses = reference if engine == "serial" else call()[: reference.numel()]
-        seconds = statistics.median(timings(call, setting.device, args.repeats, args.max_seconds, engine == "serial"))
+        seconds = statistics.median(
+            timings(call, setting.device, args.repeats, args.max_seconds, warm_up=engine == "serial")
+        )
         rate = inputs.shape[0] / setting.batch / seconds
         serial_rate = rate if engine == "serial" else serial_rate
         rows.append(

@@ -89,7 +89,7 @@ class LBFGSGradientMatching(GradientInversionAttack):
         return start
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        """The trial's start (R starts, stacked, for batched restarts) and L-BFGS (``BatchedLBFGS`` for R chains)."""
+        """The chains' starts, stacked (R, ...) even for one chain, and their ``BatchedLBFGS``."""
         trials = self.chain_count
         starts = self.chain_starts(self._start)
         self.variables = [torch.stack(column).requires_grad_(True) for column in zip(*starts)]
@@ -129,8 +129,8 @@ class LBFGSGradientMatching(GradientInversionAttack):
         return scale / LOSS_PERCENT if math.isfinite(scale) and scale > 0 else 1.0
 
     def _closure(self, chains: list[int]) -> torch.Tensor:
-        """One chain's distance, through the serial objective, for the best-iterate record; L-BFGS gets it, and
-        its gradient, in ``loss_unit`` units."""
+        """The single chain's distance (``chains`` is always [0]), through the serial objective, for the
+        best-iterate record; L-BFGS gets it, and its gradient, in ``loss_unit`` units."""
         labels = self.label_logits[0] if self.optimise_labels else self.fixed_labels
         loss = self.gradient_loss(self.inputs[0], labels)
         scaled = loss / self.loss_unit
