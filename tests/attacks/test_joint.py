@@ -130,8 +130,10 @@ CASES = {
 def test_reconstruct_together_equals_each_target_alone(case: str, fashion_module, same_search) -> None:
     """An attack and a second update of the same class (a control) as one population, with the serial engine:
     each target's per-trial losses, trace, winner, images, labels, evaluations (and GGL's latent) are its own run's
-    (relative 1e-4; DLG's single chain alone runs the serial objective, together a population's; GGL's restarts
-    alone run one after another, together as chains in lockstep)."""
+    (relative 1e-4; GGL's restarts alone run one after another, together as chains in lockstep). For DLG and iDLG
+    1e-3: L-BFGS amplifies rounding, and the chains' algebra runs batched, whose products round differently from
+    one chain's (DLG's single chain alone also runs the serial objective, together a population's; its images
+    differed by 4e-4, measured)."""
     name, options = CASES[case]
     adaptive = options.get("adaptive", False)
     defense = make_defense("soteria", pruning_rate=0.6) if adaptive else None
@@ -139,7 +141,7 @@ def test_reconstruct_together_equals_each_target_alone(case: str, fashion_module
     together = make_attack(name, seed=3, engine="serial", **options).reconstruct_together(pair.targets)
     for target, joint in zip(pair.targets, together):
         alone = make_attack(name, seed=3, engine="serial", **options).reconstruct(target)
-        same_search(joint, alone)
+        same_search(joint, alone, rel=1e-3 if name in ("dlg", "idlg") else 1e-4)
         if name == "ggl":
             assert torch.allclose(torch.tensor(joint.extras["latent"]), torch.tensor(alone.extras["latent"]))
     assert together[0].extras["trial_losses"] != together[1].extras["trial_losses"]

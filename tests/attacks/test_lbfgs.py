@@ -14,6 +14,39 @@ def _quartic(chain: int, x: torch.Tensor, curvature: torch.Tensor) -> torch.Tens
     return 0.5 * x @ curvature[chain] @ x + 0.01 * (x**4).sum() + x.sum()
 
 
+def _alone_and_batched(objective, starts: torch.Tensor, history_size: int, steps: int):
+    """Each chain through ``torch.optim.LBFGS`` alone, then all as one ``BatchedLBFGS``: (alone, evaluations,
+    batched, chain lists per closure call)."""
+    expected, evaluations = [], []
+    for chain in range(starts.shape[0]):
+        x = starts[chain].clone().requires_grad_(True)
+        optimizer = torch.optim.LBFGS([x], max_iter=20, history_size=history_size)
+
+        def closure(chain: int = chain, x: torch.Tensor = x, optimizer: torch.optim.LBFGS = optimizer) -> torch.Tensor:
+            optimizer.zero_grad()
+            loss = objective(chain, x)
+            loss.backward()
+            return loss
+
+        for _ in range(steps):
+            optimizer.step(closure)
+        expected.append(x.detach())
+        evaluations.append(optimizer.state[x]["func_evals"])
+    stacked = starts.clone().requires_grad_(True)
+    batched = BatchedLBFGS([stacked], starts.shape[0], max_iter=20, history_size=history_size)
+    calls: list[list[int]] = []
+
+    def chain_closure(active: list[int]) -> torch.Tensor:
+        calls.append(list(active))
+        losses = torch.stack([objective(chain, stacked[chain]) for chain in active])
+        (stacked.grad,) = torch.autograd.grad(losses.sum(), [stacked])
+        return losses
+
+    for _ in range(steps):
+        batched.step(chain_closure)
+    return expected, evaluations, stacked.detach(), batched, calls
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
 def test_batched_lbfgs_equals_torch_lbfgs_chain_by_chain(dtype: torch.dtype) -> None:
     """Three chains that stop at different iterations: each ends where ``torch.optim.LBFGS`` alone ends. In
@@ -26,42 +59,41 @@ def test_batched_lbfgs_equals_torch_lbfgs_chain_by_chain(dtype: torch.dtype) -> 
     curvature = (factors @ factors.transpose(1, 2) + 0.1 * torch.eye(size)).to(dtype)
     curvature[1] *= 100  # a stiffer problem: this chain needs other step counts
     starts = torch.randn(chains, size).to(dtype)
-    expected, evaluations = [], []
-    for chain in range(chains):
-        x = starts[chain].clone().requires_grad_(True)
-        optimizer = torch.optim.LBFGS([x], max_iter=20, history_size=5)
-
-        def closure(chain: int = chain, x: torch.Tensor = x, optimizer: torch.optim.LBFGS = optimizer) -> torch.Tensor:
-            optimizer.zero_grad()
-            loss = _quartic(chain, x, curvature)
-            loss.backward()
-            return loss
-
-        for _ in range(4):
-            optimizer.step(closure)
-        expected.append(x.detach())
-        evaluations.append(optimizer.state[x]["func_evals"])
-    stacked = starts.clone().requires_grad_(True)
-    batched = BatchedLBFGS([stacked], chains, max_iter=20, history_size=5)
-    calls: list[list[int]] = []
-
-    def chain_closure(active: list[int]) -> torch.Tensor:
-        calls.append(list(active))
-        losses = torch.stack([_quartic(chain, stacked[chain], curvature) for chain in active])
-        (stacked.grad,) = torch.autograd.grad(losses.sum(), [stacked])
-        return losses
-
-    for _ in range(4):
-        batched.step(chain_closure)
+    expected, evaluations, got, batched, calls = _alone_and_batched(
+        lambda chain, x: _quartic(chain, x, curvature), starts, history_size=5, steps=4
+    )
     bound = 1e-10 if dtype == torch.float64 else 1e-3
     for chain in range(chains):
-        difference = (stacked[chain].detach() - expected[chain]).abs().max() / expected[chain].abs().max()
+        difference = (got[chain] - expected[chain]).abs().max() / expected[chain].abs().max()
         assert difference < bound, (chain, float(difference))
         if dtype == torch.float64:
-            assert batched.chain_states[chain]["func_evals"] == evaluations[chain]
+            assert batched.func_evals[chain] == evaluations[chain]
     assert (
         len(set(evaluations)) > 1 and max(len(active) for active in calls) == chains
     )  # chains leave at their own time
+
+
+def test_a_short_history_beside_a_full_ring_keeps_its_own_direction() -> None:
+    """One chain on a stiff problem fills its 3 slots and wraps around (its pairs out of slot order) beside one on
+    a well-conditioned quadratic that stops with a single pair and one on a linear function that never stores a
+    pair and runs every iteration, both padded to the first's length: all end where ``torch.optim.LBFGS`` alone
+    ends (float64, 1e-10)."""
+    torch.manual_seed(2)
+    size = 8
+    factor = torch.randn(1, size, size, dtype=torch.float64)
+    stiff = factor @ factor.transpose(1, 2) + 0.01 * torch.eye(size, dtype=torch.float64)
+
+    def objective(chain: int, x: torch.Tensor) -> torch.Tensor:
+        if chain == 0:
+            return _quartic(0, x, stiff)
+        return 0.5 * x @ x + x.sum() if chain == 1 else x.sum()  # one exact pair; no curvature, no pair
+
+    starts = torch.randn(3, size, dtype=torch.float64)
+    expected, evaluations, got, batched, _ = _alone_and_batched(objective, starts, history_size=3, steps=3)
+    torch.testing.assert_close(got, torch.stack(expected), rtol=1e-10, atol=1e-12)
+    assert batched.func_evals == evaluations
+    assert [batched.history(chain)[0].shape[0] for chain in range(3)] == [3, 1, 0]
+    assert batched._pairs is not None and batched._pairs.start[0] != 0  # the stiff chain's ring has wrapped
 
 
 def test_history_drops_the_oldest_pair_past_its_size() -> None:
@@ -79,12 +111,11 @@ def test_history_drops_the_oldest_pair_past_its_size() -> None:
         return loss.reshape(1)
 
     optimizer.step(closure)
-    state = optimizer.chain_states[0]
-    S, Y = state["S"], state["Y"]
+    S, Y, R, YY = optimizer.history(0)
     assert S.shape == Y.shape == (3, 6)
     torch.testing.assert_close(Y, S @ curvature)  # y = A s on a quadratic
-    torch.testing.assert_close(state["R"], torch.triu(S @ Y.T))
-    torch.testing.assert_close(state["YY"], Y @ Y.T)
+    torch.testing.assert_close(R, torch.triu(S @ Y.T))
+    torch.testing.assert_close(YY, Y @ Y.T)
 
 
 def test_batched_lbfgs_refuses_parameters_without_the_chain_dimension() -> None:
@@ -97,15 +128,16 @@ def test_batched_lbfgs_refuses_parameters_without_the_chain_dimension() -> None:
 )
 def test_batched_restarts_follow_the_sequential_chains(name: str, adaptive: bool, make_case, same_search) -> None:
     """R restarts as one population with the serial engine: the same starts, per-trial losses, traces, winner,
-    labels and evaluations as one fit a restart (adaptive: through Soteria's simulation). iDLG's agree bitwise on
-    one thread (measured); DLG's soft labels enter as probability targets of ``cross_entropy`` rather than its own
-    log-softmax sum, which rounds differently, and 20 L-BFGS iterations amplify that to 1.8e-4 (measured), so
-    DLG's bound is a relative 1e-3."""
+    labels and evaluations as one fit a restart (adaptive: through Soteria's simulation), to a relative 1e-3. The
+    chains' algebra runs batched, and a batched matrix product or a triangular solve padded to the longest
+    history rounds differently from the same product for one chain; 20 L-BFGS iterations amplify that to 4.5e-4
+    (iDLG, measured; with the algebra run chain by chain the two agree bitwise). DLG's soft labels also enter as
+    probability targets of ``cross_entropy`` rather than its own log-softmax sum."""
     case = make_case("lenet", index=1, seed=0, defense=make_defense("soteria", pruning_rate=0.6))
     options = {"iterations": 4, "max_iter": 5, "restarts": 3, "seed": 3, "adaptive": adaptive}
     sequential = make_attack(name, **options).reconstruct(case.target)
     batched = make_attack(name, batch_restarts=True, engine="serial", **options).reconstruct(case.target)
-    same_search(batched, sequential, rel=1e-3 if name == "dlg" else 1e-4)
+    same_search(batched, sequential, rel=1e-3)
     assert len(set(sequential.extras["trial_losses"])) == 3  # three different starts
 
 
