@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,8 @@ from ggl.attacks.batched import PopulationObjective
 from ggl.defenses import Defense
 from ggl.fl import Normalization, SharedUpdate, make_victim, shared_update
 from ggl.priors.dcgan import DCGANConfig, DCGANGenerator
+
+T = TypeVar("T")
 
 LOSSES_CHECKED = 8
 """Candidates whose losses are compared between the serial loop and each batched engine."""
@@ -162,8 +164,9 @@ def _status_kib(field: str) -> int | None:
     return None
 
 
-def peak_memory_mib(fn: Callable[[], Any], device: torch.device) -> tuple[float, str]:
-    """Peak memory that one call of ``fn`` adds, in MiB, and how it was measured.
+def peak_memory(fn: Callable[[], T], device: torch.device) -> tuple[T, float, str]:
+    """``fn()``'s result, the peak memory the call adds in MiB, and how that was measured. The perf rows measure
+    it on their first call (the warm-up that also checks the losses), so a one-time allocation counts too.
 
     GPU: ``torch.cuda.max_memory_allocated`` above the allocation before the call. CPU (tracemalloc does not see
     torch's allocator): the resident-set high-water mark (VmHWM) after resetting it through /proc/self/clear_refs,
@@ -174,21 +177,21 @@ def peak_memory_mib(fn: Callable[[], Any], device: torch.device) -> tuple[float,
         synchronize(device)
         allocated = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
-        fn()
+        result = fn()
         synchronize(device)
-        return (torch.cuda.max_memory_allocated(device) - allocated) / 2**20, "cuda_max_memory_allocated"
+        return result, (torch.cuda.max_memory_allocated(device) - allocated) / 2**20, "cuda_max_memory_allocated"
     try:
         Path("/proc/self/clear_refs").write_text("5")
         before = _status_kib("VmRSS")
-        fn()
+        result = fn()
         peak = _status_kib("VmHWM")
         if before is not None and peak is not None:
-            return max(peak - before, 0) / 1024, "rss_high_water_mark"
+            return result, max(peak - before, 0) / 1024, "rss_high_water_mark"
     except OSError:
         pass
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    fn()
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline) / 1024, "ru_maxrss_growth"
+    result = fn()
+    return result, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline) / 1024, "ru_maxrss_growth"
 
 
 def candidate_flops(setting: Setting) -> int:

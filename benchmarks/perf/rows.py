@@ -33,7 +33,7 @@ from .measure import (
     candidate_flops,
     latents,
     matmul_peak_rate,
-    peak_memory_mib,
+    peak_memory,
     reference_rate,
     serial_losses,
     synchronize,
@@ -56,13 +56,11 @@ def measure_setting(setting: Setting, population: int, args: argparse.Namespace)
     serial_count = min(population, args.serial_candidates)
     z_serial = z[: serial_count * setting.batch]
     serial_objective = setting.objective("serial")
-    checked = min(population, LOSSES_CHECKED)
-    reference = serial_losses(setting, serial_objective, z[: checked * setting.batch])
-    serial_seconds = statistics.median(
-        timings(lambda: serial_losses(setting, serial_objective, z_serial), device, args.repeats, args.max_seconds)
-    )
+    serial_call = functools.partial(serial_losses, setting, serial_objective, z_serial)
+    serial_losses_timed, serial_memory, method = peak_memory(serial_call, device)
+    reference = serial_losses_timed[: min(population, LOSSES_CHECKED)]
+    serial_seconds = statistics.median(timings(serial_call, device, args.repeats, args.max_seconds, warm_up=False))
     serial_rate = serial_count / serial_seconds
-    serial_memory, method = peak_memory_mib(lambda: serial_losses(setting, serial_objective, z_serial), device)
     flops = candidate_flops(setting)
     reference_flops_per_s, _ = reference_rate(setting, population * setting.batch, args.repeats, args.max_seconds)
     limit_rate = reference_flops_per_s / flops
@@ -132,17 +130,9 @@ def engine_row(
         batched_losses(setting, objective, z)
         synchronize(setting.device)
         compile_seconds = time.perf_counter() - began
-    losses = batched_losses(setting, objective, z)
-    seconds = statistics.median(
-        timings(
-            lambda: batched_losses(setting, objective, z),
-            setting.device,
-            args.repeats,
-            args.max_seconds,
-            warm_up=False,
-        )
-    )
-    memory, _ = peak_memory_mib(lambda: batched_losses(setting, objective, z), setting.device)
+    call = functools.partial(batched_losses, setting, objective, z)
+    losses, memory, _ = peak_memory(call, setting.device)
+    seconds = statistics.median(timings(call, setting.device, args.repeats, args.max_seconds, warm_up=False))
     rate = population / seconds
     return {
         **common,
@@ -203,7 +193,7 @@ def _adaptive_defense_rows(
     population = args.adaptive_population
     serial_z = z[: min(population, args.serial_candidates) * setting.batch]
     serial_objective = setting.objective("serial", defense=defense)
-    reference = serial_losses(setting, serial_objective, z[: min(population, LOSSES_CHECKED) * setting.batch])
+    reference = torch.empty(0)
     linear = defense.linear_simulation(setting.defended(defense)) is not None
     rows: list[dict[str, Any]] = []
     serial_rate = math.nan
@@ -211,10 +201,10 @@ def _adaptive_defense_rows(
         objective = serial_objective if engine == "serial" else setting.objective(engine, args.chunk_size, defense)
         score, inputs = (serial_losses, serial_z) if engine == "serial" else (batched_losses, z)
         call = functools.partial(score, setting, objective, inputs)
-        losses = reference if engine == "serial" else call()[: reference.numel()]
-        seconds = statistics.median(
-            timings(call, setting.device, args.repeats, args.max_seconds, warm_up=engine == "serial")
-        )
+        losses, memory, _ = peak_memory(call, setting.device)
+        losses = losses[: min(population, LOSSES_CHECKED)]
+        reference = losses if engine == "serial" else reference
+        seconds = statistics.median(timings(call, setting.device, args.repeats, args.max_seconds, warm_up=False))
         rate = inputs.shape[0] / setting.batch / seconds
         serial_rate = rate if engine == "serial" else serial_rate
         rows.append(
@@ -232,7 +222,7 @@ def _adaptive_defense_rows(
                 "candidates_per_s": rate,
                 "serial_candidates_per_s": serial_rate,
                 "speedup": rate / serial_rate,
-                "peak_memory_mib": peak_memory_mib(call, setting.device)[0],
+                "peak_memory_mib": memory,
                 "loss_max_relative_difference": _relative_difference(losses, reference),
             }
         )
