@@ -38,6 +38,7 @@ from pytorch_lightning.utilities.parsing import AttributeDict
 from torch import nn
 
 from ggl.attacks.batched import JointObjective, PopulationObjective
+from ggl.attacks.convolutions import cpu_convolutions
 from ggl.attacks.objective import DISTANCES, gradient_distance
 from ggl.checks import boolean, non_negative_int, one_of, positive_int
 from ggl.fl.client import SharedUpdate, non_finite_kinds
@@ -396,8 +397,15 @@ class GradientInversionAttack(pl.LightningModule):
         run.parallel = self.chain_count
         self.rng = torch.Generator().manual_seed(self.hparams.seed)
         start = time.perf_counter()
+        first = targets[0]
+        images_per_pass = self.candidates_per_pass() * first.batch_size
         try:
-            with _quiet_lightning(), torch.random.fork_rng(devices=[]), torch.enable_grad():
+            with (
+                _quiet_lightning(),
+                torch.random.fork_rng(devices=[]),
+                torch.enable_grad(),
+                cpu_convolutions(first.model, first.image_shape, images_per_pass),
+            ):
                 torch.manual_seed(self.hparams.seed)
                 for trial in range(1 if run.parallel > 1 else self.hparams.restarts):
                     run.trial = trial
@@ -462,6 +470,11 @@ class GradientInversionAttack(pl.LightningModule):
         all R starts, ``search_step`` returns the R losses and ``trial_result`` R candidates: images
         (R, B, C, H, W), labels (B,) shared or (R, B) per trial, and losses (R,). Default: 1."""
         return 1
+
+    def candidates_per_pass(self) -> int:
+        """Candidates one objective evaluation scores together (each a batch of B images); it decides the CPU
+        convolution kernels (``ggl.attacks.convolutions``). Default: ``chain_count``."""
+        return self.chain_count
 
     joint_targets: ClassVar[bool] = False
     """Whether ``reconstruct_together`` may search several targets as one population. An attack that sets it runs

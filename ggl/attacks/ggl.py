@@ -114,6 +114,10 @@ class GGL(GradientInversionAttack):
         search = str(hparams.get("search", "cma"))
         return not (search in SEARCHES and SEARCHES[search].uses_gradients)
 
+    def candidates_per_pass(self) -> int:
+        """A round's population of every chain, scored in one pass."""
+        return self.hparams.population * self.chain_count
+
     def _make_search(self, trial: int) -> SearchStrategy:
         """Trial ``trial``'s latent search, seeded from ``seed`` and the trial."""
         hp = self.hparams
