@@ -8,7 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ggl.attacks.batched import ENGINES, PopulationObjective, choose_engine
+from ggl.attacks.batched import (
+    ENGINES,
+    SERIAL_FORMED_FLOATS,
+    PopulationObjective,
+    choose_engine,
+    formed_floats,
+)
 from ggl.attacks.objective import gradient_distance
 from ggl.defenses import make_defense
 from ggl.fl import make_victim, shared_update
@@ -316,3 +322,32 @@ def test_inner_engine_with_a_linear_simulation_equals_the_serial_simulation(name
     )
     assert _relative(losses, serial_losses) < 1e-4
     assert _relative(gradient, serial_gradient) < 1e-4 and serial_gradient.abs().max() > 0
+
+
+def _linear_simulation(victim: str, shape: tuple[int, int, int], defense_spec: dict):
+    """A victim, its received update under ``defense_spec`` and the defense's linear simulation of it."""
+    model = make_victim(victim, image_shape=shape)
+    images, labels = torch.rand(1, *shape, generator=torch.Generator().manual_seed(0)), torch.tensor([3])
+    defense = make_defense(**defense_spec)
+    received = defense(shared_update(model, images, labels), model=model, images=images, labels=labels)
+    return model, received, defense.linear_simulation(received)
+
+
+@pytest.mark.parametrize(
+    ("victim", "shape", "defense_spec", "engine"),
+    [
+        ("resnet18", (3, 8, 8), {"name": "sparsification", "ratio": 0.9}, "serial"),
+        ("resnet18", (3, 8, 8), {"name": "soteria", "pruning_rate": 0.6}, "inner"),
+        ("lenet", (1, 32, 32), {"name": "sparsification", "ratio": 0.9}, "inner"),
+    ],
+)
+def test_auto_runs_the_serial_loop_where_inner_would_form_large_masked_gradients(
+    victim: str, shape: tuple[int, int, int], defense_spec: dict, engine: str
+) -> None:
+    model, received, linear = _linear_simulation(victim, shape, defense_spec)
+    masked = sum(p.numel() for i, p in enumerate(model.parameters()) if i in linear.masks)
+    column = defense_spec["name"] == "soteria"
+    assert formed_floats(model, linear) == (0 if column else masked)
+    assert (formed_floats(model, linear) > SERIAL_FORMED_FLOATS) is (engine == "serial")
+    objective = PopulationObjective(model, received.gradients, torch.tensor([3]), linear_simulation=linear)
+    assert objective.engine_name == engine
